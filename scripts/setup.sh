@@ -1,0 +1,60 @@
+#!/bin/sh
+# setup.sh: install everything vionetd and its tests need, from nothing.
+#
+# Idempotent and non-interactive: Debian packages (QEMU, iproute2, tools for
+# the guest image), QEMU 10 from bookworm-backports (it knows USO), and a
+# Python virtual environment in .venv with the package installed editable,
+# which builds the C core through cffi.
+#
+# The backports entry is derived from the machine's own Debian sources file:
+# same URIs and keyring, suite bookworm-backports. No host name is written here.
+set -eu
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+STAMP=.venv/.setup-done
+
+backports_entry() {
+	src=/etc/apt/sources.list.d/debian.sources
+	dst=/etc/apt/sources.list.d/vionetd-backports.sources
+	[ -f "$dst" ] && return 0
+	[ -f "$src" ] || { echo "setup: no $src to derive backports from" >&2; return 1; }
+	# The first stanza whose Suites has plain "bookworm": keep its URIs and key.
+	awk '
+		/^$/ { if (ok) exit; uris = ""; key = ""; next }
+		/^URIs:/ { uris = $0 }
+		/^Signed-By:/ { key = $0 }
+		/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") ok = 1 }
+		END { if (ok) { print "Types: deb"; print uris;
+			print "Suites: bookworm-backports"; print "Components: main";
+			if (key != "") print key } }
+	' "$src" > "$dst.tmp"
+	grep -q '^URIs:' "$dst.tmp" || { rm -f "$dst.tmp"; echo "setup: no bookworm stanza in $src" >&2; return 1; }
+	mv "$dst.tmp" "$dst"
+}
+
+debian_packages() {
+	need=""
+	for p in gcc make libseccomp2 iproute2 ethtool \
+	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
+	    kmod tcpdump procps psmisc; do
+		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+	done
+	if [ -n "$need" ]; then
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends $need
+	fi
+}
+
+python_env() {
+	[ -x .venv/bin/python ] || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[test]'
+}
+
+backports_entry
+debian_packages
+python_env
+# The guest image (kernels, QEMU 10, initramfs) is built by its own script.
+if [ -x scripts/guest-image.sh ]; then scripts/guest-image.sh; fi
+touch "$STAMP"
