@@ -52,8 +52,18 @@ python_env() {
 	.venv/bin/pip install -q -e '.[test]'
 }
 
+daemon_user() {
+	# The workers' unprivileged user (vionetd.conf "user", default _vionetd).
+	getent passwd _vionetd >/dev/null ||
+	    useradd --system --no-create-home --home-dir /var/empty \
+	        --shell /usr/sbin/nologin _vionetd
+	mkdir -p /var/empty
+	chmod 755 /var/empty
+}
+
 backports_entry
 debian_packages
+daemon_user
 python_env
 # The guest image (kernels, QEMU 10, initramfs) is built by its own script.
 if [ -x scripts/guest-image.sh ]; then scripts/guest-image.sh; fi

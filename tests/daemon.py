@@ -1,0 +1,127 @@
+"""The real daemon, for tests: started in a network namespace of the test's own.
+
+    with Daemon(conf_text, ns) as d:     # vionetd -d -f <tmp>/vionetd.conf in ns
+        d.wait_socket(path)              # the vhost-user socket is listening
+        d.ctl("show", "vm1")             # vionetctl against its control socket
+
+The daemon's taps live in ns, so their far side is the test's own. Its
+stderr goes to a file that a failing test prints. Stopping sends SIGTERM and,
+if it has not exited within a bound, SIGKILL; then every socket it made is
+checked to be gone (a leftover fails the test that made it).
+
+The wire(): the topology most daemon tests use. A bridge in the daemon's
+namespace joins the tap to a veth whose peer is in a second namespace, and
+the veth has every offload off: whatever the daemon writes into the tap with
+metadata (GSO, partial checksums) is segmented and checksummed by Linux
+before it reaches the far namespace, where a capture sees wire frames only.
+"""
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests import netns as nsmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Daemon:
+    def __init__(self, conf_text, ns, tmpdir):
+        self.ns = ns
+        self.dir = tmpdir
+        self.conf = os.path.join(tmpdir, "vionetd.conf")
+        self.ctl_socket = os.path.join(tmpdir, "ctl.sock")
+        with open(self.conf, "w") as f:
+            f.write(conf_text.replace("@CTL@", self.ctl_socket).replace("@DIR@", tmpdir))
+        self.log_path = os.path.join(tmpdir, "vionetd.log")
+        self.proc = None
+
+    def start(self):
+        cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "vionetd.main",
+               "-d", "-v", "-f", self.conf]
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=ROOT)
+        self.wait_socket(self.ctl_socket)
+        return self
+
+    def wait_socket(self, path, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("vionetd exited %d:\n%s" % (self.proc.returncode, self.log()))
+            time.sleep(0.05)
+        raise TimeoutError("%s did not appear:\n%s" % (path, self.log()))
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def ctl(self, *args, check=True):
+        cmd = [sys.executable, "-m", "vionetd.vionetctl", "-s", self.ctl_socket, *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+        if check and p.returncode != 0:
+            raise RuntimeError("vionetctl %s: %s\n%s" % (" ".join(args), p.stderr, self.log()))
+        return p
+
+    def stats(self):
+        import json
+        return json.loads(self.ctl("stats", "--json").stdout)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@contextlib.contextmanager
+def daemon(conf_text, ns):
+    with tempfile.TemporaryDirectory(prefix="vionetd-test-") as tmp:
+        os.chmod(tmp, 0o755)
+        d = Daemon(conf_text, ns, tmp)
+        try:
+            yield d.start()
+        finally:
+            d.stop()
+
+
+@contextlib.contextmanager
+def wire():
+    """Two namespaces: (dns, wns, bridge, veth_w). The daemon runs in dns,
+    where bridge joins its taps to a veth without offloads; veth_w is the
+    peer in wns, where tests capture and send."""
+    with nsmod.netns("vd") as dns, nsmod.netns("vw") as wns:
+        for ns in (dns, wns):
+            nsmod.disable_ipv6(ns)
+        bridge = nsmod.unique("br")
+        veth_d, veth_w = nsmod.unique("vd"), nsmod.unique("vw")
+        nsmod.ns_run(dns, "ip", "link", "add", bridge, "type", "bridge")
+        nsmod.ns_run(dns, "ip", "link", "set", bridge, "type", "bridge", "stp_state", "0",
+                     "forward_delay", "0")
+        nsmod.ns_run(dns, "ip", "link", "set", bridge, "up")
+        with nsmod.veth_pair(veth_d, dns, veth_w, wns):
+            nsmod.ns_run(dns, "ethtool", "-K", veth_d, "tx", "off", "tso", "off", "gso", "off",
+                         "tx-udp-segmentation", "off", check=False)
+            nsmod.ns_run(dns, "ip", "link", "set", veth_d, "master", bridge)
+            yield dns, wns, bridge, veth_w

@@ -1,0 +1,104 @@
+"""vionetctl(8): ask a running vionetd what it is doing, or tell it to reload.
+
+    vionetctl [-s socket] status | show VM | stats [--json] | reload | log brief|verbose
+"""
+import argparse
+import json
+import socket
+import sys
+
+from vionetd import features
+from vionetd import vionetd_pb2 as pb
+
+DEFAULT_SOCKET = "/run/vionetd.sock"
+
+
+def request(path, req, timeout=10.0):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.send(req.SerializeToString())
+        data = s.recv(1 << 20)
+    reply = pb.CtlReply()
+    reply.ParseFromString(data)
+    return reply
+
+
+def print_status(reply, out):
+    fmt = "%-12s %-10s %-28s %-12s %-18s %-16s %s"
+    print(fmt % ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES"), file=out)
+    for i in reply.interfaces:
+        print(fmt % (i.vm, i.state, i.socket, i.tap, i.lladdr or "-", i.address or "-",
+                     i.queues), file=out)
+
+
+def print_show(reply, out):
+    for i in reply.interfaces:
+        print("%s: %s, tap %s, socket %s" % (i.name, i.state, i.tap, i.socket), file=out)
+        if i.address:
+            print("  address %s%s" % (i.address, ", lease " + i.lease if i.lease else ""), file=out)
+        print("  features:", file=out)
+        for label, mask in (("policy", i.policy_features), ("offered", i.offered),
+                            ("negotiated", i.negotiated)):
+            print("    %-10s %#018x %s" % (label, mask, " ".join(features.names(mask))), file=out)
+        print("    %-10s %#018x %s" % ("tap", i.tap_features,
+                                       " ".join(features.tun_names(i.tap_features))), file=out)
+        print("  path: tx %s, rx %s" % (i.tx_path, i.rx_path), file=out)
+        print("  workers: %s, restarts %d" % (" ".join(map(str, i.worker_pids)) or "-",
+                                             i.restarts), file=out)
+        print("  counters:", file=out)
+        for c in i.counters:
+            if c.value:
+                print("    %-32s %d" % (c.name, c.value), file=out)
+
+
+def as_dict(reply):
+    return {i.name: {"vm": i.vm, "state": i.state, "tap": i.tap,
+                     "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,
+                     "counters": {c.name: c.value for c in i.counters}}
+            for i in reply.interfaces}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="vionetctl")
+    p.add_argument("-s", metavar="socket", default=DEFAULT_SOCKET)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status")
+    sub.add_parser("show").add_argument("vm")
+    sub.add_parser("stats").add_argument("--json", action="store_true")
+    sub.add_parser("reload")
+    sub.add_parser("log").add_argument("level", choices=("brief", "verbose"))
+    args = p.parse_args(argv)
+
+    req = {"status": lambda: pb.CtlRequest(status=True),
+           "show": lambda: pb.CtlRequest(show=args.vm),
+           "stats": lambda: pb.CtlRequest(stats=True),
+           "reload": lambda: pb.CtlRequest(reload=True),
+           "log": lambda: pb.CtlRequest(log_level=args.level)}[args.cmd]()
+    try:
+        reply = request(args.s, req)
+    except OSError as e:
+        print("vionetctl: %s: %s" % (args.s, e.strerror or e), file=sys.stderr)
+        return 1
+    if reply.error:
+        print("vionetctl: %s" % reply.error, file=sys.stderr)
+        return 1
+    if args.cmd == "status":
+        print_status(reply, sys.stdout)
+    elif args.cmd == "show":
+        print_show(reply, sys.stdout)
+    elif args.cmd == "stats":
+        d = as_dict(reply)
+        if args.json:
+            print(json.dumps(d, indent=1, sort_keys=True))
+        else:
+            for name, v in d.items():
+                for k, val in sorted(v["counters"].items()):
+                    print("%s %s %d" % (name, k, val))
+    elif reply.message:
+        print(reply.message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
