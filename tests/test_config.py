@@ -163,6 +163,9 @@ def test_macros():
 def test_macro_errors():
     assert_error("\n\nuser $nope\n", 3, "undefined macro $nope")
     assert_error('a = "$a"\n\nuser $a\n', 3, "nested too deeply")
+    laughs = 'a0 = "x"\n' + "".join('a%d = "%s"\n' % (i, " ".join(
+        ["$a%d" % (i - 1)] * 20)) for i in range(1, 8))
+    assert_error(laughs + "\nuser $a7\n", 10, "more than 100000 words")
     assert_error('vm = "x"\n', 1, 'macro name "vm" is a reserved keyword')
     assert_error('1x = "x"\n', 1, 'bad macro name "1x"')
     assert_error('x = \n', 2, "expected a value after macro")

@@ -41,6 +41,9 @@ IFNAME_MAX = 15
 MTU_MIN, MTU_MAX = 68, 65535
 MAX_FILE_SIZE = 1 << 20
 MAX_MACRO_DEPTH = 8
+# Tokens all macro expansions of a file may produce: nested macros multiply
+# ("billion laughs"), so the total is bounded, not only the depth.
+MAX_EXPANDED = 100000
 
 # Words that are statements somewhere in the grammar. Unquoted, they are
 # never taken as a name where a name is optional, nor as a macro name.
@@ -51,6 +54,7 @@ KEYWORDS = frozenset((
 ))
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MACRO_USE = re.compile(r"[A-Za-z0-9_]+")
 _BARE = re.compile(r"[A-Za-z0-9_./:+@-]+")
 _VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
 # Linux's dev_valid_name() refuses "/", ":" and white space; we keep to
@@ -174,7 +178,8 @@ class _Lexer:
     parser defines macros between tokens, so lexing must be lazy)."""
 
     def __init__(self, text: str, filename: str, macros: dict[str, str],
-                 line: int = 1, depth: int = 0, fixed_line: bool = False):
+                 line: int = 1, depth: int = 0, fixed_line: bool = False,
+                 budget: list[int] | None = None):
         self.text = text
         self.pos = 0
         self.line = line
@@ -183,6 +188,7 @@ class _Lexer:
         self.depth = depth
         self.fixed_line = fixed_line   # macro text: report the $use's line
         self.pending: list[_Token] = []
+        self.budget = [MAX_EXPANDED] if budget is None else budget
 
     def error(self, line: int, message: str):
         raise ConfigError(self.filename, line, message)
@@ -259,12 +265,12 @@ class _Lexer:
                 self.error(line, "control character %r in string" % c)
             out.append(c)
             self.pos += 1
-        self.error(line, 'unterminated string: expected closing "\\"" '
-                   "before end of line")
+        self.error(line, 'unterminated string: expected \'"\' before end '
+                   "of line")
 
     def _macro(self) -> list[_Token]:
         line = self.line
-        m = re.compile(r"[A-Za-z0-9_]+").match(self.text, self.pos + 1)
+        m = _MACRO_USE.match(self.text, self.pos + 1)
         if not m:
             self.error(line, 'expected macro name after "$"')
         self.pos = m.end()
@@ -274,9 +280,14 @@ class _Lexer:
         if self.depth >= MAX_MACRO_DEPTH:
             self.error(line, "macro $%s nested too deeply (recursive?)" % name)
         sub = _Lexer(self.macros[name], self.filename, self.macros,
-                     line=line, depth=self.depth + 1, fixed_line=True)
+                     line=line, depth=self.depth + 1, fixed_line=True,
+                     budget=self.budget)
         toks = []
         while (tok := sub.next()).kind != "eof":
+            self.budget[0] -= 1
+            if self.budget[0] < 0:
+                self.error(line, "macros expand to more than %d words"
+                           % MAX_EXPANDED)
             toks.append(tok)
         if not toks:
             self.error(line, "macro $%s is empty" % name)
