@@ -1,6 +1,7 @@
 """vionetd.conf(5): read the configuration file into plain dataclasses.
 
-The grammar is documented in man/vionetd.conf.5; etc/vionetd.conf is an example.
+The grammar is documented in man/vionetd.conf.5; etc/vionetd.conf is an
+example.
 It follows the spirit of OpenBSD's vm.conf(5): macros, a few global settings,
 `switch` blocks naming a Linux bridge, `vm` blocks holding `interface` blocks.
 
@@ -297,7 +298,9 @@ class _Lexer:
 # ---- parser ---------------------------------------------------------------
 
 def _expected(what: list[str]) -> str:
-    return ", ".join(what[:-1]) + " or " + what[-1] if len(what) > 1 else what[0]
+    if len(what) == 1:
+        return what[0]
+    return ", ".join(what[:-1]) + " or " + what[-1]
 
 
 class _Parser:
@@ -367,7 +370,8 @@ class _Parser:
             self.lex.next()
             if tok.is_word("socket"):
                 self.once("global", "socket", tok.line)
-                self.conf.socket = self.sock_path(self.word("a path", "socket"))
+                self.conf.socket = self.sock_path(
+                    self.word("a path", "socket"))
             elif tok.is_word("user"):
                 self.once("global", "user", tok.line)
                 self.conf.user = self.user(self.word("a user name", "user"))
