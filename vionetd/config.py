@@ -1,0 +1,806 @@
+"""vionetd.conf(5): read the configuration file into plain dataclasses.
+
+The grammar is documented in man/vionetd.conf.5; etc/vionetd.conf is an
+example.
+It follows the spirit of OpenBSD's vm.conf(5): macros, a few global settings,
+`switch` blocks naming a Linux bridge, `vm` blocks holding `interface` blocks.
+
+Invariants:
+- A Config returned by parse()/load() is complete and consistent: every check
+  in this module has passed, every default is filled in. The parent may use it
+  without further validation (what it cannot check here, such as whether a
+  bridge exists, it checks at start).
+- Anything wrong in the text raises ConfigError, whose str() is
+  "FILE:LINE: message" and names what was expected. Nothing else escapes
+  parse(): the file is untrusted input.
+- Line numbers are kept in fields excluded from ==, so that adding a comment
+  does not make an unchanged VM look changed to a reload.
+- Automatic tap names are left as None: naming is the parent's business.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+# ---- defaults and vocabulary ---------------------------------------------
+
+DEFAULT_SOCKET = "/run/vionetd.sock"
+DEFAULT_USER = "_vionetd"
+DEFAULT_CHROOT = "/var/empty"
+DEFAULT_PREFIX = "100.64.0.0/10"
+
+DIRECTIONS = ("tx", "rx")
+OFFLOAD_NAMES = ("csum", "tso4", "tso6", "ecn", "uso")
+PASSTHROUGH, SOFTWARE, OFF = "passthrough", "software", "off"
+MODES = (PASSTHROUGH, SOFTWARE, OFF)
+
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+SUN_PATH_MAX = 107
+# IFNAMSIZ is 16 on Linux, one of them the terminating NUL.
+IFNAME_MAX = 15
+MTU_MIN, MTU_MAX = 68, 65535
+MAX_FILE_SIZE = 1 << 20
+MAX_MACRO_DEPTH = 8
+# Tokens all macro expansions of a file may produce: nested macros multiply
+# ("billion laughs"), so the total is bounded, not only the depth.
+MAX_EXPANDED = 100000
+
+# Words that are statements somewhere in the grammar. Unquoted, they are
+# never taken as a name where a name is optional, nor as a macro name.
+KEYWORDS = frozenset((
+    "chroot", "disable", "dns", "enable", "hostname", "interface", "lladdr",
+    "local", "locked", "mtu", "offload", "prefix", "socket", "switch", "user",
+    "vm",
+))
+
+_MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MACRO_USE = re.compile(r"[A-Za-z0-9_]+")
+_BARE = re.compile(r"[A-Za-z0-9_./:+@-]+")
+_VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
+# Linux's dev_valid_name() refuses "/", ":" and white space; we keep to
+# a plainer set so names survive shells and logs unquoted.
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+
+
+# ---- the result -----------------------------------------------------------
+
+class ConfigError(Exception):
+    """An error in a configuration file: str() is "FILE:LINE: message"."""
+
+    def __init__(self, filename: str, line: int | None, message: str):
+        self.filename = filename
+        self.line = line
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return "%s: %s" % (self.filename, self.message)
+        return "%s:%d: %s" % (self.filename, self.line, self.message)
+
+
+def _all(mode: str) -> dict[str, str]:
+    return dict.fromkeys(OFFLOAD_NAMES, mode)
+
+
+@dataclass
+class Offload:
+    """Per direction, per offload: passthrough, software or off."""
+    tx: dict[str, str] = field(default_factory=lambda: _all(PASSTHROUGH))
+    rx: dict[str, str] = field(default_factory=lambda: _all(PASSTHROUGH))
+
+    def mode(self, direction: str, name: str) -> str:
+        return getattr(self, direction)[name]
+
+    def offered(self, direction: str, name: str) -> bool:
+        """True if the guest may be offered this offload (mode is not off)."""
+        return self.mode(direction, name) != OFF
+
+
+@dataclass
+class Switch:
+    name: str
+    bridge: str
+    line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass
+class Interface:
+    vm: str
+    index: int
+    name: str | None = None          # tap name; None: the parent picks one
+    socket: str | None = None        # vhost-user socket QEMU connects to
+    lladdr: str | None = None        # guest MAC, lower case; None: random
+    locked: bool = False             # drop guest frames from another MAC
+    switch: str | None = None
+    mtu: int | None = None
+    local: bool = False              # /31 from local prefix, DHCP by vionetd
+    hostname: str | None = None      # DHCP option 12
+    offload: Offload = field(default_factory=Offload)
+    line: int = field(default=0, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """Stable name of this interface: "vm/index", as in process titles."""
+        return "%s/%d" % (self.vm, self.index)
+
+
+@dataclass
+class Vm:
+    name: str
+    interfaces: list[Interface] = field(default_factory=list)
+    disabled: bool = False
+    line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass
+class Config:
+    socket: str = DEFAULT_SOCKET
+    user: str = DEFAULT_USER
+    chroot: str = DEFAULT_CHROOT
+    local_prefix: ipaddress.IPv4Network = field(
+        default_factory=lambda: ipaddress.IPv4Network(DEFAULT_PREFIX))
+    dns: list[ipaddress.IPv4Address] = field(default_factory=list)
+    switches: dict[str, Switch] = field(default_factory=dict)
+    vms: dict[str, Vm] = field(default_factory=dict)
+
+    def interfaces(self):
+        """Every interface of every VM, in file order."""
+        for vm in self.vms.values():
+            yield from vm.interfaces
+
+
+# ---- lexer ----------------------------------------------------------------
+
+@dataclass
+class _Token:
+    kind: str            # "word", "{", "}", "=", "eof"
+    value: str
+    line: int
+    quoted: bool = False
+
+    def is_word(self, *values: str) -> bool:
+        """An unquoted word, one of values if any are given."""
+        return (self.kind == "word" and not self.quoted
+                and (not values or self.value in values))
+
+    def describe(self) -> str:
+        if self.kind == "eof":
+            return "end of file"
+        return '"%s"' % self.value
+
+
+class _Lexer:
+    """Turns text into tokens on demand, expanding $macros as it goes (the
+    parser defines macros between tokens, so lexing must be lazy)."""
+
+    def __init__(self, text: str, filename: str, macros: dict[str, str],
+                 line: int = 1, depth: int = 0, fixed_line: bool = False,
+                 budget: list[int] | None = None):
+        self.text = text
+        self.pos = 0
+        self.line = line
+        self.filename = filename
+        self.macros = macros
+        self.depth = depth
+        self.fixed_line = fixed_line   # macro text: report the $use's line
+        self.pending: list[_Token] = []
+        self.budget = [MAX_EXPANDED] if budget is None else budget
+
+    def error(self, line: int, message: str):
+        raise ConfigError(self.filename, line, message)
+
+    def peek(self, n: int = 0) -> _Token:
+        while len(self.pending) <= n:
+            self.pending.extend(self._lex())
+        return self.pending[n]
+
+    def next(self) -> _Token:
+        tok = self.peek()
+        if tok.kind != "eof":
+            self.pending.pop(0)
+        return tok
+
+    def _newline(self):
+        if not self.fixed_line:
+            self.line += 1
+
+    def _skip_blank(self):
+        text = self.text
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c == "\n":
+                self._newline()
+                self.pos += 1
+            elif c in " \t\r":
+                self.pos += 1
+            elif c == "\\" and text.startswith("\n", self.pos + 1):
+                self._newline()        # line continuation, as in vm.conf
+                self.pos += 2
+            elif c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            else:
+                return
+
+    def _lex(self) -> list[_Token]:
+        self._skip_blank()
+        if self.pos >= len(self.text):
+            return [_Token("eof", "", self.line)]
+        c = self.text[self.pos]
+        if c in "{}=":
+            self.pos += 1
+            return [_Token(c, c, self.line)]
+        if c == '"':
+            return [self._string()]
+        if c == "$":
+            return self._macro()
+        m = _BARE.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+            return [_Token("word", m.group(), self.line)]
+        shown = c if c.isprintable() else repr(c)
+        self.error(self.line, 'unexpected character "%s"; strings with such '
+                   "characters must be quoted" % shown)
+
+    def _string(self) -> _Token:
+        line = self.line
+        out = []
+        self.pos += 1
+        while self.pos < len(self.text):
+            c = self.text[self.pos]
+            if c == '"':
+                self.pos += 1
+                return _Token("word", "".join(out), line, quoted=True)
+            if c == "\n":
+                break
+            if c == "\\" and self.pos + 1 < len(self.text) \
+                    and self.text[self.pos + 1] in '"\\':
+                c = self.text[self.pos + 1]
+                self.pos += 1
+            elif not c.isprintable():
+                self.error(line, "control character %r in string" % c)
+            out.append(c)
+            self.pos += 1
+        self.error(line, 'unterminated string: expected \'"\' before end '
+                   "of line")
+
+    def _macro(self) -> list[_Token]:
+        line = self.line
+        m = _MACRO_USE.match(self.text, self.pos + 1)
+        if not m:
+            self.error(line, 'expected macro name after "$"')
+        self.pos = m.end()
+        name = m.group()
+        if name not in self.macros:
+            self.error(line, "undefined macro $%s" % name)
+        if self.depth >= MAX_MACRO_DEPTH:
+            self.error(line, "macro $%s nested too deeply (recursive?)" % name)
+        sub = _Lexer(self.macros[name], self.filename, self.macros,
+                     line=line, depth=self.depth + 1, fixed_line=True,
+                     budget=self.budget)
+        toks = []
+        while (tok := sub.next()).kind != "eof":
+            self.budget[0] -= 1
+            if self.budget[0] < 0:
+                self.error(line, "macros expand to more than %d words"
+                           % MAX_EXPANDED)
+            toks.append(tok)
+        if not toks:
+            self.error(line, "macro $%s is empty" % name)
+        return toks
+
+
+# ---- parser ---------------------------------------------------------------
+
+def _expected(what: list[str]) -> str:
+    if len(what) == 1:
+        return what[0]
+    return ", ".join(what[:-1]) + " or " + what[-1]
+
+
+class _Parser:
+    GLOBAL = ["chroot", "dns", "local prefix", "socket", "switch", "user",
+              "vm", "a macro definition (name = value)"]
+    VM = ["disable", "enable", "interface", "local interface", "socket", '"}"']
+    IFACE = ["hostname", "local", "lladdr", "locked lladdr", "mtu", "offload",
+             "socket", "switch", '"}"']
+    SWITCH = ["interface", '"}"']
+
+    def __init__(self, text: str, filename: str):
+        self.filename = filename
+        self.macros: dict[str, str] = {}
+        self.lex = _Lexer(text, filename, self.macros)
+        self.conf = Config()
+        self.seen: dict[tuple, int] = {}       # (scope, keyword) -> line
+        self.where: dict[tuple, int] = {}      # (iface key, what) -> line
+        self.vm_socket: dict[str, tuple[str, int]] = {}
+
+    # -- helpers
+
+    def error(self, line: int | None, message: str):
+        raise ConfigError(self.filename, line, message)
+
+    def expect(self, kind: str, after: str) -> _Token:
+        tok = self.lex.next()
+        if tok.kind != kind:
+            self.error(tok.line, 'expected "%s" %s, got %s'
+                       % (kind, after, tok.describe()))
+        return tok
+
+    def word(self, what: str, after: str) -> _Token:
+        """A required argument: a quoted string or a bare word."""
+        tok = self.lex.next()
+        if tok.kind != "word":
+            self.error(tok.line, "expected %s after %s, got %s"
+                       % (what, after, tok.describe()))
+        return tok
+
+    def optional_name(self) -> _Token | None:
+        tok = self.lex.peek()
+        if tok.kind == "word" and (tok.quoted or tok.value not in KEYWORDS):
+            return self.lex.next()
+        return None
+
+    def once(self, scope, keyword: str, line: int):
+        """Single-valued statements may appear once per block."""
+        if (scope, keyword) in self.seen:
+            self.error(line, '"%s" given twice (first at line %d)'
+                       % (keyword, self.seen[(scope, keyword)]))
+        self.seen[(scope, keyword)] = line
+
+    def unknown(self, tok: _Token, where: str, expected: list[str]):
+        what = ('unknown keyword %s' % tok.describe()) if tok.kind == "word" \
+            else 'unexpected %s' % tok.describe()
+        self.error(tok.line, "%s %s; expected %s"
+                   % (what, where, _expected(expected)))
+
+    # -- top level
+
+    def parse(self) -> Config:
+        while (tok := self.lex.peek()).kind != "eof":
+            if tok.kind == "word" and not tok.quoted \
+                    and self.lex.peek(1).kind == "=":
+                self.macro()
+                continue
+            self.lex.next()
+            if tok.is_word("socket"):
+                self.once("global", "socket", tok.line)
+                self.conf.socket = self.sock_path(
+                    self.word("a path", "socket"))
+            elif tok.is_word("user"):
+                self.once("global", "user", tok.line)
+                self.conf.user = self.user(self.word("a user name", "user"))
+            elif tok.is_word("chroot"):
+                self.once("global", "chroot", tok.line)
+                self.conf.chroot = self.abs_path(
+                    self.word("a directory", "chroot"), "chroot")
+            elif tok.is_word("local"):
+                nxt = self.lex.next()
+                if not nxt.is_word("prefix"):
+                    self.error(nxt.line, 'expected "prefix" after "local", '
+                               "got %s" % nxt.describe())
+                self.once("global", "local prefix", tok.line)
+                self.conf.local_prefix = self.prefix(
+                    self.word("an IPv4 prefix", '"local prefix"'))
+            elif tok.is_word("dns"):
+                self.dns(tok)
+            elif tok.is_word("switch"):
+                self.switch(tok)
+            elif tok.is_word("vm"):
+                self.vm(tok)
+            else:
+                self.unknown(tok, "at top level", self.GLOBAL)
+        self.check()
+        return self.conf
+
+    def macro(self):
+        name = self.lex.next()
+        self.lex.next()                                  # "="
+        if not _MACRO_NAME.match(name.value):
+            self.error(name.line, 'bad macro name "%s": expected a letter or '
+                       '"_" then letters, digits or "_"' % name.value)
+        if name.value in KEYWORDS:
+            self.error(name.line, 'macro name "%s" is a reserved keyword'
+                       % name.value)
+        value = self.word("a value", 'macro "%s" =' % name.value)
+        self.macros[name.value] = value.value
+
+    # -- values
+
+    def abs_path(self, tok: _Token, what: str) -> str:
+        if not tok.value.startswith("/"):
+            self.error(tok.line, '%s: expected an absolute path, got "%s"'
+                       % (what, tok.value))
+        return tok.value
+
+    def sock_path(self, tok: _Token) -> str:
+        path = self.abs_path(tok, "socket")
+        if len(path.encode()) > SUN_PATH_MAX:
+            self.error(tok.line, "socket path longer than %d bytes: %s"
+                       % (SUN_PATH_MAX, path))
+        return path
+
+    def user(self, tok: _Token) -> str:
+        if not _USER.match(tok.value):
+            self.error(tok.line, 'bad user name "%s"' % tok.value)
+        if tok.value == "root":
+            self.error(tok.line, "user: workers must not run as root")
+        return tok.value
+
+    def prefix(self, tok: _Token) -> ipaddress.IPv4Network:
+        try:
+            net = ipaddress.ip_network(tok.value, strict=False)
+        except ValueError:
+            self.error(tok.line, 'expected an IPv4 prefix such as '
+                       '100.64.0.0/10, got "%s"' % tok.value)
+        if net.version != 4:
+            self.error(tok.line, "local prefix must be IPv4, got %s" % net)
+        if str(net) != tok.value and "/" in tok.value:
+            self.error(tok.line, "local prefix %s has host bits set (did you "
+                       "mean %s?)" % (tok.value, net))
+        if net.prefixlen > 31:
+            self.error(tok.line, "local prefix %s too small: it must hold "
+                       "at least one /31" % net)
+        self.where[("global", "prefix")] = tok.line
+        return net
+
+    def ipv4(self, tok: _Token) -> ipaddress.IPv4Address:
+        try:
+            return ipaddress.IPv4Address(tok.value)
+        except ValueError:
+            self.error(tok.line, 'expected an IPv4 address, got "%s"'
+                       % tok.value)
+
+    def ifname(self, tok: _Token, what: str) -> str:
+        name = tok.value
+        if len(name) > IFNAME_MAX:
+            self.error(tok.line, '%s "%s" longer than %d characters'
+                       % (what, name, IFNAME_MAX))
+        if not _IFNAME.match(name) or name in (".", ".."):
+            self.error(tok.line, 'bad %s "%s": expected letters, digits, '
+                       '".", "-" or "_"' % (what, name))
+        return name
+
+    def lladdr(self, tok: _Token) -> str:
+        mac = tok.value.lower()
+        if not _MAC.match(mac):
+            self.error(tok.line, 'bad lladdr "%s": expected six hex octets '
+                       "such as 52:54:00:12:34:56" % tok.value)
+        first = int(mac[:2], 16)
+        if first & 1:
+            self.error(tok.line, "lladdr %s is a multicast address" % mac)
+        if mac == "00:00:00:00:00:00":
+            self.error(tok.line, "lladdr %s is the null address" % mac)
+        return mac
+
+    def number(self, tok: _Token, what: str, low: int, high: int) -> int:
+        if not tok.value.isdigit() or not tok.value.isascii():
+            self.error(tok.line, 'expected a number after %s, got "%s"'
+                       % (what, tok.value))
+        n = int(tok.value)
+        if not low <= n <= high:
+            self.error(tok.line, "%s %d out of range %d..%d"
+                       % (what, n, low, high))
+        return n
+
+    def hostname(self, tok: _Token) -> str:
+        name = tok.value.rstrip(".")
+        if not name or len(name) > 253 \
+                or not all(_LABEL.match(lb) for lb in name.split(".")):
+            self.error(tok.line, 'bad hostname "%s": expected labels of '
+                       'letters, digits and "-" separated by "."' % tok.value)
+        return name
+
+    # -- statements
+
+    def dns(self, tok: _Token):
+        nxt = self.lex.peek()
+        if nxt.kind != "word" or (not nxt.quoted and nxt.value in KEYWORDS):
+            self.error(nxt.line, "expected an IPv4 address after dns, got %s"
+                       % nxt.describe())
+        while (nxt := self.lex.peek()).kind == "word" \
+                and not (not nxt.quoted and nxt.value in KEYWORDS) \
+                and self.lex.peek(1).kind != "=":
+            self.conf.dns.append(self.ipv4(self.lex.next()))
+
+    def switch(self, kw: _Token):
+        tok = self.word("a switch name", "switch")
+        name = tok.value
+        if not name:
+            self.error(tok.line, "empty switch name")
+        if name in self.conf.switches:
+            self.error(tok.line, 'duplicate switch "%s" (first at line %d)'
+                       % (name, self.conf.switches[name].line))
+        self.expect("{", "after switch name")
+        bridge = None
+        scope = ("switch", name)
+        while True:
+            tok = self.lex.next()
+            if tok.kind == "}":
+                break
+            if tok.is_word("interface"):
+                self.once(scope, "interface", tok.line)
+                bridge = self.ifname(self.word("a bridge name", "interface"),
+                                     "bridge name")
+                self.where[("switch", name)] = tok.line
+            elif tok.kind == "eof":
+                self.error(kw.line, 'switch "%s": missing "}" (end of file '
+                           "reached)" % name)
+            else:
+                self.unknown(tok, 'in switch "%s"' % name, self.SWITCH)
+        if bridge is None:
+            self.error(kw.line, 'switch "%s" has no interface (the bridge '
+                       "it stands for)" % name)
+        self.conf.switches[name] = Switch(name, bridge, line=kw.line)
+
+    def vm(self, kw: _Token):
+        tok = self.word("a vm name", "vm")
+        name = tok.value
+        if not _VM_NAME.match(name):
+            self.error(tok.line, 'bad vm name "%s": expected a letter, then '
+                       'up to 63 letters, digits, ".", "-" or "_"' % name)
+        if name in self.conf.vms:
+            self.error(tok.line, 'duplicate vm "%s" (first at line %d)'
+                       % (name, self.conf.vms[name].line))
+        self.expect("{", "after vm name")
+        vm = Vm(name, line=kw.line)
+        scope = ("vm", name)
+        while True:
+            tok = self.lex.next()
+            if tok.kind == "}":
+                break
+            if tok.is_word("socket"):
+                self.once(scope, "socket", tok.line)
+                self.vm_socket[name] = (
+                    self.sock_path(self.word("a path", "socket")), tok.line)
+            elif tok.is_word("interface"):
+                self.interface(vm, tok, local=False)
+            elif tok.is_word("local"):
+                nxt = self.lex.next()
+                if not nxt.is_word("interface"):
+                    self.error(nxt.line, 'expected "interface" after "local" '
+                               "in vm block, got %s" % nxt.describe())
+                self.interface(vm, tok, local=True)
+            elif tok.is_word("disable", "enable"):
+                self.once(scope, "enable/disable", tok.line)
+                vm.disabled = tok.value == "disable"
+            elif tok.kind == "eof":
+                self.error(kw.line, 'vm "%s": missing "}" (end of file '
+                           "reached)" % name)
+            elif tok.is_word("vm", "switch"):
+                self.error(tok.line, '"%s" inside vm "%s": missing "}" to '
+                           "close the vm block opened at line %d?"
+                           % (tok.value, name, kw.line))
+            else:
+                self.unknown(tok, 'in vm "%s"' % name, self.VM)
+        self.vm_done(vm, kw)
+        self.conf.vms[name] = vm
+
+    def vm_done(self, vm: Vm, kw: _Token):
+        """A socket in the vm block belongs to the first interface."""
+        if not vm.interfaces:
+            self.error(kw.line, 'vm "%s" has no interface' % vm.name)
+        if vm.name in self.vm_socket:
+            path, line = self.vm_socket[vm.name]
+            first = vm.interfaces[0]
+            if first.socket is not None:
+                self.error(line, 'vm "%s": socket in the vm block is for the '
+                           "first interface, which has its own socket"
+                           % vm.name)
+            first.socket = path
+            self.where[(first.key, "socket")] = line
+        for iface in vm.interfaces:
+            if iface.socket is None:
+                self.error(iface.line, "%s: interface has no socket (add "
+                           '"socket PATH" to its block)' % iface.key)
+
+    def interface(self, vm: Vm, kw: _Token, local: bool):
+        iface = Interface(vm.name, len(vm.interfaces), local=local,
+                          line=kw.line)
+        offload_lines: dict[tuple[str, str], int] = {}
+        name = self.optional_name()
+        if name is not None:
+            iface.name = self.ifname(name, "tap name")
+            self.where[(iface.key, "name")] = name.line
+        if self.lex.peek().kind == "{":
+            self.lex.next()
+            self.interface_body(iface, kw, offload_lines)
+        self.offload_check(iface, offload_lines)
+        if iface.local and iface.switch is not None:
+            self.error(self.where[(iface.key, "switch")], "%s: a local "
+                       "interface is routed, it cannot be on a switch"
+                       % iface.key)
+        if iface.hostname is not None and not iface.local:
+            self.error(self.where[(iface.key, "hostname")], "%s: hostname is "
+                       "given by DHCP on local interfaces only" % iface.key)
+        vm.interfaces.append(iface)
+
+    def interface_body(self, iface: Interface, kw: _Token, offload_lines):
+        scope = ("interface", iface.key)
+        while True:
+            tok = self.lex.next()
+            if tok.kind == "}":
+                return
+            if tok.kind == "eof":
+                self.error(kw.line, '%s: interface block missing "}" (end of '
+                           "file reached)" % iface.key)
+            if tok.is_word("socket"):
+                self.once(scope, "socket", tok.line)
+                iface.socket = self.sock_path(self.word("a path", "socket"))
+                self.where[(iface.key, "socket")] = tok.line
+            elif tok.is_word("lladdr", "locked"):
+                if tok.value == "locked":
+                    nxt = self.lex.next()
+                    if not nxt.is_word("lladdr"):
+                        self.error(nxt.line, 'expected "lladdr" after '
+                                   '"locked", got %s' % nxt.describe())
+                    iface.locked = True
+                self.once(scope, "lladdr", tok.line)
+                mac = self.optional_name()
+                if mac is not None:
+                    iface.lladdr = self.lladdr(mac)
+                    self.where[(iface.key, "lladdr")] = mac.line
+            elif tok.is_word("switch"):
+                self.once(scope, "switch", tok.line)
+                iface.switch = self.word("a switch name", "switch").value
+                self.where[(iface.key, "switch")] = tok.line
+            elif tok.is_word("mtu"):
+                self.once(scope, "mtu", tok.line)
+                iface.mtu = self.number(self.word("a number", "mtu"), "mtu",
+                                        MTU_MIN, MTU_MAX)
+            elif tok.is_word("local"):
+                iface.local = True
+            elif tok.is_word("hostname"):
+                self.once(scope, "hostname", tok.line)
+                iface.hostname = self.hostname(
+                    self.word("a host name", "hostname"))
+                self.where[(iface.key, "hostname")] = tok.line
+            elif tok.is_word("offload"):
+                self.offload(iface, tok, offload_lines)
+            else:
+                self.unknown(tok, "in interface %s" % iface.key, self.IFACE)
+
+    # -- offloads
+
+    def offload(self, iface: Interface, kw: _Token, lines):
+        """offload [tx | rx] (NAME | all) MODE; later lines win."""
+        tok = self.word("tx, rx, all or an offload name", "offload")
+        dirs = DIRECTIONS
+        if tok.value in DIRECTIONS:
+            dirs = (tok.value,)
+            tok = self.word("all or an offload name",
+                            "offload %s" % tok.value)
+        if tok.value == "all":
+            names = OFFLOAD_NAMES
+        elif tok.value in OFFLOAD_NAMES:
+            names = (tok.value,)
+        else:
+            self.error(tok.line, 'unknown offload "%s"; expected all or one '
+                       "of %s" % (tok.value, _expected(list(OFFLOAD_NAMES))))
+        mtok = self.word("a mode (%s)" % _expected(list(MODES)),
+                         "offload %s" % tok.value)
+        mode = mtok.value
+        if mode not in MODES:
+            self.error(mtok.line, 'unknown offload mode "%s"; expected %s'
+                       % (mode, _expected(list(MODES))))
+        for d in dirs:
+            for n in names:
+                if d == "rx" and n != "csum" and mode == SOFTWARE:
+                    self.error(mtok.line, "rx %s has no software mode: the "
+                               "guest gets it from the kernel or not at all "
+                               "(only rx csum can be done in software); "
+                               "use passthrough or off" % n)
+                getattr(iface.offload, d)[n] = mode
+                lines[(d, n)] = kw.line
+
+    def offload_check(self, iface: Interface, lines):
+        """The virtio feature dependencies: TSO, USO and ECN need the
+        checksum offload of their direction; ECN needs TSO4 or TSO6."""
+        def line_of(*keys):
+            return max(lines.get(k, iface.line) for k in keys)
+        for d in DIRECTIONS:
+            modes = getattr(iface.offload, d)
+            if modes["csum"] == OFF:
+                for n in ("tso4", "tso6", "uso", "ecn"):
+                    if modes[n] != OFF:
+                        self.error(line_of((d, n), (d, "csum")),
+                                   "%s: %s %s needs %s csum, which is off "
+                                   '(add "offload %s %s off" or turn csum on)'
+                                   % (iface.key, d, n, d, d, n))
+            if modes["ecn"] != OFF and modes["tso4"] == OFF \
+                    and modes["tso6"] == OFF:
+                self.error(line_of((d, "ecn"), (d, "tso4"), (d, "tso6")),
+                           "%s: %s ecn needs %s tso4 or tso6, both off "
+                           '(add "offload %s ecn off")' % (iface.key, d, d, d))
+
+    # -- whole-file checks
+
+    def check(self):
+        conf = self.conf
+        sockets = {conf.socket: ("the control socket", None)}
+        taps: dict[str, str] = {}
+        macs: dict[str, str] = {}
+        bridges = {}
+        for sw in conf.switches.values():
+            if sw.bridge in bridges:
+                self.error(self.where[("switch", sw.name)], 'switches "%s" '
+                           'and "%s" use the same bridge %s'
+                           % (bridges[sw.bridge], sw.name, sw.bridge))
+            bridges[sw.bridge] = sw.name
+        nlocal = 0
+        for iface in conf.interfaces():
+            key = iface.key
+            if iface.socket in sockets:
+                other, _ = sockets[iface.socket]
+                self.error(self.where[(key, "socket")], "%s: duplicate socket "
+                           "%s (also used by %s)" % (key, iface.socket, other))
+            sockets[iface.socket] = (key, None)
+            if iface.name is not None:
+                line = self.where[(key, "name")]
+                if iface.name in taps:
+                    self.error(line, '%s: duplicate tap name "%s" (also used '
+                               "by %s)" % (key, iface.name, taps[iface.name]))
+                if iface.name in bridges:
+                    self.error(line, '%s: tap name "%s" is the bridge of '
+                               'switch "%s"' % (key, iface.name,
+                                                bridges[iface.name]))
+                taps[iface.name] = key
+            if iface.lladdr is not None:
+                if iface.lladdr in macs:
+                    self.error(self.where[(key, "lladdr")], "%s: duplicate "
+                               "lladdr %s (also used by %s)"
+                               % (key, iface.lladdr, macs[iface.lladdr]))
+                macs[iface.lladdr] = key
+            if iface.switch is not None and iface.switch not in conf.switches:
+                known = sorted(conf.switches)
+                self.error(self.where[(key, "switch")], '%s: unknown switch '
+                           '"%s"; expected %s' % (
+                               key, iface.switch,
+                               _expected(['"%s"' % s for s in known])
+                               if known else "a switch defined in this file"))
+            nlocal += iface.local
+        if nlocal * 2 > conf.local_prefix.num_addresses:
+            self.error(self.where.get(("global", "prefix")), "local prefix %s "
+                       "too small for %d local interfaces (each takes a /31)"
+                       % (conf.local_prefix, nlocal))
+
+
+# ---- entry points ---------------------------------------------------------
+
+def parse(text: str, filename: str = "vionetd.conf") -> Config:
+    """Parse configuration text; raise ConfigError on any error."""
+    if len(text) > MAX_FILE_SIZE:
+        raise ConfigError(filename, None, "file larger than %d bytes"
+                          % MAX_FILE_SIZE)
+    return _Parser(text, filename).parse()
+
+
+def load(path: str) -> Config:
+    """Read and parse a configuration file; raise ConfigError on any error,
+    including a file that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    except OSError as e:
+        raise ConfigError(path, None, "cannot read: %s"
+                          % (e.strerror or e)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(path, line, "not valid UTF-8") from None
+    return parse(text, path)
+
+
+def check(path: str) -> tuple[bool, str]:
+    """For vionetd -n: (True, "configuration OK") or (False, the error)."""
+    try:
+        load(path)
+    except ConfigError as e:
+        return False, str(e)
+    return True, "configuration OK"
