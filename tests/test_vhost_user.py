@@ -183,8 +183,10 @@ def test_negotiation_like_qemu(rig, style):
     assert names.index("set_vring_enable") < first_ready
     assert ("set_mem_table", [V.MemRegion(*rig.mem.region)], 1) in be.calls
     assert ("set_vring_num", 1, 256) in be.calls
-    if style == "qemu10":
-        assert ("set_vring_err", 0, True) in be.calls
+    assert ("set_vring_err", 0, True) in be.calls
+    # every need_reply got exactly its ack, nothing more is pending
+    assert fe.acks == {"qemu72": 1, "qemu10": 4}[style]
+    assert not fe.pending()
     # ring addresses translate back to the guest addresses of the layout
     for i in (0, 1):
         desc, avail, used = layout.addresses(i)
@@ -531,3 +533,23 @@ def test_ring_outside_memory_at_kick(rig):
     fe.set_vring_addr(0, u, u + 4 * MiB - 16, u + 0x2000)
     with pytest.raises(ProtocolError, match="outside the memory table"):
         fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
+
+
+def test_backend_failing_to_start_a_ring_closes(rig):
+    be = rig.backend
+
+    def refuse(i, ready):
+        be.calls.append(("ready", i, ready))
+        if ready:
+            raise V.BackendError("no worker")
+    be.ring_ready_changed = refuse
+    with pytest.raises(ProtocolError, match="could not start"):
+        rig.fe.negotiate([rig.mem])
+
+
+def test_refusals_are_logged(rig, caplog):
+    owned(rig)
+    with caplog.at_level("WARNING", logger="vionetd.vhost_user"):
+        rig.fe.send(V.SET_VRING_ENDIAN, struct.pack("<II", 0, 0))
+    assert any("SET_VRING_ENDIAN ignored" in r.getMessage()
+               for r in caplog.records)

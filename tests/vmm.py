@@ -125,6 +125,7 @@ class Frontend:
         self.call: dict[int, int] = {}
         self.err: dict[int, int] = {}
         self.ack_always: set[int] = set()   # requests sent with need_reply
+        self.acks = 0                       # REPLY_ACK answers received
 
     @classmethod
     def connect(cls, path: str, timeout: float = 5.0) -> "Frontend":
@@ -201,6 +202,7 @@ class Frontend:
         p = self.recv_reply(req)
         if len(p) != 8:
             raise FrontendError(f"ack of {len(p)} bytes to {req}")
+        self.acks += 1
         return U64.unpack(p)[0]
 
     def get_features(self) -> int:
@@ -301,9 +303,11 @@ class Frontend:
         hw/virtio/vhost-user.c vhost_user_backend_init). Returns the acked
         features.
 
-        style "qemu72": REPLY_ACK asked for SET_MEM_TABLE only;
-        style "qemu10": also SET_VRING_ERR per ring at init, and acks asked
-        for SET_FEATURES and SET_VRING_ENABLE too.
+        Both styles send SET_VRING_CALL then SET_VRING_ERR per ring at init
+        (vhost_virtqueue_init). style "qemu72" asks REPLY_ACK for
+        SET_MEM_TABLE only; "qemu10" also for SET_FEATURES and
+        SET_VRING_ENABLE (an approximation of newer QEMUs waiting on more
+        requests; the device must answer whichever carry need_reply).
         """
         if layout is None:
             layout = SplitLayout(regions[0].guest_addr, 256, nrings)
@@ -323,8 +327,7 @@ class Frontend:
         self.get_features()
         for i in range(nrings):
             self.set_vring_call(i, self._eventfd(self.call, i))
-            if style == "qemu10":
-                self.set_vring_err(i, self._eventfd(self.err, i))
+            self.set_vring_err(i, self._eventfd(self.err, i))
         # vhost_dev_start
         if want is None:
             want = offered

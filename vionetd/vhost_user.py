@@ -528,7 +528,12 @@ class Connection:
             ready = not self.closed and self.ring_ready(i)
             if ready != self._reported[i]:
                 self._reported[i] = ready
-                self.backend.ring_ready_changed(i, ready)
+                try:
+                    self.backend.ring_ready_changed(i, ready)
+                except BackendError as e:
+                    raise ProtocolError(f"ring {i}: backend could not "
+                                        f"{'start' if ready else 'stop'} "
+                                        f"it: {e}")
 
     def _check_running_layout(self) -> None:
         for i in range(NUM_RINGS):
