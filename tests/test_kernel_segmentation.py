@@ -1,0 +1,368 @@
+"""The kernel cross-check of software segmentation.
+
+We write TSO/USO super-frames, with their virtio_net_hdr exactly as a Linux
+guest's virtio-net driver sends them, into a tap, and let Linux cut them; then
+we cut the same super-frames with vionetd's gso_segment() (csrc/) and compare
+the two, field by field.
+
+The recipe that makes Linux segment in software, and finish every checksum:
+
+    namespace S:  bridge br  <- tap (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, hdr 12)
+                             <- veth va, with  ethtool -K va tx off tso off
+                                gso off tx-udp-segmentation off
+    namespace C:  veth vb (va's peer, gro off), an AF_PACKET socket bound to it
+
+A frame written to the tap is received by the bridge and forwarded to va; at
+va's transmit (validate_xmit_skb) the GSO skb meets a device without TSO/USO
+and is segmented by the stack (skb_gso_segment), and since va cannot checksum
+either, every segment's checksums are completed in software. vb receives wire
+frames. With va's offloads left on, the super-frame crosses the veth whole:
+test_recipe_control shows it, so a count above 1 really is Linux's doing.
+
+Fields Linux is free to choose differently: LINUX_MAY_DIFFER below, each with
+its reason; only those are excluded from the comparison.
+"""
+import math
+import os
+import select
+import socket
+import struct
+import time
+
+import pytest
+
+from netns import disable_ipv6, inside, netns, ns_run, unique, veth_pair
+from vionetd import links, tap
+
+pytestmark = pytest.mark.root
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SRC_MAC = bytes.fromhex("02766e000001")
+DST_MAC = bytes.fromhex("02766e000002")
+IP4_SRC, IP4_DST = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+IP6_SRC = bytes.fromhex("fd00000000000000000000000000000a")
+IP6_DST = bytes.fromhex("fd00000000000000000000000000000b")
+
+# virtio_net_hdr (include/uapi/linux/virtio_net.h)
+NEEDS_CSUM = 1
+GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 1, 4, 5, 0x80
+TCP_FIN, TCP_PSH, TCP_ACK, TCP_ECE, TCP_CWR = 0x01, 0x08, 0x10, 0x40, 0x80
+
+# Fields Linux may set differently from us, and why. Each is (field name as
+# dissect() gives it, reason). Nothing else is excluded.
+LINUX_MAY_DIFFER = [
+]
+
+
+# ---- checksums (RFC 1071) --------------------------------------------------
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def inet_csum(data: bytes) -> int:
+    return ~_sum16(data) & 0xFFFF
+
+
+def pseudo(v6: bool, src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if v6:
+        return src + dst + struct.pack("!IxxxB", length, proto)
+    return src + dst + struct.pack("!xBH", proto, length)
+
+
+# ---- super-frames as a Linux guest sends them ------------------------------
+
+def _eth(v6: bool) -> bytes:
+    return DST_MAC + SRC_MAC + struct.pack("!H", 0x86DD if v6 else 0x0800)
+
+
+def _ip(v6: bool, proto: int, l4_len: int, tos: int, opts: bytes) -> bytes:
+    """IPv4 (DF, options opts) or IPv6 (opts: extension headers, already
+    chained to end in proto) in front of l4_len bytes of TCP/UDP."""
+    if v6:
+        nh = 60 if opts else proto  # destination options header
+        return struct.pack("!IHBB", (6 << 28) | (tos << 20) | 0x12345,
+                           len(opts) + l4_len, nh, 64) + IP6_SRC + IP6_DST + opts
+    ihl = 5 + len(opts) // 4
+    h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, ihl * 4 + l4_len, 0x1234,
+                    0x4000, 64, proto, 0, IP4_SRC, IP4_DST) + opts
+    return h[:10] + struct.pack("!H", inet_csum(h)) + h[12:]
+
+
+def _vnet(gso_type: int, hdr_len: int, gso_size: int, csum_start: int, csum_off: int) -> bytes:
+    return struct.pack("<BBHHHHH", NEEDS_CSUM, gso_type, hdr_len, gso_size,
+                       csum_start, csum_off, 0)
+
+
+def _dstopts(proto: int) -> bytes:
+    """An 8-byte IPv6 destination options header: next header, length 0, PadN."""
+    return struct.pack("!BB", proto, 0) + b"\x01\x04\0\0\0\0"
+
+
+def tcp_superframe(v6, payload, mss, flags=TCP_ACK | TCP_PSH, ecn=False, opts=b""):
+    """(vnet header, frame): what virtio-net's start_xmit hands the device for
+    a TSO skb: the IP header complete for the whole super-frame, the TCP
+    checksum field holding the folded pseudo-header sum of the whole TCP
+    length (tcp_v4_send_check / tcp_v6_send_check), NEEDS_CSUM at the TCP
+    header, offset 16."""
+    tcp_opts = b"\x01\x01\x08\x0a" + struct.pack("!II", 0xA1B2C3D4, 0x01020304)
+    thl = 20 + len(tcp_opts)
+    l4_len = thl + len(payload)
+    tos = 0x02 if ecn else 0  # ECT(0)
+    if v6 and opts:
+        opts = _dstopts(6)
+    ip = _ip(v6, 6, l4_len, tos, opts)
+    src, dst = (IP6_SRC, IP6_DST) if v6 else (IP4_SRC, IP4_DST)
+    check = _sum16(pseudo(v6, src, dst, 6, l4_len))
+    th = struct.pack("!HHIIBBHHH", 40000, 5201, 0x11223344, 0x55667788,
+                     (thl // 4) << 4, flags, 502, check, 0) + tcp_opts
+    l4_off = 14 + len(ip)
+    gso = (GSO_TCPV6 if v6 else GSO_TCPV4) | (GSO_ECN if ecn else 0)
+    return _vnet(gso, l4_off + thl, mss, l4_off, 16), _eth(v6) + ip + th + payload
+
+
+def udp_superframe(v6, payload, gso_size, opts=b""):
+    """(vnet header, frame) for a UDP_SEGMENT (USO) send: the UDP length and
+    the pseudo-header sum in the checksum field cover the whole datagram
+    (udp_send_skb), NEEDS_CSUM at the UDP header, offset 6."""
+    l4_len = 8 + len(payload)
+    if v6 and opts:
+        opts = _dstopts(17)
+    ip = _ip(v6, 17, l4_len, 0, opts)
+    src, dst = (IP6_SRC, IP6_DST) if v6 else (IP4_SRC, IP4_DST)
+    check = _sum16(pseudo(v6, src, dst, 17, l4_len))
+    uh = struct.pack("!HHHH", 40001, 9000, l4_len, check)
+    l4_off = 14 + len(ip)
+    return _vnet(GSO_UDP_L4, l4_off + 8, gso_size, l4_off, 6), _eth(v6) + ip + uh + payload
+
+
+def pattern(n: int, seed: int) -> bytes:
+    """Payload bytes no two segments share, so a misplaced slice shows."""
+    return bytes((i * 7 + seed + (i >> 8)) & 0xFF for i in range(n))
+
+
+IP4_RA = b"\x94\x04\x00\x00"  # Router Alert (RFC 2113): one 4-byte IPv4 option
+
+# name: (kind, v6, payload length, gso_size, extra)
+CASES = {
+    "tso4":         ("tcp", False, 4000, 1000, {}),
+    "tso4-big":     ("tcp", False, 60000, 1448, {}),
+    "tso4-fin":     ("tcp", False, 3001, 1000, {"flags": TCP_ACK | TCP_PSH | TCP_FIN}),
+    "tso4-ecn-cwr": ("tcp", False, 4500, 1400, {"ecn": True,
+                                               "flags": TCP_ACK | TCP_PSH | TCP_CWR | TCP_ECE}),
+    "tso4-ipopts":  ("tcp", False, 2500, 1000, {"opts": IP4_RA}),
+    "tso6":         ("tcp", True, 4000, 1000, {}),
+    "tso6-big":     ("tcp", True, 30000, 1428, {}),
+    "tso6-ecn-cwr": ("tcp", True, 4500, 1400, {"ecn": True,
+                                              "flags": TCP_ACK | TCP_PSH | TCP_CWR}),
+    "tso6-dstopts": ("tcp", True, 2500, 1000, {"opts": True}),
+    "uso4":         ("udp", False, 5000, 1200, {}),
+    "uso4-exact":   ("udp", False, 4800, 1200, {}),
+    "uso4-ipopts":  ("udp", False, 3000, 1000, {"opts": IP4_RA}),
+    "uso6":         ("udp", True, 5000, 1200, {}),
+    "uso6-big":     ("udp", True, 40000, 1400, {}),
+    "uso6-dstopts": ("udp", True, 3000, 1000, {"opts": True}),
+}
+
+
+def build(name):
+    kind, v6, n, gso, extra = CASES[name]
+    payload = pattern(n, len(name))
+    if kind == "tcp":
+        hdr, frame = tcp_superframe(v6, payload, gso, **extra)
+    else:
+        hdr, frame = udp_superframe(v6, payload, gso, **extra)
+    return hdr, frame, payload, gso
+
+
+# ---- dissecting a wire frame into named fields ------------------------------
+
+def dissect(f: bytes) -> dict:
+    """Every field of an Ethernet/IPv4-or-IPv6/TCP-or-UDP frame, by name.
+    Bytes past the IP length are 'trailer'."""
+    d = {"eth.dst": f[0:6], "eth.src": f[6:12], "eth.type": struct.unpack_from("!H", f, 12)[0]}
+    if d["eth.type"] == 0x0800:
+        vihl, tos, tlen, ipid, frag, ttl, proto, hcs = struct.unpack_from("!BBHHHBBH", f, 14)
+        ihl = (vihl & 15) * 4
+        d.update({"ip.version": vihl >> 4, "ip.ihl": ihl, "ip.tos": tos, "ip.len": tlen,
+                  "ip.id": ipid, "ip.flags": frag >> 13, "ip.frag": frag & 0x1FFF,
+                  "ip.ttl": ttl, "ip.proto": proto, "ip.csum": hcs,
+                  "ip.src": f[26:30], "ip.dst": f[30:34], "ip.opts": f[34:14 + ihl],
+                  "ip.csum_ok": inet_csum(f[14:14 + ihl]) == 0})
+        l4 = 14 + ihl
+        end = 14 + tlen
+        v6 = False
+    elif d["eth.type"] == 0x86DD:
+        vtf, plen, nh, hlim = struct.unpack_from("!IHBB", f, 14)
+        d.update({"ip.version": vtf >> 28, "ip.tclass": (vtf >> 20) & 0xFF,
+                  "ip.flow": vtf & 0xFFFFF, "ip.len": plen, "ip.hlim": hlim,
+                  "ip.nexthdr": nh, "ip.src": f[22:38], "ip.dst": f[38:54]})
+        l4, proto, ext = 54, nh, b""
+        while proto in (0, 43, 60):  # hop-by-hop, routing, destination options
+            hl = (f[l4 + 1] + 1) * 8
+            ext += f[l4:l4 + hl]
+            proto = f[l4]
+            l4 += hl
+        d["ip.ext"] = ext
+        d["ip.proto"] = proto
+        end = 54 + plen
+        v6 = True
+    else:
+        raise AssertionError("not IP: ethertype 0x%04x" % d["eth.type"])
+    src, dst = d["ip.src"], d["ip.dst"]
+    seg = f[l4:end]
+    l4_ok = inet_csum(pseudo(v6, src, dst, proto, len(seg)) + seg) == 0
+    if proto == 6:
+        sp, dp, seq, ack, off, flags, win, cs, urg = struct.unpack_from("!HHIIBBHHH", f, l4)
+        thl = (off >> 4) * 4
+        d.update({"tcp.sport": sp, "tcp.dport": dp, "tcp.seq": seq, "tcp.ack": ack,
+                  "tcp.doff": thl, "tcp.res": off & 15, "tcp.flags": flags,
+                  "tcp.window": win, "tcp.csum": cs, "tcp.urg": urg,
+                  "tcp.opts": f[l4 + 20:l4 + thl], "l4.csum_ok": l4_ok})
+        d["payload"] = f[l4 + thl:end]
+    elif proto == 17:
+        sp, dp, ulen, cs = struct.unpack_from("!HHHH", f, l4)
+        d.update({"udp.sport": sp, "udp.dport": dp, "udp.len": ulen, "udp.csum": cs,
+                  "l4.csum_ok": l4_ok and cs != 0})
+        d["payload"] = f[l4 + 8:end]
+    else:
+        raise AssertionError("not TCP/UDP: %d" % proto)
+    d["trailer"] = f[end:]
+    return d
+
+
+# ---- the lab: tap -> bridge -> veth without offloads -> capture -------------
+
+class Lab:
+    def __init__(self, fd, sock):
+        self.fd, self.sock = fd, sock
+
+    def drain(self):
+        while select.select([self.sock], [], [], 0)[0]:
+            self.sock.recv(70000)
+
+    def send(self, hdr: bytes, frame: bytes, idle: float = 0.3, limit: float = 3.0):
+        """Write one vnet header + frame in one write; return the frames
+        from SRC_MAC that reach the capture, until idle seconds pass
+        without one (at most limit seconds)."""
+        self.drain()
+        n = os.write(self.fd, hdr + frame)
+        assert n == len(hdr) + len(frame)
+        got = []
+        start = last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - last > idle or now - start > limit:
+                return got
+            if not select.select([self.sock], [], [], 0.05)[0]:
+                continue
+            data, addr = self.sock.recvfrom(70000)
+            if addr[2] == PACKET_OUTGOING or data[6:12] != SRC_MAC:
+                continue
+            got.append(data)
+            last = time.monotonic()
+
+
+VETH_OFF = ("tx", "off", "tso", "off", "gso", "off", "tx-udp-segmentation", "off")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with netns("vks") as ns_s, netns("vkc") as ns_c:
+        for ns in (ns_s, ns_c):
+            disable_ipv6(ns)
+        br, va, vb = unique("vkbr"), unique("vka"), unique("vkb")
+        ns_run(ns_s, "ip", "link", "add", br, "type", "bridge")
+        ns_run(ns_s, "ip", "link", "set", br, "up")
+        with veth_pair(va, ns_s, vb, ns_c):
+            ns_run(ns_s, "ethtool", "-K", va, *VETH_OFF)
+            ns_run(ns_c, "ethtool", "-K", vb, "gro", "off")
+            with inside(ns_s):
+                fd, tname = tap.open_tap(unique("vkt"))
+            sock = None
+            try:
+                with inside(ns_s):
+                    links.attach_to_bridge(va, br)
+                    links.attach_to_bridge(tname, br)
+                    links.set_up(tname)
+                with inside(ns_c):
+                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                         socket.htons(ETH_P_ALL))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.bind((vb, 0))
+                lab = Lab(fd, sock)
+                lab.ns_s, lab.va = ns_s, va
+                _wait_forwarding(lab)
+                yield lab
+            finally:
+                if sock is not None:
+                    sock.close()
+                os.close(fd)
+
+
+def _wait_forwarding(lab, limit=5.0):
+    """Send a small plain frame until one crosses the bridge (ports come up
+    asynchronously), bounded in time."""
+    hdr = bytes(12)
+    frame = DST_MAC + SRC_MAC + b"\x88\xb5" + b"warmup" * 10
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if any(f == frame for f in lab.send(hdr, frame, idle=0.2, limit=0.5)):
+            return
+    raise AssertionError("the bridge never forwarded a frame from the tap")
+
+
+# ---- Linux's segments on their own ------------------------------------------
+
+def check_linux_segments(name, segs, payload, gso):
+    """What must hold of any correct segmentation, checked on Linux's."""
+    kind = CASES[name][0]
+    want = math.ceil(len(payload) / gso)
+    assert len(segs) == want > 1, "%s: %d frames captured, %d expected" % (name, len(segs), want)
+    ds = [dissect(s) for s in segs]
+    assert b"".join(d["payload"] for d in ds) == payload
+    for i, d in enumerate(ds):
+        assert d["trailer"] == b""
+        assert len(d["payload"]) == (gso if i < want - 1 else len(payload) - gso * (want - 1))
+        assert d["l4.csum_ok"], "%s: segment %d L4 checksum" % (name, i)
+        if d["ip.version"] == 4:
+            assert d["ip.csum_ok"], "%s: segment %d IP checksum" % (name, i)
+        if kind == "tcp":
+            assert d["tcp.seq"] == (0x11223344 + i * gso) & 0xFFFFFFFF
+            # tcp_gso_segment: FIN and PSH only on the last segment, CWR only
+            # on the first (RFC 3168 6.1.2: CWR once per window reduction).
+            last, first = i == want - 1, i == 0
+            sent = build(name)[1]
+            orig = dissect(sent)["tcp.flags"]
+            want_flags = orig & ~((TCP_FIN | TCP_PSH) if not last else 0) \
+                & ~(TCP_CWR if not first else 0)
+            assert d["tcp.flags"] == want_flags, "%s: segment %d flags" % (name, i)
+        else:
+            assert d["udp.len"] == 8 + len(d["payload"])
+    return ds
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_linux_segments(lab, name):
+    hdr, frame, payload, gso = build(name)
+    check_linux_segments(name, lab.send(hdr, frame), payload, gso)
+
+
+def test_recipe_control(lab):
+    """With va's offloads on, Linux does not segment: the super-frame arrives
+    whole. So the segmentation seen above is the recipe's doing."""
+    hdr, frame, payload, gso = build("tso4")
+    ns_run(lab.ns_s, "ethtool", "-K", lab.va, "tx", "on", "tso", "on", "gso", "on",
+           "tx-udp-segmentation", "on")
+    try:
+        got = lab.send(hdr, frame)
+    finally:
+        ns_run(lab.ns_s, "ethtool", "-K", lab.va, *VETH_OFF)
+    assert len(got) == 1 and len(got[0]) == len(frame)
+    assert dissect(got[0])["payload"] == payload
