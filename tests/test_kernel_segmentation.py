@@ -24,6 +24,7 @@ its reason; only those are excluded from the comparison.
 """
 import math
 import os
+import random
 import select
 import socket
 import struct
@@ -200,6 +201,33 @@ CASES = {
     "uso6-dstopts": ("udp", True, 3000, 1000, {"opts": True}),
     "uso6-vlan":    ("udp", True, 3000, 1000, {"vlan": 7}),
 }
+
+
+def _random_cases(seed: int, count: int) -> dict:
+    """More cases, drawn from a fixed seed (so a failure can be replayed):
+    any protocol mix, odd sizes, tags, options, TCP flags that matter for
+    segmentation. Kept within 2..64 segments and the 1500-byte MTU."""
+    rng = random.Random(seed)
+    out = {}
+    for i in range(count):
+        kind, v6 = rng.choice(("tcp", "udp")), rng.random() < 0.5
+        gso = rng.randint(1, 1400)
+        n = rng.randint(gso + 1, min(gso * 64, 60000))
+        extra = {}
+        if rng.random() < 0.3:
+            extra["vlan"] = rng.randint(1, 4094)
+        if rng.random() < 0.3:
+            extra["opts"] = True if v6 else IP4_RA
+        if kind == "tcp":
+            extra["flags"] = TCP_ACK | rng.choice((0, TCP_PSH, TCP_PSH | TCP_FIN))
+            if rng.random() < 0.3:
+                extra["ecn"] = True
+                extra["flags"] |= TCP_CWR | rng.choice((0, TCP_ECE))
+        out["rand%d-%s%d" % (i, kind, 6 if v6 else 4)] = (kind, v6, n, gso, extra)
+    return out
+
+
+CASES.update(_random_cases(seed=0x766E, count=16))
 
 
 def nsegs(name):
