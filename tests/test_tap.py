@@ -165,3 +165,46 @@ def test_links(netns):
         links.delete_link(br)
         links.delete_link(br)  # gone already: fine
         assert links.master_of(ifname) is None
+
+
+def _read_all(fd, limit=1.0, idle=0.2):
+    """Frames read from a tap until idle seconds pass without one."""
+    import time
+    got, start, last = [], time.monotonic(), time.monotonic()
+    while time.monotonic() - last < idle and time.monotonic() - start < limit:
+        if select.select([fd], [], [], 0.05)[0]:
+            got.append(os.read(fd, 70000))
+            last = time.monotonic()
+    return got
+
+
+@pytest.mark.parametrize("mask, whole", [(0, False), (0x03, True)])
+def test_offload_mask_governs_reader(netns, mask, whole):
+    """A TSO4 super-frame written into tap A and bridged to tap B reaches B's
+    reader whole (gso_type TCPV4 in its header) only if B's mask has
+    CSUM|TSO4; with mask 0 the kernel cuts it first."""
+    from test_kernel_segmentation import tcp_superframe, pattern
+    ns = netns()
+    br = unique("vbr")
+    ns_run(ns, "ip", "link", "add", br, "type", "bridge")
+    ns_run(ns, "ip", "link", "set", br, "up")
+    with open_in(ns) as (fa, na), open_in(ns) as (fb, nb):
+        tap.set_offload(fb, mask)
+        with inside(ns):
+            for n in (na, nb):
+                links.attach_to_bridge(n, br)
+                links.set_up(n)
+        payload = pattern(3000, 1)
+        hdr, frame = tcp_superframe(False, payload, 1000)
+        for _ in range(20):  # the ports come up asynchronously
+            os.write(fa, hdr + frame)
+            got = [g for g in _read_all(fb) if g[12 + 6:12 + 12] == frame[6:12]]
+            if got:
+                break
+        if whole:
+            assert len(got) == 1 and got[0][12:] == frame
+            assert got[0][1] == 1 and struct.unpack_from("<H", got[0], 4)[0] == 1000
+        else:
+            assert len(got) == 3
+            assert all(g[1] == 0 for g in got)
+            assert b"".join(g[12 + 66:] for g in got) == payload
