@@ -18,6 +18,12 @@ and is segmented by the stack (skb_gso_segment), and since va cannot checksum
 either, every segment's checksums are completed in software. vb receives wire
 frames. With va's offloads left on, the super-frame crosses the veth whole:
 test_recipe_control shows it, so a count above 1 really is Linux's doing.
+(There is no "ufo" to turn off: devices lost UFO in Linux 4.14; "tx off"
+alone would do, as TSO and USO depend on checksum offload, but each is named.)
+The tap's own TUNSETOFFLOAD mask plays no part: it governs what the tap's
+reader gets, and frames written with a vnet header are taken whatever it is.
+Tags: the receive path moves an 802.1Q tag into skb metadata, so the capture
+puts it back from PACKET_AUXDATA.
 
 Fields Linux is free to choose differently: LINUX_MAY_DIFFER below, each with
 its reason; only those are excluded from the comparison.
