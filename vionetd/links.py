@@ -113,3 +113,13 @@ def delete_link(ifname: str, ipr=None) -> None:
             if e.code == errno.ENODEV:
                 return
             raise LinkError(e.code, "%s: delete: %s" % (ifname, e)) from e
+
+
+def get_mac(ifname: str, ipr=None) -> bytes:
+    """A link's hardware address, 6 bytes."""
+    with _ipr(ipr) as r:
+        link = r.get_links(_index(r, ifname))[0]
+        mac = link.get_attr("IFLA_ADDRESS")
+    if not mac:
+        raise LinkError(errno.EINVAL, "%s: no hardware address" % ifname)
+    return bytes.fromhex(mac.replace(":", ""))

@@ -25,6 +25,7 @@ from vionetd.log import log
 
 WORKER_TIMEOUT = 3.0       # seconds to wait for a worker's synchronous answer
 RESTART_BACKOFF = 1.0      # at most one restart per worker per second
+AUTO_TAP = "vio%d"          # the kernel picks the number
 RX, TX = 0, 1              # ring index within the queue pair (vhost-user: 2i, 2i+1)
 ROLE = {RX: pb.ROLE_RX, TX: pb.ROLE_TX}
 ROLE_NAME = {RX: "rx", TX: "tx"}
@@ -91,7 +92,7 @@ class Port(vhost_user.Backend):
                 {k: v for k, v in conf.switches.items()})
 
     def start(self):
-        self.tap_fd, self.tap_name = tap.open_tap(self.iface.name)
+        self.tap_fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP)
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
         self._configure_link()
@@ -103,15 +104,17 @@ class Port(vhost_user.Backend):
                  self.iface.socket, self.offered)
 
     def _configure_link(self):
-        bridge = None
+        if self.iface.mtu:
+            links.set_mtu(self.tap_name, self.iface.mtu)
         if self.iface.switch:
-            bridge = self.conf.switches[self.iface.switch].bridge
-        links.configure(self.tap_name, mtu=self.iface.mtu, bridge=bridge)
+            links.attach_to_bridge(self.tap_name, self.conf.switches[self.iface.switch].bridge)
+        links.set_up(self.tap_name)
+        self.tap_mac = links.get_mac(self.tap_name)
         if self.iface.local:
             from vionetd import local
             taken = {p.address.host for p in self.parent.ports.values() if p.address}
             self.address = local.addresses(self.conf.local_prefix, self.key, taken)
-            links.add_address(self.tap_name, self.address.host, 31)
+            links.add_address(self.tap_name, str(self.address.host), 31)
 
     def _listen(self):
         path = self.iface.socket
