@@ -269,3 +269,23 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     """data cut at the given offsets (sorted, deduplicated, clamped)."""
     cuts = sorted({min(max(c, 0), len(data)) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in zip(cuts, cuts[1:])] or [b""]
+
+
+def c_parse(data: bytes, head_len: int | None = None, frame_len: int | None = None):
+    """frame_parse() on data: (result, frame_info)."""
+    from vionetd._core import ffi, lib
+    fi = ffi.new("struct frame_info *")
+    buf = ffi.from_buffer("uint8_t[]", data)
+    hl = min(len(data), 256) if head_len is None else head_len
+    r = lib.frame_parse(buf, hl, len(data) if frame_len is None else frame_len, fi)
+    return r, fi
+
+
+def c_validate(f: Frame, features: int = ALL_HOST, head_len: int | None = None):
+    """vnet_validate() on f: (reason, frame_info)."""
+    from vionetd._core import ffi, lib
+    fi = ffi.new("struct frame_info *")
+    buf = ffi.from_buffer("uint8_t[]", f.data)
+    hl = min(len(f.data), 256) if head_len is None else head_len
+    r = lib.vnet_validate(c_hdr(f), buf, hl, len(f.data), features, fi)
+    return r, fi
