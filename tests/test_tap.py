@@ -10,7 +10,7 @@ import struct
 import pytest
 from pyroute2 import IPRoute
 
-from netns import inside, ns_run, unique
+from tests.netns import inside, ns_run, unique
 from vionetd import links, tap
 
 pytestmark = pytest.mark.root
