@@ -123,7 +123,8 @@ def main():
         print(json.dumps(res))
         return
     mem = res["memcpy_gbytes_s"]
-    print(f"{'operation (64 KiB, one core)':34} {'rate':>14} {'vs memcpy':>10}")
+    impl = ffi.string(lib.csum_impl()).decode()
+    print(f"{'operation (64 KiB, one core, ' + impl + ')':34} {'rate':>14} {'vs memcpy':>10}")
     print(f"{'memcpy':34} {mem:>9.2f} GB/s {1.0:>10.3f}")
     print(f"{'csum_partial':34} {res['csum_gbytes_s']:>9.2f} GB/s {res['csum_ratio']:>10.3f}")
     print(f"{'csum_copy':34} {res['copy_csum_gbytes_s']:>9.2f} GB/s {res['copy_csum_ratio']:>10.3f}")

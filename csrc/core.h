@@ -72,6 +72,9 @@ uint16_t csum_fold(uint64_t sum);
 /* RFC 1624 eqn. 3: the new checksum after a 16-bit field changed from old to new.
  * All three values as stored in memory. */
 uint16_t csum_update16(uint16_t check, uint16_t old_word, uint16_t new_word);
+/* Which summing loops run: "avx2" or "generic" (VIONETD_CSUM_GENERIC=1 forces
+ * the latter). */
+const char *csum_impl(void);
 
 /* ---- frame parsing: parse.c --------------------------------------------- */
 
