@@ -25,26 +25,31 @@ from vionetd.log import log
 
 WORKER_TIMEOUT = 3.0       # seconds to wait for a worker's synchronous answer
 RESTART_BACKOFF = 1.0      # at most one restart per worker per second
+AUTO_TAP = "vio%d"          # the kernel picks the number
 RX, TX = 0, 1              # ring index within the queue pair (vhost-user: 2i, 2i+1)
 ROLE = {RX: pb.ROLE_RX, TX: pb.ROLE_TX}
 ROLE_NAME = {RX: "rx", TX: "tx"}
 
 
-class Ring:
-    """What the VMM said about one ring."""
+class RingFds:
+    """The eventfds of one ring, kept so a replaced worker gets them again.
+    Everything else about a ring lives in vhost_user.Connection.rings."""
 
     def __init__(self):
-        self.num = 0
-        self.addr = None            # (desc, used, avail) frontend addresses
-        self.base = 0
-        self.kick = None            # fd, kept for worker restarts
+        self.kick = None
         self.call = None
-        self.enabled = False
-        self.started = False
+        self.running = False        # started in its worker
+        self.last_avail = None      # from the worker when it stopped
 
-    def close_fds(self):
-        control.close_fds([fd for fd in (self.kick, self.call) if fd is not None])
-        self.kick = self.call = None
+    def set(self, which, fd):
+        old = getattr(self, which)
+        if old is not None:
+            os.close(old)
+        setattr(self, which, fd)
+
+    def close(self):
+        self.set("kick", None)
+        self.set("call", None)
 
 
 class Worker:
@@ -68,7 +73,7 @@ class Port(vhost_user.Backend):
         self.vmm_features = 0       # what the VMM acked (SET_FEATURES)
         self.listener = None
         self.conn = None
-        self.rings = [Ring(), Ring()]
+        self.rings = [RingFds(), RingFds()]
         self.mem = None             # (regions, fds)
         self.workers = {RX: Worker(RX), TX: Worker(TX)}
         self.restarts = 0
@@ -87,7 +92,7 @@ class Port(vhost_user.Backend):
                 {k: v for k, v in conf.switches.items()})
 
     def start(self):
-        self.tap_fd, self.tap_name = tap.open_tap(self.iface.name)
+        self.tap_fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP)
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
         self._configure_link()
@@ -99,15 +104,17 @@ class Port(vhost_user.Backend):
                  self.iface.socket, self.offered)
 
     def _configure_link(self):
-        bridge = None
+        if self.iface.mtu:
+            links.set_mtu(self.tap_name, self.iface.mtu)
         if self.iface.switch:
-            bridge = self.conf.switches[self.iface.switch].bridge
-        links.configure(self.tap_name, mtu=self.iface.mtu, bridge=bridge)
+            links.attach_to_bridge(self.tap_name, self.conf.switches[self.iface.switch].bridge)
+        links.set_up(self.tap_name)
+        self.tap_mac = links.get_mac(self.tap_name)
         if self.iface.local:
             from vionetd import local
             taken = {p.address.host for p in self.parent.ports.values() if p.address}
             self.address = local.addresses(self.conf.local_prefix, self.key, taken)
-            links.add_address(self.tap_name, self.address.host, 31)
+            links.add_address(self.tap_name, str(self.address.host), 31)
 
     def _listen(self):
         path = self.iface.socket
@@ -149,8 +156,7 @@ class Port(vhost_user.Backend):
             log.info("%s: refusing a second VMM connection", self.key)
             sock.close()
             return
-        sock.setblocking(True)
-        self.conn = vhost_user.Connection(sock, self)
+        self.conn = vhost_user.Connection(sock, self, name=self.key)
         self.parent.watch(sock, self._readable)
         log.info("%s: VMM connected", self.key)
 
@@ -171,15 +177,14 @@ class Port(vhost_user.Backend):
             return
         log.info("%s: %s", self.key, why)
         self.parent.unwatch(self.conn.sock)
-        self.conn.close()
+        self.conn.close()              # reports rings stopped, then disconnected()
         self.conn = None
-        self.reset()
 
     @property
     def state(self):
         if self.conn is None:
             return "waiting"
-        if any(r.started for r in self.rings):
+        if any(r.running for r in self.rings):
             return "running"
         return "connected"
 
@@ -190,131 +195,111 @@ class Port(vhost_user.Backend):
 
     def set_features(self, value):
         self.vmm_features = value
-        mask = features.tap_offloads_for(value, self.iface.offload) & self.tap_caps
+        mask = features.tap_offloads_for(value, self.iface.offload, self.tap_caps)
         tap.set_offload(self.tap_fd, mask)
         for w in self.workers.values():
             self._send(w, features=self._features_msg())
 
     def _features_msg(self):
         sw = features.software_mode(self.iface.offload, self.vmm_features)
+        software = pb.Software(tx_csum=sw.tx_csum, rx_csum=sw.rx_csum,
+                               tx_tso4="tso4" in sw.tx_segment,
+                               tx_tso6="tso6" in sw.tx_segment,
+                               tx_uso="uso" in sw.tx_segment)
         lladdr = b""
         if self.iface.locked and self.iface.lladdr:
-            lladdr = bytes(int(x, 16) for x in self.iface.lladdr.split(":"))
-        return pb.Features(features=self.vmm_features, software=pb.Software(**sw),
+            lladdr = bytes.fromhex(self.iface.lladdr.replace(":", ""))
+        return pb.Features(features=self.vmm_features, software=software,
                            locked_lladdr=lladdr, local=bool(self.iface.local))
 
-    def set_owner(self):
-        pass
-
     def reset(self):
-        for i in (RX, TX):
-            self._stop_ring(i)
-            self.rings[i].close_fds()
-            self.rings[i] = Ring()
+        for ring in self.rings:
+            ring.close()
+            ring.last_avail = None
+        self._forget_memory()
+        self.vmm_features = 0
+
+    def disconnected(self):
+        self.reset()
+
+    def _forget_memory(self):
         if self.mem:
             control.close_fds(self.mem[1])
             self.mem = None
             for w in self.workers.values():
                 self._send(w, mem_table=pb.MemTable())
-        self.vmm_features = 0
 
     def set_mem_table(self, regions, fds):
-        for i in (RX, TX):
+        running = [i for i in (RX, TX) if self.rings[i].running]
+        for i in running:                  # hotplug: remap under stopped rings
             self._stop_ring(i)
         if self.mem:
             control.close_fds(self.mem[1])
-        self.mem = (regions, fds)
+        self.mem = (list(regions), list(fds))
         for w in self.workers.values():
             self._send_mem(w)
-        for i in (RX, TX):
-            self._maybe_start(i)
+        for i in running:
+            self._start_ring(i, base=self.rings[i].last_avail)
 
     def _send_mem(self, w):
         regions, fds = self.mem
-        msg = pb.MemTable(regions=[pb.Region(guest_addr=r[0], size=r[1], user_addr=r[2],
-                                             mmap_offset=r[3]) for r in regions])
+        msg = pb.MemTable(regions=[pb.Region(guest_addr=r.guest_addr, size=r.size,
+                                             user_addr=r.user_addr, mmap_offset=r.mmap_offset)
+                                   for r in regions])
         self._send(w, fds, mem_table=msg)
-
-    def set_vring_num(self, i, num):
-        self.rings[i].num = num
-
-    def set_vring_addr(self, i, desc, used, avail, flags):
-        self.rings[i].addr = (desc, used, avail)
-
-    def set_vring_base(self, i, base):
-        self.rings[i].base = base
 
     def get_vring_base(self, i):
         ring = self.rings[i]
-        base = self._stop_ring(i)
-        if ring.kick is not None:
-            os.close(ring.kick)
-            ring.kick = None
-        return base if base is not None else ring.base
+        if ring.last_avail is not None:
+            return ring.last_avail
+        return self.conn.rings[i].base
+
+    def set_vring_base(self, i, base):
+        self.rings[i].last_avail = None    # the VMM's base wins from now on
 
     def set_vring_kick(self, i, fd):
-        ring = self.rings[i]
-        if ring.started:
-            self._stop_ring(i)
-        if ring.kick is not None:
-            os.close(ring.kick)
-        ring.kick = fd
-        self._maybe_start(i)
+        self.rings[i].set("kick", fd)
 
     def set_vring_call(self, i, fd):
         ring = self.rings[i]
-        if ring.call is not None:
-            os.close(ring.call)
-        ring.call = fd
-        if ring.started:               # the worker must signal the new eventfd
-            base = self._stop_ring(i)
-            ring.base = base if base is not None else ring.base
-            self._maybe_start(i)
+        ring.set("call", fd)
+        if ring.running:                   # the worker must signal the new eventfd
+            self._stop_ring(i)
+            self._start_ring(i, base=ring.last_avail)
 
-    def set_vring_err(self, i, fd):
-        if fd is not None:
-            os.close(fd)               # we never report ring errors this way
-
-    def set_vring_enable(self, i, enabled):
-        ring = self.rings[i]
-        ring.enabled = enabled
-        if ring.started:
-            self._send(self.workers[i], ring_enable=pb.RingEnable(enabled=enabled))
+    def ring_ready_changed(self, i, ready):
+        if ready:
+            self._start_ring(i)
+        else:
+            self._stop_ring(i)
 
     # ---- rings and workers ------------------------------------------------
 
-    def _maybe_start(self, i, resume=False):
+    def _start_ring(self, i, base=None, resume=False):
         ring = self.rings[i]
-        if ring.started or self.mem is None or ring.kick is None or ring.addr is None \
-                or ring.num == 0:
+        state = self.conn.rings[i] if self.conn else None
+        if state is None or ring.kick is None or self.mem is None:
             return
-        # Without protocol features a ring is enabled as soon as it starts.
-        enabled = ring.enabled or not self.conn_protocol_features()
-        desc, used, avail = ring.addr
         fds = [ring.kick] + ([ring.call] if ring.call is not None else [])
-        msg = pb.RingStart(num=ring.num, desc_user_addr=desc, avail_user_addr=avail,
-                           used_user_addr=used, base=ring.base,
-                           has_call=ring.call is not None, enabled=enabled, resume=resume)
+        msg = pb.RingStart(num=state.num, desc_user_addr=state.desc,
+                           avail_user_addr=state.avail, used_user_addr=state.used,
+                           base=state.base if base is None else base,
+                           has_call=ring.call is not None, enabled=True, resume=resume)
+        ring.last_avail = None
         if self._send(self.workers[i], fds, ring_start=msg):
-            ring.started = True
-
-    def conn_protocol_features(self):
-        return self.conn is not None and self.conn.protocol_features_negotiated
+            ring.running = True
 
     def _stop_ring(self, i):
-        """Stop ring i in its worker; returns its next avail index, or None."""
+        """Stop ring i in its worker and keep its next avail index."""
         ring = self.rings[i]
-        if not ring.started:
-            return None
-        ring.started = False
+        if not ring.running:
+            return
+        ring.running = False
         w = self.workers[i]
-        if not self._send(w, ring_stop=pb.RingStop()):
-            return None
-        reply = self._wait_reply(w, "ring_stopped")
-        if reply is None:
-            return None
-        ring.base = reply.ring_stopped.last_avail
-        return ring.base
+        if self._send(w, ring_stop=pb.RingStop()):
+            reply = self._wait_reply(w, "ring_stopped")
+            if reply is not None:
+                ring.last_avail = reply.ring_stopped.last_avail
 
     def _spawn(self, role):
         from vionetd import worker
@@ -342,10 +327,8 @@ class Port(vhost_user.Backend):
             self._send(w, features=self._features_msg())
         if self.mem:
             self._send_mem(w)
-        ring = self.rings[role]
-        if ring.started:
-            ring.started = False
-            self._maybe_start(role, resume=True)
+        if self.rings[role].running:
+            self._start_ring(role, resume=True)
 
     def _kill(self, w):
         if w.chan is not None:

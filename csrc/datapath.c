@@ -1,0 +1,61 @@
+/*
+ * datapath.c: what the TX and RX paths share: the names of their counters,
+ * so the worker exports ctx->cnt[] generically (dp_counter_name(i) for every
+ * i < DC_MAX: fixed names, "ring_<vq_err>", "refused_<vnet_reason>").
+ */
+#include <stdio.h>
+
+#include "core.h"
+#include "virtq.h"
+#include "datapath.h"
+
+static const char *const fixed[DC_FIXED_MAX] = {
+	[DC_FRAMES] = "frames",
+	[DC_BYTES] = "bytes",
+	[DC_PASSTHROUGH] = "passthrough",
+	[DC_SW_CSUM] = "sw_csum",
+	[DC_SW_SEGMENTED] = "sw_segmented",
+	[DC_SEGMENTS_OUT] = "segments_out",
+	[DC_NOTIFICATIONS] = "notifications",
+	[DC_KICKS] = "kicks",
+	[DC_BATCHES] = "batches",
+	[DC_DISABLED_DROP] = "disabled_drop",
+	[DC_TAP_FULL] = "tap_full",
+	[DC_TAP_ERROR] = "tap_error",
+	[DC_NO_HDR] = "no_hdr",
+	[DC_LOCKED_MAC_DROP] = "locked_mac_drop",
+	[DC_DHCP_DIVERTED] = "dhcp_diverted",
+	[DC_DIVERT_TOO_LONG] = "divert_too_long",
+	[DC_SW_GSO_FAIL] = "sw_gso_fail",
+	[DC_SW_CSUM_FAIL] = "sw_csum_fail",
+	[DC_RX_NO_BUFFERS] = "rx_no_buffers",
+	[DC_RX_TOO_BIG] = "rx_too_big",
+	[DC_RX_BAD_HDR] = "rx_bad_hdr",
+	[DC_RX_BUF_SMALL] = "rx_buf_small",
+	[DC_RX_ABANDONED] = "rx_abandoned",
+	[DC_RX_INJECTED] = "rx_injected",
+	[DC_RX_INJECT_NOBUF] = "rx_inject_nobuf",
+};
+
+const char *dp_counter_name(int i)
+{
+	/* Built once, then constant: the worker is single-threaded. */
+	static char composed[DC_MAX - DC_FIXED_MAX][48];
+	static int ready;
+
+	if (i < 0 || i >= DC_MAX)
+		return "unknown";
+	if (i < DC_FIXED_MAX)
+		return fixed[i] ? fixed[i] : "unknown";
+	if (!ready) {
+		int k;
+
+		for (k = 0; k < VQE_MAX; k++)
+			snprintf(composed[k], sizeof(composed[k]), "ring_%s", vq_err_name(k));
+		for (k = 0; k < VR_REASON_MAX; k++)
+			snprintf(composed[VQE_MAX + k], sizeof(composed[0]), "refused_%s",
+				 vnet_reason_name(k));
+		ready = 1;
+	}
+	return composed[i - DC_FIXED_MAX];
+}

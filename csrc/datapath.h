@@ -1,0 +1,159 @@
+/*
+ * datapath.h: the worker data paths, TX (guest ring -> tap, txpath.c) and
+ * RX (tap -> guest ring, rxpath.c), as the Python worker drives them.
+ *
+ * The worker fills a context (allocated with ffi.new, so zeroed): guest
+ * memory with gmem_map(), the ring with vq_setup(&ctx->q, ...), the fds,
+ * negotiated features and policy flags, then calls tx_init()/rx_init() once
+ * and tx_run()/rx_run() in a loop. *_run() serves the ring until ctl_fd is
+ * readable (or, for TX, a DHCP frame was diverted) and returns with the ring
+ * consistent: every chain taken is completed or handed back, so
+ * vq_last_avail(&ctx->q) is the vhost-user GET_VRING_BASE answer.
+ *
+ * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
+ * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
+ * VQE_*), then one per refused header (DC_VR_BASE + VR_*).
+ */
+#ifndef VIONETD_DATAPATH_H
+#define VIONETD_DATAPATH_H
+
+#include <stdint.h>
+#include "core.h"
+#include "virtq.h"
+
+/* CDEF BEGIN */
+
+enum dp_counter {
+	DC_FRAMES = 0,        /* frames moved (TX: chains accepted; RX: frames delivered) */
+	DC_BYTES,             /* their bytes, without the vnet header */
+	DC_PASSTHROUGH,       /* TX: written with their header to the tap */
+	DC_SW_CSUM,           /* checksum completed in software */
+	DC_SW_SEGMENTED,      /* TX: GSO frames cut in software */
+	DC_SEGMENTS_OUT,      /* TX: frames those made */
+	DC_NOTIFICATIONS,     /* call eventfd signals */
+	DC_KICKS,             /* kick eventfd wake-ups */
+	DC_BATCHES,
+	DC_DISABLED_DROP,     /* TX chains discarded while the ring is disabled */
+	DC_TAP_FULL,          /* TX: tap said EAGAIN; frame kept and retried */
+	DC_TAP_ERROR,         /* TX: writev failed otherwise (frame dropped);
+				 RX: readv failed otherwise */
+	DC_NO_HDR,            /* TX chain shorter than the vnet header */
+	DC_LOCKED_MAC_DROP,   /* TX: source MAC is not the locked one */
+	DC_DHCP_DIVERTED,
+	DC_DIVERT_TOO_LONG,   /* TX: DHCP frame larger than DIVERT_MAX, dropped */
+	DC_SW_GSO_FAIL,       /* TX: segmentation refused (too many segments) */
+	DC_SW_CSUM_FAIL,      /* checksum range outside the frame */
+	DC_RX_NO_BUFFERS,     /* RX: waits for the guest to add buffers */
+	DC_RX_TOO_BIG,        /* RX: frame did not fit the buffers, lost */
+	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, dropped */
+	DC_RX_BUF_SMALL,      /* RX: chain shorter than a vnet header + Ethernet header */
+	DC_RX_ABANDONED,      /* RX: gathered chains returned empty after a bad chain */
+	DC_RX_INJECTED,
+	DC_RX_INJECT_NOBUF,
+	DC_FIXED_MAX
+};
+/* Separate enums: cffi resolves a name only once its enum is complete. */
+enum { DC_RING_BASE = DC_FIXED_MAX };
+enum { DC_VR_BASE = DC_RING_BASE + VQE_MAX };
+enum { DC_MAX = DC_VR_BASE + VR_REASON_MAX };
+
+const char *dp_counter_name(int i);
+
+/* *_run() results. */
+enum {
+	DP_CTL = 0,           /* the control fd is readable (or hung up) */
+	DP_DIVERT = 1,        /* TX: a DHCP frame is in ctx->divert[0:divert_len] */
+	DP_ERROR = -1         /* poll() failed; errno says why */
+};
+
+enum {
+	/* tx_ctx.flags */
+	TXF_ENABLED = 1,      /* SET_VRING_ENABLE 1; else chains are taken and discarded */
+	TXF_SW_CSUM = 2,      /* complete NEEDS_CSUM (non-GSO) frames ourselves */
+	TXF_SW_GSO = 4,       /* cut GSO frames ourselves */
+	TXF_LOCKED_MAC = 8,   /* drop frames whose source is not locked_mac */
+	TXF_DHCP_DIVERT = 16, /* hand IPv4 UDP 68->67 to Python */
+	/* rx_ctx.flags */
+	RXF_ENABLED = 1,      /* else the tap is not read */
+	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
+	DP_BATCH = 64,        /* default frames per wake-up */
+	DIVERT_MAX = 2048,
+	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
+	RX_MAX_BUFS = 1023,
+	/* virtio-net feature bits the paths look at */
+	VNF_GUEST_CSUM = 1,
+	VNF_GUEST_TSO4 = 7,
+	VNF_GUEST_TSO6 = 8,
+	VNF_GUEST_UFO = 10,
+	VNF_MRG_RXBUF = 15,
+	VNF_GUEST_USO4 = 54,
+	VNF_GUEST_USO6 = 55
+};
+
+struct tx_ctx {
+	struct vq q;
+	int kick_fd;          /* -1 until SET_VRING_KICK */
+	int tap_fd;
+	uint64_t features;    /* negotiated */
+	uint32_t flags;       /* TXF_* */
+	unsigned batch;       /* 0: DP_BATCH */
+	uint8_t locked_mac[6];
+	uint64_t cnt[DC_MAX];
+	uint32_t divert_len;
+	uint8_t divert[2048];
+	/* private below */
+	int waiting_out;
+	unsigned seg_next, seg_count;
+	size_t seg_off;
+	struct vnet_hdr hdr;
+	uint8_t head[256];
+	struct vq_chain chain;
+	struct vq_iov wiov[1024];
+	uint8_t *scratch;
+	size_t scratch_cap;
+	uint32_t *seg_lens;
+};
+
+struct rx_buf {
+	uint16_t head;
+	uint16_t niov;
+	uint32_t len;
+};
+
+struct rx_ctx {
+	struct vq q;
+	int kick_fd;
+	int tap_fd;
+	uint64_t features;
+	uint32_t flags;       /* RXF_* */
+	unsigned batch;
+	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
+	uint64_t cnt[DC_MAX];
+	/* private below */
+	int waiting_bufs;
+	unsigned nbufs, niov;
+	uint32_t total;
+	struct vnet_hdr hdr;
+	struct rx_buf bufs[1023];
+	struct vq_iov iov[1024];
+	struct vq_iov riov[1024];
+	struct vq_chain tmp;
+};
+
+/* Allocate the TX scratch (once; 0 or -1). */
+int tx_init(struct tx_ctx *c);
+void tx_fini(struct tx_ctx *c);
+int tx_run(struct tx_ctx *c, int ctl_fd);
+/* Drain one batch without waiting (for tests and the worker's stop path):
+ * returns DP_CTL when the ring is empty or the batch is done, DP_DIVERT. */
+int tx_poll_once(struct tx_ctx *c);
+
+int rx_init(struct rx_ctx *c);
+int rx_run(struct rx_ctx *c, int ctl_fd);
+/* Put one frame built by the worker into the ring, with a zero header.
+ * 0, or -1 if the guest has no room for it now (counted). */
+int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
+
+/* CDEF END */
+
+#endif

@@ -1,0 +1,327 @@
+/*
+ * rxpath.c: tap -> guest RX ring.
+ *
+ * A frame is read with one readv() of [our private header][the guest's
+ * buffers after their first 12 bytes]: the payload lands in guest memory
+ * directly, the header the kernel wrote stays ours to check and rewrite, and
+ * only then is it copied in front of the frame.
+ *
+ * A tap cannot be peeked, so buffers for the largest frame it may deliver
+ * (12 + frame_max) are gathered BEFORE reading: with MRG_RXBUF as many chains
+ * as that takes, without it one chain (the guest sized it). If the guest has
+ * not posted enough, the chains are handed back (vq_unpop), kicks are enabled
+ * and the frame waits in the tap: backpressure, not loss. Chains gathered but
+ * not filled are handed back the same way, so the ring is consistent between
+ * frames and always when rx_run() returns.
+ *
+ * Checksums: a partial checksum (NEEDS_CSUM, not GSO) is completed over the
+ * guest buffers when the policy asks or when the guest lacks GUEST_CSUM,
+ * which also forbids any flag (virtio 1.2, 5.1.6.4).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
+
+#include "core.h"
+#include "virtq.h"
+#include "datapath.h"
+
+enum rx_res { RX_DONE, RX_TAP_EMPTY, RX_NO_BUFS };
+
+static int has(const struct rx_ctx *c, int bit)
+{
+	return (c->features >> bit) & 1;
+}
+
+int rx_init(struct rx_ctx *c)
+{
+	c->nbufs = c->niov = 0;
+	c->total = 0;
+	c->waiting_bufs = 0;
+	return 0;
+}
+
+/* Hand back every gathered chain, untouched. */
+static void rx_release(struct rx_ctx *c)
+{
+	vq_unpop(&c->q, c->nbufs);
+	c->nbufs = c->niov = 0;
+	c->total = 0;
+}
+
+/* A bad chain came in the middle: the ones before it cannot be handed back
+ * across it (it is already completed), so complete them empty. */
+static void rx_abandon(struct rx_ctx *c)
+{
+	unsigned i;
+
+	for (i = 0; i < c->nbufs; i++)
+		vq_push(&c->q, c->bufs[i].head, 0);
+	c->cnt[DC_RX_ABANDONED] += c->nbufs;
+	c->nbufs = c->niov = 0;
+	c->total = 0;
+}
+
+/*
+ * Gather chains until need bytes (one chain without MRG_RXBUF).
+ * 1: enough (or all the guest can ever give); 0: not enough now, released.
+ */
+static int rx_gather(struct rx_ctx *c, uint32_t need)
+{
+	int mrg = has(c, VNF_MRG_RXBUF);
+
+	for (;;) {
+		int r;
+
+		if (c->nbufs && (!mrg || c->total >= need))
+			return 1;
+		if (c->nbufs >= RX_MAX_BUFS || c->nbufs >= c->q.num)
+			return 1;       /* the whole ring: take what fits */
+		r = vq_pop(&c->q, &c->tmp, 1, UINT32_MAX);
+		if (r == 0) {
+			rx_release(c);
+			if (vq_enable_notify(&c->q))
+				continue;
+			return 0;
+		}
+		if (r < 0) {
+			c->cnt[DC_RING_BASE - r]++;
+			if (r == -VQE_AVAIL_IDX) {
+				rx_release(c);
+				vq_enable_notify(&c->q);
+				return 0;
+			}
+			rx_abandon(c);
+			continue;
+		}
+		if (c->tmp.len < VNET_HDR_LEN + 14 && c->nbufs == 0) {
+			/* Cannot take even a header and an Ethernet header. */
+			vq_push(&c->q, c->tmp.head, 0);
+			c->cnt[DC_RX_BUF_SMALL]++;
+			continue;
+		}
+		if (c->niov + c->tmp.niov > 1023) {
+			vq_unpop(&c->q, 1);
+			return 1;       /* no room for more pieces */
+		}
+		memcpy(c->iov + c->niov, c->tmp.iov, c->tmp.niov * sizeof(struct iovec));
+		c->bufs[c->nbufs].head = c->tmp.head;
+		c->bufs[c->nbufs].niov = c->tmp.niov;
+		c->bufs[c->nbufs].len = c->tmp.len;
+		c->nbufs++;
+		c->niov += c->tmp.niov;
+		c->total = c->total + c->tmp.len < c->total ? UINT32_MAX : c->total + c->tmp.len;
+	}
+}
+
+/*
+ * Complete the gathered chains with n bytes (header included) and hand back
+ * the unused ones. Returns the number of chains used.
+ */
+static unsigned rx_complete(struct rx_ctx *c, size_t n)
+{
+	unsigned i, used = 0;
+
+	for (i = 0; i < c->nbufs && n; i++) {
+		uint32_t l = c->bufs[i].len < n ? c->bufs[i].len : (uint32_t)n;
+
+		vq_push(&c->q, c->bufs[i].head, l);
+		n -= l;
+		used++;
+	}
+	vq_unpop(&c->q, c->nbufs - used);
+	c->nbufs = c->niov = 0;
+	c->total = 0;
+	return used;
+}
+
+/* The buffers used by n bytes, for num_buffers. */
+static unsigned rx_count_used(const struct rx_ctx *c, size_t n)
+{
+	unsigned i;
+
+	for (i = 0; i < c->nbufs && n; i++)
+		n -= c->bufs[i].len < n ? c->bufs[i].len : n;
+	return i;
+}
+
+/* May the guest take this GSO type (the tap should only send those)? */
+static int gso_allowed(const struct rx_ctx *c, uint8_t gso)
+{
+	switch (gso & ~VNET_GSO_ECN) {
+	case VNET_GSO_NONE:
+		return !(gso & VNET_GSO_ECN);
+	case VNET_GSO_TCPV4:
+		return has(c, VNF_GUEST_TSO4);
+	case VNET_GSO_TCPV6:
+		return has(c, VNF_GUEST_TSO6);
+	case VNET_GSO_UDP:
+		return has(c, VNF_GUEST_UFO);
+	case VNET_GSO_UDP_L4:
+		return has(c, VNF_GUEST_USO4) || has(c, VNF_GUEST_USO6);
+	}
+	return 0;
+}
+
+/*
+ * Make c->hdr right for the guest; the frame (frame_len bytes) is in the
+ * gathered buffers after the header slot. 0, or -1 to drop the frame.
+ */
+static int rx_fix_hdr(struct rx_ctx *c, size_t frame_len)
+{
+	struct vnet_hdr *h = &c->hdr;
+	int guest_csum = has(c, VNF_GUEST_CSUM);
+	uint16_t v;
+
+	if (!gso_allowed(c, h->gso_type) || (h->gso_type && !guest_csum)) {
+		c->cnt[DC_RX_BAD_HDR]++;
+		return -1;
+	}
+	h->flags &= VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID;
+	if (h->flags & VNET_F_NEEDS_CSUM && h->gso_type == VNET_GSO_NONE &&
+	    (c->flags & RXF_SW_CSUM || !guest_csum)) {
+		int n = iov_tail(c->iov, c->niov, VNET_HDR_LEN, c->riov, 1024);
+
+		/* Summed over guest memory: a guest changing its own RX
+		 * buffers now only spoils its own frame. */
+		if (n < 0 || csum_complete_iov(IOV(c->riov), n, frame_len, h->csum_start,
+					       h->csum_offset, &v) < 0) {
+			c->cnt[DC_SW_CSUM_FAIL]++;
+			return -1;
+		}
+		iov_from_buf(c->iov, c->niov,
+			     VNET_HDR_LEN + (size_t)h->csum_start + h->csum_offset, &v, 2);
+		c->cnt[DC_SW_CSUM]++;
+		h->flags = VNET_F_DATA_VALID;
+		h->csum_start = h->csum_offset = 0;
+	}
+	if (!guest_csum) {
+		h->flags = 0;
+		h->csum_start = h->csum_offset = 0;
+	}
+	return 0;
+}
+
+static enum rx_res rx_frame(struct rx_ctx *c)
+{
+	uint32_t fmax = c->frame_max && c->frame_max < FRAME_MAX ? c->frame_max : FRAME_MAX;
+	ssize_t n;
+	int k;
+
+	if (!rx_gather(c, VNET_HDR_LEN + fmax)) {
+		c->cnt[DC_RX_NO_BUFFERS]++;
+		return RX_NO_BUFS;
+	}
+	memset(&c->hdr, 0, sizeof(c->hdr));
+	c->riov[0].iov_base = &c->hdr;
+	c->riov[0].iov_len = VNET_HDR_LEN;
+	k = iov_tail(c->iov, c->niov, VNET_HDR_LEN, c->riov + 1, 1023);
+	if (k < 0)
+		k = 0;
+	n = readv(c->tap_fd, IOV(c->riov), k + 1);
+	if (n < 0) {
+		int e = errno;
+
+		rx_release(c);
+		if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
+			return RX_TAP_EMPTY;
+		/* The kernel drops a frame that does not fit (EFAULT/EINVAL). */
+		c->cnt[e == EFAULT || e == EINVAL ? DC_RX_TOO_BIG : DC_TAP_ERROR]++;
+		return e == EFAULT || e == EINVAL ? RX_DONE : RX_TAP_EMPTY;
+	}
+	if ((size_t)n < VNET_HDR_LEN || (size_t)n > c->total ||
+	    rx_fix_hdr(c, (size_t)n - VNET_HDR_LEN) < 0) {
+		if ((size_t)n > c->total)
+			c->cnt[DC_RX_TOO_BIG]++;
+		rx_release(c);
+		return RX_DONE;
+	}
+	c->hdr.num_buffers = has(c, VNF_MRG_RXBUF) ? (uint16_t)rx_count_used(c, (size_t)n) : 1;
+	iov_from_buf(c->iov, c->niov, 0, &c->hdr, VNET_HDR_LEN);
+	rx_complete(c, (size_t)n);
+	c->cnt[DC_FRAMES]++;
+	c->cnt[DC_BYTES] += (size_t)n - VNET_HDR_LEN;
+	return RX_DONE;
+}
+
+static void rx_batch(struct rx_ctx *c, int *more)
+{
+	unsigned limit = c->batch ? c->batch : DP_BATCH, i;
+
+	*more = 0;
+	c->cnt[DC_BATCHES]++;
+	vq_disable_notify(&c->q);
+	for (i = 0; i < limit; i++) {
+		enum rx_res r = rx_frame(c);
+
+		if (r == RX_TAP_EMPTY)
+			break;
+		if (r == RX_NO_BUFS) {
+			c->waiting_bufs = 1;
+			break;
+		}
+	}
+	if (i == limit)
+		*more = 1;
+	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+}
+
+int rx_run(struct rx_ctx *c, int ctl_fd)
+{
+	int more = 1;
+
+	for (;;) {
+		int tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
+		struct pollfd p[3] = {
+			{ .fd = ctl_fd, .events = POLLIN },
+			{ .fd = c->kick_fd, .events = POLLIN },
+			{ .fd = tap_on ? c->tap_fd : -1, .events = POLLIN },
+		};
+		int n = poll(p, 3, more && tap_on ? 0 : -1);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return DP_ERROR;
+		}
+		if (p[1].revents & POLLIN) {
+			uint64_t v;
+
+			if (read(c->kick_fd, &v, sizeof(v)) == sizeof(v))
+				c->cnt[DC_KICKS]++;
+			c->waiting_bufs = 0;
+			more = 1;
+		}
+		if (p[2].revents)
+			more = 1;
+		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
+		if (more && tap_on)
+			rx_batch(c, &more);
+		else
+			more = 0;
+		if (p[0].revents)
+			return DP_CTL;
+	}
+}
+
+int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len)
+{
+	if (len > FRAME_MAX || !(c->flags & RXF_ENABLED) ||
+	    !rx_gather(c, (uint32_t)(VNET_HDR_LEN + len)) ||
+	    c->total < VNET_HDR_LEN + len) {
+		rx_release(c);
+		c->cnt[DC_RX_INJECT_NOBUF]++;
+		return -1;
+	}
+	memset(&c->hdr, 0, sizeof(c->hdr));
+	c->hdr.num_buffers = has(c, VNF_MRG_RXBUF) ?
+		(uint16_t)rx_count_used(c, VNET_HDR_LEN + len) : 1;
+	iov_from_buf(c->iov, c->niov, 0, &c->hdr, VNET_HDR_LEN);
+	iov_from_buf(c->iov, c->niov, VNET_HDR_LEN, frame, len);
+	rx_complete(c, VNET_HDR_LEN + len);
+	c->cnt[DC_RX_INJECTED]++;
+	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+	return 0;
+}

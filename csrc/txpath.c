@@ -1,0 +1,388 @@
+/*
+ * txpath.c: guest TX ring -> tap.
+ *
+ * Each chain is a 12-byte virtio_net_hdr and a frame. We copy the header and
+ * the first min(HEAD_MAX, frame) bytes into the context, validate THAT copy
+ * (vnet_validate) and from then on use only it for everything the kernel or
+ * our software offloads interpret: a guest rewriting its buffers after the
+ * check changes payload only (TOCTOU), never headers.
+ *
+ * Passthrough is one writev() of [our rebuilt header][our head copy][the
+ * rest straight from guest memory]: no payload copy. Software checksum
+ * patches the head copy (or linearises into scratch when the field lies
+ * beyond it); software GSO cuts the frame into scratch. Either way the frame
+ * goes out behind a zero header.
+ *
+ * The tap is nonblocking. A passthrough frame that meets EAGAIN is handed
+ * back to the ring (vq_unpop) and retried when the tap is writable, so it is
+ * not lost. Frames already copied into scratch let the chain be completed at
+ * once; the remaining segments wait in scratch. Either way the ring is
+ * consistent whenever tx_run() returns.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
+
+#include "core.h"
+#include "virtq.h"
+#include "datapath.h"
+
+enum tx_res { TX_DONE, TX_AGAIN, TX_DIVERT };
+
+static const struct vnet_hdr zero_hdr;
+
+int tx_init(struct tx_ctx *c)
+{
+	if (c->scratch)
+		return 0;
+	c->scratch_cap = FRAME_MAX + (size_t)TX_MAX_SEGS * HEAD_MAX;
+	c->scratch = malloc(c->scratch_cap);
+	c->seg_lens = malloc(TX_MAX_SEGS * sizeof(*c->seg_lens));
+	if (!c->scratch || !c->seg_lens) {
+		tx_fini(c);
+		return -1;
+	}
+	return 0;
+}
+
+void tx_fini(struct tx_ctx *c)
+{
+	free(c->scratch);
+	free(c->seg_lens);
+	c->scratch = NULL;
+	c->seg_lens = NULL;
+	c->scratch_cap = 0;
+}
+
+/* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
+static int tap_write_linear(struct tx_ctx *c, const uint8_t *frame, size_t len)
+{
+	struct iovec v[2] = {
+		{ (void *)&zero_hdr, VNET_HDR_LEN },
+		{ (void *)frame, len },
+	};
+
+	if (writev(c->tap_fd, v, 2) >= 0)
+		return 0;
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		return 1;
+	c->cnt[DC_TAP_ERROR]++;
+	return -1;
+}
+
+/* Send the segments still waiting in scratch; 1 if the tap filled up again. */
+static int tx_flush_segments(struct tx_ctx *c)
+{
+	while (c->seg_next < c->seg_count) {
+		uint32_t l = c->seg_lens[c->seg_next];
+
+		if (tap_write_linear(c, c->scratch + c->seg_off, l) == 1) {
+			c->cnt[DC_TAP_FULL]++;
+			c->waiting_out = 1;
+			return 1;
+		}
+		c->seg_off += l;
+		c->seg_next++;
+		c->cnt[DC_SEGMENTS_OUT]++;
+	}
+	c->seg_next = c->seg_count = 0;
+	return 0;
+}
+
+/*
+ * The frame as an iovec: [head copy][guest bytes after it]. hlen bytes of
+ * head; the guest part skips the vnet header and those bytes. Returns the
+ * count, written from index first of c->wiov.
+ */
+static int frame_iov(struct tx_ctx *c, int first, size_t hlen)
+{
+	int n;
+
+	c->wiov[first].iov_base = c->head;
+	c->wiov[first].iov_len = hlen;
+	n = iov_tail(c->chain.iov, c->chain.niov, VNET_HDR_LEN + hlen,
+		     c->wiov + first + 1, 1024 - first - 1);
+	return n < 0 ? -1 : n + 1;
+}
+
+/* The header the kernel gets: validated fields only, hdr_len recomputed. */
+static void rebuild_hdr(struct tx_ctx *c, const struct frame_info *fi, size_t frame_len)
+{
+	struct vnet_hdr *h = &c->hdr;
+	uint32_t hl = fi->hdrs_len;
+
+	h->flags &= VNET_F_NEEDS_CSUM;  /* DATA_VALID means nothing to a tap */
+	if (h->flags & VNET_F_NEEDS_CSUM &&
+	    (uint32_t)h->csum_start + h->csum_offset + 2 > hl)
+		hl = (uint32_t)h->csum_start + h->csum_offset + 2;
+	if (hl > frame_len)
+		hl = (uint32_t)frame_len;
+	h->hdr_len = (uint16_t)hl;
+	h->num_buffers = 0;
+}
+
+static enum tx_res tx_passthrough(struct tx_ctx *c, size_t hlen)
+{
+	int n;
+
+	c->wiov[0].iov_base = &c->hdr;
+	c->wiov[0].iov_len = VNET_HDR_LEN;
+	if ((n = frame_iov(c, 1, hlen)) < 0)
+		return TX_DONE;         /* cannot happen: niov <= VQ_IOV_MAX */
+	if (writev(c->tap_fd, IOV(c->wiov), n + 1) < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return TX_AGAIN;
+		c->cnt[DC_TAP_ERROR]++;
+		return TX_DONE;
+	}
+	c->cnt[DC_PASSTHROUGH]++;
+	return TX_DONE;
+}
+
+/* Copy the whole frame (head copy + guest rest) into scratch. */
+static void linearise(struct tx_ctx *c, size_t hlen, size_t frame_len)
+{
+	memcpy(c->scratch, c->head, hlen);
+	iov_to_buf(c->chain.iov, c->chain.niov, VNET_HDR_LEN + hlen,
+		   c->scratch + hlen, frame_len - hlen);
+}
+
+static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
+{
+	size_t end = (size_t)c->hdr.csum_start + c->hdr.csum_offset + 2;
+	uint16_t v;
+	int n, r;
+
+	if (end <= hlen) {
+		/* The field is in our copy: sum in place, no payload copy. */
+		if ((n = frame_iov(c, 1, hlen)) < 0 ||
+		    csum_complete_iov(IOV(c->wiov + 1), n, frame_len, c->hdr.csum_start,
+				      c->hdr.csum_offset, &v) < 0) {
+			c->cnt[DC_SW_CSUM_FAIL]++;
+			return TX_DONE;
+		}
+		memcpy(c->head + c->hdr.csum_start + c->hdr.csum_offset, &v, 2);
+		c->wiov[0].iov_base = (void *)&zero_hdr;
+		c->wiov[0].iov_len = VNET_HDR_LEN;
+		if (writev(c->tap_fd, IOV(c->wiov), n + 1) < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return TX_AGAIN;
+			c->cnt[DC_TAP_ERROR]++;
+			return TX_DONE;
+		}
+		c->cnt[DC_SW_CSUM]++;
+		return TX_DONE;
+	}
+	linearise(c, hlen, frame_len);
+	if (csum_complete(c->scratch, frame_len, c->hdr.csum_start, c->hdr.csum_offset) < 0) {
+		c->cnt[DC_SW_CSUM_FAIL]++;
+		return TX_DONE;
+	}
+	r = tap_write_linear(c, c->scratch, frame_len);
+	if (r == 1)
+		return TX_AGAIN;        /* redone from the ring later */
+	if (r == 0)
+		c->cnt[DC_SW_CSUM]++;
+	return TX_DONE;
+}
+
+/* Cut into scratch; the chain is then ours to complete whatever the tap does. */
+static enum tx_res tx_sw_gso(struct tx_ctx *c, const struct frame_info *fi,
+			     size_t hlen, size_t frame_len)
+{
+	int n, segs;
+
+	if ((n = frame_iov(c, 0, hlen)) < 0)
+		return TX_DONE;
+	segs = gso_segment(&c->hdr, fi, c->head, IOV(c->wiov), n, frame_len,
+			   c->scratch, c->scratch_cap, c->seg_lens, TX_MAX_SEGS);
+	if (segs < 0) {
+		c->cnt[DC_SW_GSO_FAIL]++;
+		return TX_DONE;
+	}
+	c->cnt[DC_SW_SEGMENTED]++;
+	c->seg_next = 0;
+	c->seg_count = (unsigned)segs;
+	c->seg_off = 0;
+	tx_flush_segments(c);       /* leftovers go out when the tap drains */
+	return TX_DONE;
+}
+
+/* IPv4 UDP 68 -> 67, not a fragment (RFC 2131). */
+static int is_dhcp_request(const uint8_t *head, size_t hlen, size_t frame_len)
+{
+	struct frame_info fi;
+
+	if (frame_parse(head, hlen, frame_len, &fi) != PARSE_OK)
+		return 0;
+	if (fi.ip_version != 4 || fi.l4_proto != 17 || fi.fragment ||
+	    (size_t)fi.l4_off + 4 > hlen)
+		return 0;
+	return head[fi.l4_off] == 0 && head[fi.l4_off + 1] == 68 &&
+	       head[fi.l4_off + 2] == 0 && head[fi.l4_off + 3] == 67;
+}
+
+/* One chain, already taken. */
+static enum tx_res tx_frame(struct tx_ctx *c)
+{
+	struct vq_chain *ch = &c->chain;
+	struct frame_info fi;
+	size_t frame_len, hlen;
+	int r;
+
+	if (ch->len < VNET_HDR_LEN) {
+		c->cnt[DC_NO_HDR]++;
+		return TX_DONE;
+	}
+	frame_len = ch->len - VNET_HDR_LEN;
+	hlen = frame_len < HEAD_MAX ? frame_len : HEAD_MAX;
+	iov_to_buf(ch->iov, ch->niov, 0, &c->hdr, VNET_HDR_LEN);
+	iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN, c->head, hlen);
+	memset(&fi, 0, sizeof(fi));
+	r = vnet_validate(&c->hdr, c->head, hlen, frame_len, c->features, &fi);
+	if (r != VR_OK) {
+		if (r > 0 && r < VR_REASON_MAX)
+			c->cnt[DC_VR_BASE + r]++;
+		return TX_DONE;
+	}
+	if (c->flags & TXF_LOCKED_MAC && memcmp(c->head + 6, c->locked_mac, 6)) {
+		c->cnt[DC_LOCKED_MAC_DROP]++;
+		return TX_DONE;
+	}
+	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->head, hlen, frame_len)) {
+		if (frame_len > DIVERT_MAX) {
+			c->cnt[DC_DIVERT_TOO_LONG]++;
+			return TX_DONE;
+		}
+		memcpy(c->divert, c->head, hlen);
+		iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN + hlen, c->divert + hlen,
+			   frame_len - hlen);
+		c->divert_len = (uint32_t)frame_len;
+		c->cnt[DC_DHCP_DIVERTED]++;
+		return TX_DIVERT;
+	}
+	rebuild_hdr(c, &fi, frame_len);
+	c->cnt[DC_FRAMES]++;
+	c->cnt[DC_BYTES] += frame_len;
+	if (c->hdr.gso_type != VNET_GSO_NONE && c->flags & TXF_SW_GSO)
+		return tx_sw_gso(c, &fi, hlen, frame_len);
+	if (c->hdr.gso_type == VNET_GSO_NONE && c->hdr.flags & VNET_F_NEEDS_CSUM &&
+	    c->flags & TXF_SW_CSUM)
+		return tx_sw_csum(c, hlen, frame_len);
+	return tx_passthrough(c, hlen);
+}
+
+/* Take and serve up to a batch. *more: stopped with work left. */
+static int tx_batch(struct tx_ctx *c, int *more)
+{
+	unsigned limit = c->batch ? c->batch : DP_BATCH, done = 0;
+	int ret = DP_CTL;
+
+	*more = 0;
+	c->cnt[DC_BATCHES]++;
+	vq_disable_notify(&c->q);
+	if (c->seg_count && tx_flush_segments(c))
+		goto out;
+	while (done < limit) {
+		enum tx_res res;
+		int r = vq_pop(&c->q, &c->chain, 0, VNET_HDR_LEN + FRAME_MAX);
+
+		if (r == 0) {
+			if (vq_enable_notify(&c->q))
+				continue;       /* raced with the guest: go on */
+			goto out;
+		}
+		if (r < 0) {
+			c->cnt[DC_RING_BASE - r]++;
+			if (r == -VQE_AVAIL_IDX) {
+				vq_enable_notify(&c->q);
+				goto out;       /* broken ring: wait for a reset */
+			}
+			done++;
+			continue;
+		}
+		done++;
+		if (!(c->flags & TXF_ENABLED)) {
+			c->cnt[DC_DISABLED_DROP]++;
+			vq_push(&c->q, c->chain.head, 0);
+			continue;
+		}
+		res = tx_frame(c);
+		if (res == TX_AGAIN) {
+			/* Not written at all: give the chain back, retry later. */
+			vq_unpop(&c->q, 1);
+			c->cnt[DC_TAP_FULL]++;
+			c->waiting_out = 1;
+			goto out;
+		}
+		/* TX buffers are read-only to the device: used length 0. */
+		vq_push(&c->q, c->chain.head, 0);
+		if (res == TX_DIVERT) {
+			ret = DP_DIVERT;
+			*more = 1;
+			goto out;
+		}
+		if (c->seg_count)
+			goto out;       /* tap full mid-segments */
+	}
+	*more = 1;
+out:
+	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+	return ret;
+}
+
+int tx_poll_once(struct tx_ctx *c)
+{
+	int more;
+
+	return tx_batch(c, &more);
+}
+
+static void drain_eventfd(int fd)
+{
+	uint64_t v;
+
+	if (read(fd, &v, sizeof(v)) < 0) {
+		/* EAGAIN: someone else read it; nothing to do */
+	}
+}
+
+int tx_run(struct tx_ctx *c, int ctl_fd)
+{
+	int more = 1;   /* kicks may have come while Python had control */
+
+	for (;;) {
+		struct pollfd p[3] = {
+			{ .fd = ctl_fd, .events = POLLIN },
+			{ .fd = c->kick_fd, .events = POLLIN },
+			{ .fd = c->waiting_out ? c->tap_fd : -1, .events = POLLOUT },
+		};
+		int n = poll(p, 3, more && !c->waiting_out ? 0 : -1);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return DP_ERROR;
+		}
+		if (p[1].revents & POLLIN) {
+			drain_eventfd(c->kick_fd);
+			c->cnt[DC_KICKS]++;
+			more = 1;
+		}
+		if (p[2].revents) {
+			c->waiting_out = 0;
+			more = 1;
+		}
+		if (more && !c->waiting_out) {
+			if (tx_batch(c, &more) == DP_DIVERT)
+				return DP_DIVERT;
+		} else if (c->waiting_out) {
+			more = 0;
+		}
+		if (p[0].revents)
+			return DP_CTL;
+	}
+}

@@ -1,0 +1,555 @@
+"""The vhost-user protocol layer (vionetd/vhost_user.py) against tests/vmm.py.
+
+A Connection runs over a real unix socketpair with a recording Backend; the
+frontend calls conn.handle_readable after each message it sends (pump), so
+everything runs in the test's thread and a ProtocolError reaches the test.
+One test runs the Connection in a thread behind a listening socket, as the
+daemon will. Every test checks that no file descriptor leaked.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from vionetd import features as F
+from vionetd import vhost_user as V
+from vionetd.vhost_user import ProtocolError
+from tests.vmm import Frontend, GuestRegion, SplitLayout, eventfd
+
+MiB = 1 << 20
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+class RecBackend(V.Backend):
+    """Records every call; owns and closes the fds it is given."""
+
+    def __init__(self, offer: int | None = None):
+        self.offer = F.offer(F.Policy(), F.TUN_F_ALL) if offer is None else offer
+        self.calls: list[tuple] = []
+        self.owned: dict[tuple, int] = {}
+        self.mem_fds: list[int] = []
+        self.next_base: dict[int, int] = {}
+        self.ready: dict[int, bool] = {}
+        self.fail: set[str] = set()
+
+    def _rec(self, *call):
+        self.calls.append(call)
+        if call[0] in self.fail:
+            raise V.BackendError(f"{call[0]} refused by test")
+
+    def _own(self, key, fd):
+        if key in self.owned:
+            os.close(self.owned.pop(key))
+        if fd is not None:
+            os.fstat(fd)                    # a real, open descriptor
+            self.owned[key] = fd
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def get_features(self):
+        self._rec("get_features")
+        return self.offer
+
+    def set_features(self, f):
+        self._rec("set_features", f)
+
+    def set_owner(self):
+        self._rec("set_owner")
+
+    def reset(self):
+        self._rec("reset")
+        self.close_all()
+
+    def set_mem_table(self, regions, fds):
+        self._rec("set_mem_table", list(regions), len(fds))
+        for fd in self.mem_fds:
+            os.close(fd)
+        for fd in fds:
+            os.fstat(fd)
+        self.mem_fds = list(fds)
+
+    def set_vring_num(self, i, n):
+        self._rec("set_vring_num", i, n)
+
+    def set_vring_addr(self, i, desc, used, avail, flags):
+        self._rec("set_vring_addr", i, desc, used, avail, flags)
+
+    def set_vring_base(self, i, base):
+        self._rec("set_vring_base", i, base)
+
+    def get_vring_base(self, i):
+        self._rec("get_vring_base", i)
+        return self.next_base.get(i, 0)
+
+    def set_vring_kick(self, i, fd):
+        self._rec("set_vring_kick", i, fd is not None)
+        self._own(("kick", i), fd)
+
+    def set_vring_call(self, i, fd):
+        self._rec("set_vring_call", i, fd is not None)
+        self._own(("call", i), fd)
+
+    def set_vring_err(self, i, fd):
+        self._rec("set_vring_err", i, fd is not None)
+        self._own(("err", i), fd)
+
+    def set_vring_enable(self, i, on):
+        self._rec("set_vring_enable", i, on)
+
+    def ring_ready_changed(self, i, ready):
+        self.calls.append(("ready", i, ready))
+        self.ready[i] = ready
+
+    def disconnected(self):
+        self.calls.append(("disconnected",))
+
+    def close_all(self):
+        for fd in self.owned.values():
+            os.close(fd)
+        self.owned.clear()
+        for fd in self.mem_fds:
+            os.close(fd)
+        self.mem_fds = []
+
+
+class Rig:
+    def __init__(self, timeout=2.0, offer=None):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.backend = RecBackend(offer)
+        self.conn = V.Connection(a, self.backend, name="test", timeout=timeout)
+        self.fe = Frontend(b, pump=self.conn.handle_readable)
+        self.mem = GuestRegion(4 * MiB, guest_addr=0)
+        self.extra: list[int] = []
+
+    def fds(self, n):
+        new = [eventfd() for _ in range(n)]
+        self.extra += new
+        return new
+
+    def close(self):
+        self.conn.close()
+        self.fe.close()
+        self.backend.close_all()
+        self.mem.close()
+        for fd in self.extra:
+            os.close(fd)
+
+
+@pytest.fixture
+def rig():
+    before = open_fds()
+    r = Rig()
+    try:
+        yield r
+    finally:
+        r.close()
+    assert open_fds() == before, "file descriptor leak"
+
+
+def owned(rig, *calls):
+    """Bring the connection to: protocol features (REPLY_ACK), owner."""
+    fe = rig.fe
+    fe.get_features()
+    fe.set_protocol_features(fe.get_protocol_features())
+    fe.set_owner()
+
+
+# ---- full negotiations ---------------------------------------------------------
+
+@pytest.mark.parametrize("style", ["qemu72", "qemu10"])
+def test_negotiation_like_qemu(rig, style):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    layout = SplitLayout(0x10000, 256)
+    acked = fe.negotiate([rig.mem], layout, style=style)
+    assert acked == be.offer | F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+    assert conn.features == acked and conn.protocol_negotiated
+    assert conn.protocol_features == F.PROTOCOL_OFFER and conn.reply_ack
+    assert conn.ring_ready(0) and conn.ring_ready(1)
+    assert be.ready == {0: True, 1: True}
+    names = be.names()
+    # the order the backend saw: owner before memory, memory before rings,
+    # ready only after enable
+    assert names.index("set_owner") < names.index("set_mem_table")
+    assert names.index("set_features") < names.index("set_vring_kick")
+    first_ready = names.index("ready")
+    assert names.index("set_vring_enable") < first_ready
+    assert ("set_mem_table", [V.MemRegion(*rig.mem.region)], 1) in be.calls
+    assert ("set_vring_num", 1, 256) in be.calls
+    assert ("set_vring_err", 0, True) in be.calls
+    # every need_reply got exactly its ack, nothing more is pending
+    assert fe.acks == {"qemu72": 1, "qemu10": 4}[style]
+    assert not fe.pending()
+    # ring addresses translate back to the guest addresses of the layout
+    for i in (0, 1):
+        desc, avail, used = layout.addresses(i)
+        r = conn.rings[i]
+        assert conn.user_to_guest(r.desc, 16 * 256) == desc
+        assert conn.user_to_guest(r.avail) == avail
+        assert conn.user_to_guest(r.used) == used
+    # the kick fd the backend holds is the frontend's eventfd, and the call
+    # fd the frontend holds is the backend's
+    fe.kick_ring(1)
+    assert os.eventfd_read(be.owned[("kick", 1)]) == 1
+    os.eventfd_write(be.owned[("call", 0)], 5)
+    assert os.eventfd_read(fe.call[0]) == 5
+    # memory: the backend's fd maps the same memfd
+    import mmap
+    rig.mem.mem[100:104] = b"ping"
+    m = mmap.mmap(be.mem_fds[0], 4 * MiB)
+    try:
+        assert m[100:104] == b"ping"
+    finally:
+        m.close()
+
+
+def test_stop_returns_backend_base_after_not_ready(rig):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    fe.negotiate([rig.mem])
+    be.next_base = {0: 17, 1: 0xffff}
+    assert fe.stop() == [17, 0xffff]
+    assert not conn.ring_ready(0) and not conn.ring_ready(1)
+    names = be.names()
+    # ring 0 reported not ready (disabled) before its base is asked for
+    assert be.calls.index(("ready", 0, False)) < \
+        be.calls.index(("get_vring_base", 0))
+    assert names.count("get_vring_base") == 2
+    # restart: base, kick and enable again make it ready
+    fe.set_vring_base(0, 17)
+    assert not conn.ring_ready(0)
+    fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
+    fe.set_vring_enable(0, True)
+    assert conn.ring_ready(0) and be.ready[0]
+
+
+def test_get_vring_base_of_running_ring_reports_stop_first(rig):
+    fe, be = rig.fe, rig.backend
+    fe.negotiate([rig.mem])
+    be.next_base = {1: 3}
+    assert fe.get_vring_base(1) == 3
+    assert be.calls[-2:] == [("ready", 1, False), ("get_vring_base", 1)]
+
+
+def test_without_protocol_features_ring_starts_on_kick(rig):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    offered = fe.get_features()
+    fe.set_owner()                      # no REPLY_ACK: no reply comes
+    fe.set_features(offered & ~F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES))
+    fe.set_memory([rig.mem])
+    lay = SplitLayout(0, 64)
+    for i in (0, 1):
+        desc, avail, used = lay.addresses(i)
+        fe.set_vring_num(i, 64)
+        fe.set_vring_base(i, 0)
+        fe.set_vring_addr(i, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                          fe.gpa_to_user(avail))
+        fe.set_vring_call(i, None)
+        assert not conn.ring_ready(i)
+        fe.set_vring_kick(i, fe._eventfd(fe.kick, i))
+        assert conn.ring_ready(i)
+    assert be.ready == {0: True, 1: True}
+    assert not fe.pending()
+
+
+def test_with_protocol_features_ring_waits_for_enable(rig):
+    fe, conn = rig.fe, rig.conn
+    owned(rig)
+    fe.set_features(fe.offered)
+    fe.set_memory([rig.mem])
+    desc, avail, used = SplitLayout(0, 64).addresses(0)
+    fe.set_vring_num(0, 64)
+    fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                      fe.gpa_to_user(avail))
+    fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
+    assert conn.rings[0].started and not conn.ring_ready(0)
+    assert fe.set_vring_enable(0, True, need_reply=True) == 0
+    assert conn.ring_ready(0)
+    fe.set_vring_enable(0, False)
+    assert not conn.ring_ready(0) and rig.backend.ready[0] is False
+
+
+def test_reply_ack(rig):
+    fe = rig.fe
+    fe.get_features()
+    # need_reply before REPLY_ACK was negotiated: no answer
+    fe.set_owner(need_reply=True)
+    assert not fe.pending()
+    assert fe.get_protocol_features() == F.PROTOCOL_OFFER
+    fe.set_protocol_features(F.mask(F.PROTOCOL_F_REPLY_ACK))
+    assert fe.get_queue_num() == 1
+    assert fe.set_owner(need_reply=True) == 0
+    assert fe.set_features(fe.offered, need_reply=True) == 0
+    assert fe.set_vring_num(0, 128, need_reply=True) == 0
+    # a GET_* keeps its own reply, no extra ack
+    fe.send(V.GET_FEATURES, need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(V.GET_FEATURES))[0] == fe.offered
+    assert not fe.pending()
+
+
+def test_backend_refusal_acked_or_fatal(rig):
+    fe, be = rig.fe, rig.backend
+    owned(rig)
+    be.fail.add("set_vring_call")
+    (fd,) = rig.fds(1)
+    assert fe.set_vring_call(0, fd, need_reply=True) == 1
+    assert ("call", 0) not in be.owned     # fd closed by the Connection
+    with pytest.raises(ProtocolError, match="backend refused"):
+        fe.set_vring_call(0, fd)
+
+
+def test_reset_owner_stops_and_clears(rig):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    fe.negotiate([rig.mem])
+    fe.reset_owner()
+    assert be.ready == {0: False, 1: False}
+    assert "reset" in be.names()
+    assert conn.features is None and conn.regions == []
+    assert conn.rings[0].num is None
+
+
+def test_memory_hotplug_while_running(rig):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    fe.negotiate([rig.mem])
+    more = GuestRegion(1 * MiB, guest_addr=0x100000000)
+    try:
+        assert fe.set_memory([rig.mem, more]) == 0
+        assert len(conn.regions) == 2 and conn.ring_ready(0)
+        assert be.calls[-1][0] == "set_mem_table" and be.calls[-1][2] == 2
+        # a table without the rings' memory is a protocol error
+        with pytest.raises(ProtocolError, match="outside the memory table"):
+            fe.set_memory([more])
+        assert len(conn.regions) == 2
+    finally:
+        more.close()
+
+
+def test_soft_refusals_keep_the_connection(rig):
+    fe = rig.fe
+    owned(rig)
+    (fd,) = rig.fds(1)
+    # SET_LOG_FD with an fd and no need_reply: logged, fd closed, ignored
+    fe.send(V.SET_LOG_FD, b"", [fd])
+    assert not fe.pending()
+    # with need_reply: a failure ack
+    fe.send(V.SEND_RARP, b"\x00" * 8, need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(V.SEND_RARP))[0] != 0
+    fe.send(99, b"xyz", need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(99))[0] != 0
+    fe.send(99, b"xyz")
+    # still talking
+    assert fe.get_features() == rig.backend.offer | \
+        F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+
+
+def test_log_base_nacked_with_ack(rig):
+    fe = rig.fe
+    owned(rig)
+    (fd,) = rig.fds(1)
+    fe.send(V.SET_LOG_BASE, b"\x00" * 16, [fd], need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(V.SET_LOG_BASE))[0] != 0
+    assert fe.set_vring_addr(0, 0x1000, 0x2000, 0x3000, flags=V.VRING_F_LOG,
+                             need_reply=True) == 1
+    assert rig.conn.rings[0].desc is None
+
+
+def test_real_socket_with_server_thread(tmp_path):
+    before = open_fds()
+    path = str(tmp_path / f"vu-{os.getpid()}.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    be = RecBackend()
+    result = {}
+
+    def serve():
+        s, _ = lsock.accept()
+        conn = V.Connection(s, be, name="thread")
+        try:
+            while conn.handle_readable():
+                pass
+            result["end"] = "eof"
+        except ProtocolError as e:
+            result["end"] = str(e)
+        finally:
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    mem = GuestRegion(2 * MiB, guest_addr=0)
+    fe = Frontend.connect(path)
+    try:
+        fe.negotiate([mem], SplitLayout(0, 128))
+        assert fe.stop() == [0, 0]
+    finally:
+        fe.close()
+        t.join(5)
+        mem.close()
+        be.close_all()
+        lsock.close()
+    assert not t.is_alive()
+    assert result["end"] == "eof"
+    assert ("disconnected",) in be.calls
+    assert open_fds() == before
+
+
+# ---- malformed input ---------------------------------------------------------
+
+def raw(req, payload=b"", flags=V.VERSION, size=None):
+    return struct.pack("<III", req, flags, len(payload) if size is None
+                       else size) + payload
+
+
+def _prep_running(rig):
+    rig.fe.negotiate([rig.mem])
+
+
+MALFORMED = {
+    # name: (setup, action(rig), expected message part)
+    "short SET_FEATURES": (owned, lambda r: r.fe.send(V.SET_FEATURES, b"\0" * 4),
+                           "payload of 4 bytes"),
+    "long SET_VRING_NUM": (owned, lambda r: r.fe.send(
+        V.SET_VRING_NUM, struct.pack("<III", 0, 256, 0)), "expected 8"),
+    "GET_FEATURES with payload": (None, lambda r: r.fe.send(
+        V.GET_FEATURES, b"\0" * 8), "expected 0"),
+    "bad version": (None, lambda r: r.fe.send(V.GET_FEATURES, flags=2),
+                    "bad version"),
+    "reply flag": (None, lambda r: r.fe.send(V.GET_FEATURES, flags=5),
+                   "reply flag"),
+    "huge payload": (None, lambda r: r.fe.send(V.SET_CONFIG, b"\0" * 5000),
+                     "too large"),
+    "ring index 2": (owned, lambda r: r.fe.set_vring_num(2, 256),
+                     "out of range"),
+    "kick index 5": (owned, lambda r: r.fe.set_vring_kick(5, r.fds(1)[0]),
+                     "out of range"),
+    "kick unknown bits": (owned, lambda r: r.fe.send(
+        V.SET_VRING_KICK, struct.pack("<Q", 0x1000), r.fds(1)), "unknown bits"),
+    "num 3": (owned, lambda r: r.fe.set_vring_num(0, 3), "power of 2"),
+    "num 0": (owned, lambda r: r.fe.set_vring_num(0, 0), "power of 2"),
+    "num 65536": (owned, lambda r: r.fe.set_vring_num(1, 65536), "power of 2"),
+    "base too big": (owned, lambda r: r.fe.set_vring_base(0, 0x10000),
+                     "16-bit"),
+    "misaligned desc": (owned, lambda r: r.fe.set_vring_addr(
+        0, 0x1008, 0x2000, 0x3000), "misaligned"),
+    "vring addr log": (owned, lambda r: r.fe.set_vring_addr(
+        0, 0x1000, 0x2000, 0x3000, flags=1), "logging"),
+    "overlap guest": (owned, lambda r: r.fe.set_mem_table(
+        [(0, 0x2000, 0x10000, 0), (0x1000, 0x2000, 0x20000, 0)],
+        r.fds(2)), "overlap in guest"),
+    "overlap user": (owned, lambda r: r.fe.set_mem_table(
+        [(0, 0x2000, 0x10000, 0), (0x10000, 0x2000, 0x11000, 0)],
+        r.fds(2)), "overlap in user"),
+    "empty region": (owned, lambda r: r.fe.set_mem_table(
+        [(0, 0, 0x10000, 0)], r.fds(1)), "empty"),
+    "wrapping region": (owned, lambda r: r.fe.set_mem_table(
+        [((1 << 64) - 0x1000, 0x2000, 0x10000, 0)], r.fds(1)), "wraps"),
+    "zero regions": (owned, lambda r: r.fe.set_mem_table([], []), "0 regions"),
+    "nine regions": (owned, lambda r: r.fe.send(
+        V.SET_MEM_TABLE, struct.pack("<II", 9, 0) + b"\0" * 32 * 9), "9 regions"),
+    "region count vs size": (owned, lambda r: r.fe.send(
+        V.SET_MEM_TABLE, struct.pack("<II", 2, 0) + b"\0" * 32, r.fds(2)),
+        "expected 72"),
+    "missing region fd": (owned, lambda r: r.fe.set_mem_table(
+        [(0, 0x1000, 0x10000, 0), (0x1000, 0x1000, 0x11000, 0)], r.fds(1)),
+        "expected 2"),
+    "mem table before owner": (None, lambda r: r.fe.set_mem_table(
+        [(0, 0x1000, 0x10000, 0)], r.fds(1)), "before SET_OWNER"),
+    "kick without fd": (owned, lambda r: r.fe.send(
+        V.SET_VRING_KICK, struct.pack("<Q", 0)), "expected 1"),
+    "kick polling": (owned, lambda r: r.fe.set_vring_kick(0, None), "polling"),
+    "call with two fds": (owned, lambda r: r.fe.send(
+        V.SET_VRING_CALL, struct.pack("<Q", 0), r.fds(2)), "expected 1"),
+    "call nofd but fd": (owned, lambda r: r.fe.send(
+        V.SET_VRING_CALL, struct.pack("<Q", 0x100), r.fds(1)), "expected 0"),
+    "fd on SET_FEATURES": (owned, lambda r: r.fe.send(
+        V.SET_FEATURES, struct.pack("<Q", 0), r.fds(1)), "unexpected file"),
+    "nine fds": (owned, lambda r: r.fe.send(
+        V.SET_VRING_CALL, struct.pack("<Q", 0), r.fds(9)), "more than 8"),
+    "features not offered": (owned, lambda r: r.fe.set_features(
+        F.bit(F.MQ) | F.bit(F.VERSION_1)), "not offered: MQ"),
+    "log_all not offered": (owned, lambda r: r.fe.set_features(
+        F.bit(F.LOG_ALL)), "LOG_ALL"),
+    "protocol features not offered": (None, lambda r: r.fe.set_protocol_features(
+        F.mask(F.PROTOCOL_F_LOG_SHMFD)), "LOG_SHMFD"),
+    "enable value 2": (owned, lambda r: r.fe.send(
+        V.SET_VRING_ENABLE, struct.pack("<II", 0, 2)), "value 2"),
+    "num on running ring": (_prep_running, lambda r: r.fe.set_vring_num(0, 64),
+                            "running"),
+    "features change while running": (_prep_running, lambda r: r.fe.set_features(
+        F.BASE), "while a ring"),
+    "GET_CONFIG": (owned, lambda r: r.fe.send(V.GET_CONFIG, b"\0" * 12),
+                   "never offered"),
+    "GET_MAX_MEM_SLOTS": (owned, lambda r: r.fe.send(V.GET_MAX_MEM_SLOTS),
+                          "never offered"),
+    "SET_LOG_BASE without ack": (owned, lambda r: r.fe.send(
+        V.SET_LOG_BASE, b"\0" * 16, r.fds(1)), "SET_LOG_BASE"),
+    "ADD_MEM_REG without ack": (owned, lambda r: r.fe.send(
+        V.ADD_MEM_REG, b"\0" * 40, r.fds(1)), "ADD_MEM_REG"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed(rig, case):
+    setup, action, match = MALFORMED[case]
+    if setup is not None:
+        setup(rig)
+    with pytest.raises(ProtocolError, match=match):
+        action(rig)
+
+
+def test_message_cut_by_eof(rig):
+    rig.fe.send_raw(raw(V.SET_FEATURES, b"\0" * 4, size=8))
+    rig.fe.sock.shutdown(socket.SHUT_WR)
+    with pytest.raises(ProtocolError, match="closed inside"):
+        rig.conn.handle_readable()
+
+
+def test_partial_message_times_out(rig):
+    rig.conn.sock.settimeout(0.2)
+    rig.fe.send_raw(raw(V.SET_FEATURES, b"", size=8), rig.fds(1))
+    with pytest.raises(ProtocolError, match="timed out"):
+        rig.conn.handle_readable()
+
+
+def test_clean_eof(rig):
+    rig.fe.sock.shutdown(socket.SHUT_WR)
+    assert rig.conn.handle_readable() is False
+
+
+def test_ring_outside_memory_at_kick(rig):
+    fe = rig.fe
+    owned(rig)
+    fe.set_features(fe.offered)
+    fe.set_memory([rig.mem])
+    fe.set_vring_num(0, 256)
+    # desc table inside, used ring past the end of the only region
+    u = rig.mem.user_addr
+    fe.set_vring_addr(0, u, u + 4 * MiB - 16, u + 0x2000)
+    with pytest.raises(ProtocolError, match="outside the memory table"):
+        fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
+
+
+def test_backend_failing_to_start_a_ring_closes(rig):
+    be = rig.backend
+
+    def refuse(i, ready):
+        be.calls.append(("ready", i, ready))
+        if ready:
+            raise V.BackendError("no worker")
+    be.ring_ready_changed = refuse
+    with pytest.raises(ProtocolError, match="could not start"):
+        rig.fe.negotiate([rig.mem])
+
+
+def test_refusals_are_logged(rig, caplog):
+    owned(rig)
+    with caplog.at_level("WARNING", logger="vionetd.vhost_user"):
+        rig.fe.send(V.SET_VRING_ENDIAN, struct.pack("<II", 0, 0))
+    assert any("SET_VRING_ENDIAN ignored" in r.getMessage()
+               for r in caplog.records)

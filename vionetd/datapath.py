@@ -1,0 +1,173 @@
+"""The worker's handle on the C data path (csrc/datapath.h, csrc/virtq.h).
+
+One Datapath per worker: a TX context (guest ring -> tap) or an RX context
+(tap -> guest ring), the guest memory table it maps, the ring's eventfds.
+Python only sets things up and reads counters; C moves every frame.
+
+Invariants: the memory table is never replaced under a running ring (the
+parent stops the ring first; we stop it too if it did not); every fd this
+object was given is closed when it is replaced or the ring stops.
+"""
+import os
+
+from vionetd.core import ffi, lib
+
+F_RING_INDIRECT_DESC = 28
+F_RING_EVENT_IDX = 29
+
+
+class DatapathError(ValueError):
+    pass
+
+
+def _name(i):
+    return ffi.string(lib.dp_counter_name(i)).decode()
+
+
+class Datapath:
+    def __init__(self, rx):
+        self.rx = rx
+        self.ctx = ffi.new("struct rx_ctx *" if rx else "struct tx_ctx *")
+        self.mem = ffi.new("struct guest_mem *")
+        self.ctx.kick_fd = -1
+        self.ctx.tap_fd = -1
+        self.ctx.q.call_fd = -1
+        if (lib.rx_init if rx else lib.tx_init)(self.ctx) != 0:
+            raise MemoryError("data path scratch")
+        self.ring_started = False
+        self.enabled = True
+        self.features = 0
+        self.software = None
+        self.local = False
+        self.locked = b""
+        self.extra = {}                  # counters kept in Python (DHCP parsing)
+        self.names = [_name(i) for i in range(lib.DC_MAX)]
+
+    @property
+    def running(self):
+        return self.ring_started and self.ctx.tap_fd >= 0
+
+    # ---- setup from control messages ---------------------------------------
+
+    def set_tap(self, fd):
+        if self.ctx.tap_fd >= 0:
+            os.close(self.ctx.tap_fd)
+        self.ctx.tap_fd = fd
+
+    def set_memory(self, regions, fds):
+        if self.ring_started:
+            self.stop_ring()
+        lib.gmem_unmap_all(self.mem)
+        try:
+            if len(fds) != len(regions):
+                raise DatapathError("%d regions with %d fds" % (len(regions), len(fds)))
+            for r, fd in zip(regions, fds):
+                err = lib.gmem_map(self.mem, fd, r.guest_addr, r.size, r.user_addr,
+                                   r.mmap_offset)
+                if err != 0:
+                    lib.gmem_unmap_all(self.mem)
+                    raise DatapathError("memory region %#x+%#x: error %d"
+                                        % (r.guest_addr, r.size, err))
+        finally:
+            for fd in fds:               # the mappings keep the memory
+                os.close(fd)
+
+    def set_features(self, msg):
+        self.features = msg.features
+        self.software = msg.software
+        self.locked = msg.locked_lladdr
+        self.local = msg.local
+        self._apply_flags()
+
+    def _apply_flags(self):
+        c = self.ctx
+        c.features = self.features
+        sw = self.software
+        if self.rx:
+            flags = lib.RXF_ENABLED if self.enabled else 0
+            if sw is not None and sw.rx_csum:
+                flags |= lib.RXF_SW_CSUM
+        else:
+            flags = lib.TXF_ENABLED if self.enabled else 0
+            if sw is not None:
+                if sw.tx_csum:
+                    flags |= lib.TXF_SW_CSUM
+                if sw.tx_tso4:
+                    flags |= lib.TXF_SW_TSO4
+                if sw.tx_tso6:
+                    flags |= lib.TXF_SW_TSO6
+                if sw.tx_uso:
+                    flags |= lib.TXF_SW_USO
+            if len(self.locked) == 6:
+                flags |= lib.TXF_LOCKED_MAC
+                c.locked_mac = list(self.locked)
+            if self.local:
+                flags |= lib.TXF_DHCP_DIVERT
+        c.flags = flags
+
+    def start_ring(self, msg, kick, call):
+        if self.ring_started:
+            self.stop_ring()
+        c = self.ctx
+        err = lib.vq_setup(ffi.addressof(c.q), self.mem, msg.num, msg.desc_user_addr,
+                           msg.avail_user_addr, msg.used_user_addr, msg.base & 0xFFFF,
+                           int(bool(self.features >> F_RING_EVENT_IDX & 1)),
+                           int(bool(self.features >> F_RING_INDIRECT_DESC & 1)),
+                           call if call is not None else -1)
+        if err != 0:
+            for fd in (kick, call):
+                if fd is not None:
+                    os.close(fd)
+            raise DatapathError("ring setup: error %d" % err)
+        if msg.resume:
+            # A replaced worker: what its predecessor completed is in the
+            # used ring; everything after it is taken again.
+            c.q.last_avail = c.q.used_idx
+        c.kick_fd = kick
+        self.enabled = msg.enabled
+        self._apply_flags()
+        self.ring_started = True
+
+    def stop_ring(self):
+        """Stop serving the ring; returns its next avail index."""
+        c = self.ctx
+        last = lib.vq_last_avail(ffi.addressof(c.q))
+        for fd in (c.kick_fd, c.q.call_fd):
+            if fd >= 0:
+                os.close(fd)
+        c.kick_fd = -1
+        c.q.call_fd = -1
+        self.ring_started = False
+        return last
+
+    def enable(self, enabled):
+        self.enabled = enabled
+        self._apply_flags()
+
+    # ---- running ---------------------------------------------------------
+
+    def run(self, ctl_fd):
+        """Serve the ring until the control channel needs us. Returns "ctl"
+        or "divert" (a DHCP frame is waiting: diverted())."""
+        r = (lib.rx_run if self.rx else lib.tx_run)(self.ctx, ctl_fd)
+        if r == lib.DP_DIVERT:
+            return "divert"
+        if r == lib.DP_ERROR:
+            raise OSError(ffi.errno, "data path: %s" % os.strerror(ffi.errno))
+        return "ctl"
+
+    def diverted(self):
+        return bytes(ffi.buffer(self.ctx.divert, self.ctx.divert_len))
+
+    def inject(self, frame):
+        if not self.rx or not self.ring_started:
+            self.count("inject_dropped")
+            return
+        lib.rx_inject(self.ctx, frame, len(frame))
+
+    def count(self, name):
+        self.extra[name] = self.extra.get(name, 0) + 1
+
+    def counters(self):
+        out = [(n, self.ctx.cnt[i]) for i, n in enumerate(self.names)]
+        return out + sorted(self.extra.items())

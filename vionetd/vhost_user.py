@@ -1,0 +1,796 @@
+"""vhost-user, device side, for one connection (QEMU docs/interop/vhost-user.rst).
+
+A Connection reads one message at a time from a connected SOCK_STREAM unix
+socket, checks it completely (size, indices, flags, file descriptors, order
+where it matters), tracks the state of the two rings of our single queue pair
+(0 = RX, 1 = TX), calls a Backend and answers. It knows nothing of workers,
+taps or guest memory contents: the integrator's Backend does.
+
+Wire format: u32 request, u32 flags (bits 0-1 version = 1, bit 2 reply,
+bit 3 need_reply), u32 size, then size bytes of payload; file descriptors
+ride as SCM_RIGHTS on the message's first bytes, at most 8. We read the
+12-byte header with recvmsg (with room for 8 fds) and then exactly size bytes,
+so we never read into the next message and every fd we receive belongs to the
+message being read.
+
+Handled (request number: what we do)
+   1 GET_FEATURES           reply backend.get_features() | PROTOCOL_FEATURES
+   2 SET_FEATURES           must be a subset of the offer; fixed while a ring runs
+   3 SET_OWNER              required before memory and ring messages
+   4 RESET_OWNER            deprecated; treated as a device reset
+   5 SET_MEM_TABLE          1..8 regions, size > 0, no wrap, no overlap in guest
+                            or user space, exactly one fd per region
+   8 SET_VRING_NUM          power of 2 in 1..32768; ring stopped
+   9 SET_VRING_ADDR         log flag refused; desc/avail/used aligned 16/2/4
+  10 SET_VRING_BASE         < 65536 (split ring); ring stopped
+  11 GET_VRING_BASE         stops the ring; reply {index, next avail index}
+  12 SET_VRING_KICK         exactly one fd (polling mode, bit 8, is refused);
+                            starts the ring
+  13 SET_VRING_CALL         one fd, or none with bit 8 (no notification)
+  14 SET_VRING_ERR          one fd, or none with bit 8
+  15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK
+  16 SET_PROTOCOL_FEATURES  must be a subset of that
+  17 GET_QUEUE_NUM          reply 1 (queue pairs)
+  18 SET_VRING_ENABLE       num 0 or 1
+  34 RESET_DEVICE           device reset (harmless, so accepted unoffered)
+Refused softly (reply failure if need_reply and REPLY_ACK, else log, ignore,
+close any fd): 7 SET_LOG_FD, 19 SEND_RARP, 20 NET_SET_MTU, 21 SET_BACKEND_REQ_FD,
+  23 SET_VRING_ENDIAN, 25 SET_CONFIG, 27 CLOSE_CRYPTO_SESSION,
+  29 POSTCOPY_LISTEN, 32 SET_INFLIGHT_FD, 33 GPU_SET_SOCKET, 35 VRING_KICK,
+  39 SET_STATUS, and any request number we do not know.
+Refused, fatal unless a failure reply is possible (ignoring them would leave
+the frontend believing something false): 6 SET_LOG_BASE (dirty logging),
+  37 ADD_MEM_REG, 38 REM_MEM_REG (memory hot(un)plug without
+  CONFIGURE_MEM_SLOTS), SET_VRING_ADDR with the log flag.
+Refused, always fatal (the frontend waits for a specific reply payload that we
+cannot give; none of them is legal without a feature we never offer):
+  22 IOTLB_MSG, 24 GET_CONFIG, 26 CREATE_CRYPTO_SESSION, 28 POSTCOPY_ADVISE,
+  30 POSTCOPY_END, 31 GET_INFLIGHT_FD, 36 GET_MAX_MEM_SLOTS, 40 GET_STATUS,
+  41 GET_SHARED_OBJECT, 42 SET_DEVICE_STATE_FD, 43 CHECK_DEVICE_STATE.
+
+Invariants
+  - Any protocol violation raises ProtocolError; the caller logs it and
+    closes the connection (close()). Nothing we received is trusted.
+  - Every fd received is either handed to the Backend (which owns it from the
+    moment its method returns normally) or closed here; never leaked, also
+    when a message is refused or the Backend raises.
+  - A Backend method may raise BackendError to refuse: the frontend gets a
+    failure reply if it asked for one (need_reply with REPLY_ACK); otherwise
+    the refusal is fatal, since the frontend would go on believing it worked.
+  - Ring readiness (ring_ready(i)) is recomputed after every message and each
+    change is reported once through Backend.ring_ready_changed(i, ready).
+    A ring is ready when the memory table, features, num, addresses (all
+    inside one memory region each) and a kick fd are set, it has not been
+    stopped since by GET_VRING_BASE, and it is enabled: with
+    VHOST_USER_F_PROTOCOL_FEATURES acked in SET_FEATURES a ring starts
+    disabled until SET_VRING_ENABLE 1; without it, it is enabled from its
+    kick ("Ring states" in vhost-user.rst). A started but disabled ring is
+    reported not ready (we do not consume a disabled TX ring; with a single
+    queue pair QEMU only disables rings on the way to stopping them).
+  - A message that is only partly there blocks handle_readable() for at most
+    `timeout` seconds, then is a ProtocolError.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+from vionetd import features as F
+
+log = logging.getLogger("vionetd.vhost_user")
+
+# ---- request numbers (vhost-user.rst, "Front-end message types") ----
+GET_FEATURES = 1
+SET_FEATURES = 2
+SET_OWNER = 3
+RESET_OWNER = 4
+SET_MEM_TABLE = 5
+SET_LOG_BASE = 6
+SET_LOG_FD = 7
+SET_VRING_NUM = 8
+SET_VRING_ADDR = 9
+SET_VRING_BASE = 10
+GET_VRING_BASE = 11
+SET_VRING_KICK = 12
+SET_VRING_CALL = 13
+SET_VRING_ERR = 14
+GET_PROTOCOL_FEATURES = 15
+SET_PROTOCOL_FEATURES = 16
+GET_QUEUE_NUM = 17
+SET_VRING_ENABLE = 18
+SEND_RARP = 19
+NET_SET_MTU = 20
+SET_BACKEND_REQ_FD = 21
+IOTLB_MSG = 22
+SET_VRING_ENDIAN = 23
+GET_CONFIG = 24
+SET_CONFIG = 25
+CREATE_CRYPTO_SESSION = 26
+CLOSE_CRYPTO_SESSION = 27
+POSTCOPY_ADVISE = 28
+POSTCOPY_LISTEN = 29
+POSTCOPY_END = 30
+GET_INFLIGHT_FD = 31
+SET_INFLIGHT_FD = 32
+GPU_SET_SOCKET = 33
+RESET_DEVICE = 34
+VRING_KICK = 35
+GET_MAX_MEM_SLOTS = 36
+ADD_MEM_REG = 37
+REM_MEM_REG = 38
+SET_STATUS = 39
+GET_STATUS = 40
+GET_SHARED_OBJECT = 41
+SET_DEVICE_STATE_FD = 42
+CHECK_DEVICE_STATE = 43
+
+REQUEST_NAMES = {v: k for k, v in globals().items()
+                 if k.isupper() and isinstance(v, int) and 1 <= v <= 43}
+
+VERSION = 1
+FLAG_VERSION_MASK = 0x3
+FLAG_REPLY = 0x4
+FLAG_NEED_REPLY = 0x8
+
+HDR = struct.Struct("<III")
+U64 = struct.Struct("<Q")
+STATE = struct.Struct("<II")          # vhost_vring_state {index, num}
+ADDR = struct.Struct("<IIQQQQ")       # {index, flags, desc, used, avail, log}
+MEM_HDR = struct.Struct("<II")        # {nregions, padding}
+REGION = struct.Struct("<QQQQ")       # {guest_addr, size, user_addr, mmap_offset}
+
+MAX_FDS = 8                           # VHOST_MEMORY_BASELINE_NREGIONS
+MAX_REGIONS = 8
+MAX_PAYLOAD = 4096                    # larger than any message we know
+NUM_RINGS = 2                         # one queue pair: 0 RX, 1 TX
+MAX_RING_SIZE = 32768                 # virtio 1.2 2.7
+VRING_F_LOG = 1                       # SET_VRING_ADDR flags bit 0
+VRING_NOFD = 0x100                    # SET_VRING_KICK/CALL/ERR bit 8
+VRING_IDX_MASK = 0xff
+U64_MAX = (1 << 64) - 1
+
+_SOFT_REFUSE = {SET_LOG_FD, SEND_RARP, NET_SET_MTU, SET_BACKEND_REQ_FD,
+                SET_VRING_ENDIAN, SET_CONFIG, CLOSE_CRYPTO_SESSION,
+                POSTCOPY_LISTEN, SET_INFLIGHT_FD, GPU_SET_SOCKET, VRING_KICK,
+                SET_STATUS}
+_REFUSE_UNLESS_ACK = {SET_LOG_BASE, ADD_MEM_REG, REM_MEM_REG}
+_FATAL = {IOTLB_MSG, GET_CONFIG, CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE,
+          POSTCOPY_END, GET_INFLIGHT_FD, GET_MAX_MEM_SLOTS, GET_STATUS,
+          GET_SHARED_OBJECT, SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE}
+
+
+def request_name(req: int) -> str:
+    return REQUEST_NAMES.get(req, f"request {req}")
+
+
+class ProtocolError(Exception):
+    """The frontend broke the protocol: close this connection."""
+
+
+class BackendError(Exception):
+    """The Backend refuses a request (reply failure, or close if it cannot)."""
+
+
+class _Refused(Exception):
+    """Internal: a request we refuse; fatal unless a failure reply is sent."""
+
+
+class MemRegion(NamedTuple):
+    guest_addr: int
+    size: int
+    user_addr: int
+    mmap_offset: int
+
+
+@dataclass
+class RingState:
+    """What the frontend told us about one ring (addresses are user addresses)."""
+    num: Optional[int] = None
+    desc: Optional[int] = None
+    used: Optional[int] = None
+    avail: Optional[int] = None
+    base: int = 0
+    kick: bool = False        # a kick fd was handed to the backend
+    call: bool = False        # a call fd was handed to the backend
+    err: bool = False
+    enabled: bool = False     # last SET_VRING_ENABLE
+    started: bool = False     # kick set, not stopped since by GET_VRING_BASE
+
+    @property
+    def addr_set(self) -> bool:
+        return self.desc is not None
+
+
+class Backend:
+    """What a Connection calls; the integrator implements it.
+
+    File descriptors passed to a method belong to the backend once the method
+    returns normally; if it raises, the Connection closes them. A method
+    raises BackendError to refuse. Defaults: the optional hooks do nothing
+    (and set_vring_err closes the fd it is given).
+    """
+
+    def get_features(self) -> int:
+        """The virtio feature bits to offer (features.offer())."""
+        raise NotImplementedError
+
+    def set_features(self, features: int) -> None:
+        """The features the guest acked (a subset of the offer, checked)."""
+        raise NotImplementedError
+
+    def set_owner(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        """RESET_OWNER / RESET_DEVICE: rings were reported not ready already;
+        forget features, memory table and ring fds."""
+
+    def set_mem_table(self, regions: list[MemRegion], fds: list[int]) -> None:
+        """A new memory table (validated), one fd per region, same order.
+        May come while rings are ready (memory hotplug)."""
+        raise NotImplementedError
+
+    def set_vring_num(self, index: int, num: int) -> None:
+        pass
+
+    def set_vring_addr(self, index: int, desc: int, used: int, avail: int,
+                       flags: int) -> None:
+        """User (frontend virtual) addresses; Connection.user_to_guest()
+        translates. flags is 0 (logging is refused)."""
+
+    def set_vring_base(self, index: int, base: int) -> None:
+        pass
+
+    def get_vring_base(self, index: int) -> int:
+        """The ring is stopped (ring_ready_changed(index, False) came first if
+        it was ready): return the next avail index to resume from."""
+        raise NotImplementedError
+
+    def set_vring_kick(self, index: int, fd: Optional[int]) -> None:
+        """The kick eventfd (never None: polling mode is refused). Replaces
+        any previous one, which the backend closes."""
+        raise NotImplementedError
+
+    def set_vring_call(self, index: int, fd: Optional[int]) -> None:
+        """The call eventfd, or None: do not notify. May change at any time,
+        also while the ring runs. Replaces any previous one."""
+        raise NotImplementedError
+
+    def set_vring_err(self, index: int, fd: Optional[int]) -> None:
+        if fd is not None:
+            os.close(fd)
+
+    def set_vring_enable(self, index: int, enabled: bool) -> None:
+        pass
+
+    def ring_ready_changed(self, index: int, ready: bool) -> None:
+        """Start (ready) or stop (not ready) moving frames on this ring."""
+
+    def disconnected(self) -> None:
+        """The connection is closed (rings were reported not ready first)."""
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        fd = fds.pop()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Connection:
+    """The device side of one vhost-user connection."""
+
+    def __init__(self, sock: socket.socket, backend: Backend,
+                 name: str = "vhost-user", timeout: float = 2.0):
+        self.sock = sock
+        self.backend = backend
+        self.name = name
+        sock.settimeout(timeout)
+        self.owner = False
+        self.offered: Optional[int] = None      # last GET_FEATURES answer
+        self.features: Optional[int] = None     # acked by SET_FEATURES
+        self.protocol_features = 0              # acked by SET_PROTOCOL_FEATURES
+        self.regions: list[MemRegion] = []
+        self.rings = [RingState() for _ in range(NUM_RINGS)]
+        self._reported = [False] * NUM_RINGS
+        self.closed = False
+        self.messages = 0
+
+    # ---- public helpers ----
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def reply_ack(self) -> bool:
+        return F.has(self.protocol_features, F.PROTOCOL_F_REPLY_ACK)
+
+    @property
+    def protocol_negotiated(self) -> bool:
+        """VHOST_USER_F_PROTOCOL_FEATURES acked: rings start disabled."""
+        return self.features is not None and \
+            F.has(self.features, F.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def translate_user(self, addr: int, length: int) -> Optional[tuple[int, int]]:
+        """(region index, offset in region) of [addr, addr+length) in user
+        address space, or None unless it lies inside one region."""
+        for i, r in enumerate(self.regions):
+            if r.user_addr <= addr and addr + length <= r.user_addr + r.size:
+                return i, addr - r.user_addr
+        return None
+
+    def user_to_guest(self, addr: int, length: int = 1) -> Optional[int]:
+        """Guest physical address of a user address range, or None."""
+        t = self.translate_user(addr, length)
+        if t is None:
+            return None
+        return self.regions[t[0]].guest_addr + t[1]
+
+    def ring_layout_ok(self, i: int) -> bool:
+        """All three parts of ring i lie in the memory table (split ring
+        sizes with EVENT_IDX's extra u16, virtio 1.2 2.7)."""
+        r = self.rings[i]
+        if r.num is None or not r.addr_set:
+            return False
+        return (self.translate_user(r.desc, 16 * r.num) is not None and
+                self.translate_user(r.avail, 6 + 2 * r.num) is not None and
+                self.translate_user(r.used, 6 + 8 * r.num) is not None)
+
+    def ring_ready(self, i: int) -> bool:
+        r = self.rings[i]
+        return (bool(self.regions) and self.features is not None and
+                r.num is not None and r.addr_set and r.kick and r.started and
+                (r.enabled or not self.protocol_negotiated) and
+                self.ring_layout_ok(i))
+
+    def close(self) -> None:
+        """Report rings stopped, tell the backend, close the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        for i in range(NUM_RINGS):
+            self.rings[i].started = False
+        try:
+            self._report()
+            self.backend.disconnected()
+        finally:
+            self.sock.close()
+
+    # ---- reading ----
+
+    def handle_readable(self) -> bool:
+        """Read and handle exactly one message. False when the peer closed
+        the connection cleanly (between messages). Raises ProtocolError."""
+        fds: list[int] = []
+        try:
+            head = self._recv_exact(HDR.size, fds, eof_ok=True)
+            if head is None:
+                return False
+            req, flags, size = HDR.unpack(head)
+            if flags & FLAG_VERSION_MASK != VERSION:
+                raise ProtocolError(f"{request_name(req)}: bad version in "
+                                    f"flags 0x{flags:x}")
+            if flags & FLAG_REPLY:
+                raise ProtocolError(f"{request_name(req)}: reply flag set "
+                                    "on a request")
+            if size > MAX_PAYLOAD:
+                raise ProtocolError(f"{request_name(req)}: payload of "
+                                    f"{size} bytes is too large")
+            payload = self._recv_exact(size, fds) if size else b""
+            self.messages += 1
+            self._dispatch(req, flags, payload, fds)
+            self._report()
+            return True
+        except ProtocolError as e:
+            raise ProtocolError(f"{self.name}: {e}") from None
+        finally:
+            _close_all(fds)
+
+    def _recv_exact(self, n: int, fds: list[int], eof_ok: bool = False):
+        buf = bytearray()
+        cmsg_space = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+        while len(buf) < n:
+            try:
+                data, anc, msg_flags, _ = self.sock.recvmsg(
+                    n - len(buf), cmsg_space, socket.MSG_CMSG_CLOEXEC)
+            except socket.timeout:
+                raise ProtocolError("message incomplete (timed out)")
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.ECONNRESET, errno.EPIPE) and \
+                        eof_ok and not buf:
+                    return None
+                raise ProtocolError(f"read failed: {e}")
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
+                    fds.extend(a)
+            if msg_flags & socket.MSG_CTRUNC:
+                raise ProtocolError(f"more than {MAX_FDS} file descriptors")
+            if not data:
+                if eof_ok and not buf:
+                    return None
+                raise ProtocolError("connection closed inside a message")
+            buf += data
+        return bytes(buf)
+
+    # ---- writing ----
+
+    def _send_reply(self, req: int, payload: bytes) -> None:
+        try:
+            self.sock.sendall(HDR.pack(req, VERSION | FLAG_REPLY,
+                                       len(payload)) + payload)
+        except (OSError, socket.timeout) as e:
+            raise ProtocolError(f"{request_name(req)}: reply failed: {e}")
+
+    def _ack(self, req: int, flags: int, ok: bool) -> bool:
+        """Send the REPLY_ACK answer if one was asked for; True if sent."""
+        if flags & FLAG_NEED_REPLY and self.reply_ack:
+            self._send_reply(req, U64.pack(0 if ok else 1))
+            return True
+        return False
+
+    # ---- dispatch ----
+
+    def _dispatch(self, req: int, flags: int, payload: bytes,
+                  fds: list[int]) -> None:
+        name = request_name(req)
+        handler = _HANDLERS.get(req)
+        if handler is None:
+            return self._refuse(req, flags, payload, fds)
+        if fds and req not in _TAKES_FDS:
+            raise ProtocolError(f"{name}: {len(fds)} unexpected file "
+                                "descriptor(s)")
+        try:
+            reply = handler(self, payload, fds)
+        except _Refused as e:
+            _close_all(fds)
+            if not self._ack(req, flags, False):
+                raise ProtocolError(f"{name}: refused: {e}")
+            log.warning("%s: %s refused: %s", self.name, name, e)
+            return
+        except BackendError as e:
+            _close_all(fds)
+            if reply_expected(req) or not self._ack(req, flags, False):
+                raise ProtocolError(f"{name}: backend refused: {e}")
+            log.warning("%s: %s: backend refused: %s", self.name, name, e)
+            return
+        if fds:
+            raise ProtocolError(f"{name}: {len(fds)} unexpected file "
+                                "descriptor(s)")
+        if reply is not None:
+            self._send_reply(req, reply)
+        else:
+            self._ack(req, flags, True)
+
+    def _refuse(self, req: int, flags: int, payload: bytes,
+                fds: list[int]) -> None:
+        name = request_name(req)
+        _close_all(fds)
+        if req in _FATAL:
+            raise ProtocolError(f"{name} needs a feature we never offered")
+        if self._ack(req, flags, False):
+            log.warning("%s: %s refused (not supported)", self.name, name)
+            return
+        if req in _REFUSE_UNLESS_ACK:
+            raise ProtocolError(f"{name} not supported and no failure "
+                                "reply was asked for")
+        log.warning("%s: %s ignored (not supported)", self.name, name)
+
+    # ---- checks shared by handlers ----
+
+    @staticmethod
+    def _size(name: str, payload: bytes, want: int) -> None:
+        if len(payload) != want:
+            raise ProtocolError(f"{name}: payload of {len(payload)} bytes, "
+                                f"expected {want}")
+
+    @staticmethod
+    def _nfds(name: str, fds: list[int], want: int) -> None:
+        if len(fds) != want:
+            raise ProtocolError(f"{name}: {len(fds)} file descriptor(s), "
+                                f"expected {want}")
+
+    def _owned(self, name: str) -> None:
+        if not self.owner:
+            raise ProtocolError(f"{name} before SET_OWNER")
+
+    @staticmethod
+    def _index(name: str, index: int) -> int:
+        if index >= NUM_RINGS:
+            raise ProtocolError(f"{name}: ring index {index} out of range "
+                                f"(we have {NUM_RINGS} rings)")
+        return index
+
+    def _stopped(self, name: str, i: int) -> None:
+        if self.rings[i].started:
+            raise ProtocolError(f"{name}: ring {i} is running")
+
+    def _state(self, name: str, payload: bytes) -> tuple[int, int]:
+        self._size(name, payload, STATE.size)
+        index, num = STATE.unpack(payload)
+        self._owned(name)
+        return self._index(name, index), num
+
+    def _report(self) -> None:
+        """Tell the backend about every change of ring readiness."""
+        for i in range(NUM_RINGS):
+            ready = not self.closed and self.ring_ready(i)
+            if ready != self._reported[i]:
+                self._reported[i] = ready
+                try:
+                    self.backend.ring_ready_changed(i, ready)
+                except BackendError as e:
+                    raise ProtocolError(f"ring {i}: backend could not "
+                                        f"{'start' if ready else 'stop'} "
+                                        f"it: {e}")
+
+    def _check_running_layout(self) -> None:
+        for i in range(NUM_RINGS):
+            r = self.rings[i]
+            if r.started and r.num is not None and r.addr_set and \
+                    self.regions and not self.ring_layout_ok(i):
+                raise ProtocolError(f"ring {i} lies outside the memory table")
+
+    @staticmethod
+    def _hand(fds: list[int]) -> list[int]:
+        """Take the fds out of the message's list: they go to the backend.
+        If the backend raises, the caller's handler closes them."""
+        taken = list(fds)
+        fds.clear()
+        return taken
+
+    # ---- handlers: each returns a reply payload, or None ----
+
+    def _get_features(self, p: bytes, fds: list[int]):
+        self._size("GET_FEATURES", p, 0)
+        offered = self.backend.get_features() | \
+            F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+        if offered & F.bit(F.LOG_ALL):
+            raise ProtocolError("backend offers LOG_ALL, not supported here")
+        self.offered = offered
+        return U64.pack(offered)
+
+    def _set_features(self, p: bytes, fds: list[int]):
+        self._size("SET_FEATURES", p, U64.size)
+        (f,) = U64.unpack(p)
+        if self.offered is None:
+            self.offered = self.backend.get_features() | \
+                F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+        extra = f & ~self.offered
+        if extra:
+            raise ProtocolError("SET_FEATURES: features not offered: " +
+                                ", ".join(F.names(extra)))
+        if f != self.features and any(r.started for r in self.rings):
+            raise ProtocolError("SET_FEATURES: features change while a ring "
+                                "is running")
+        self.backend.set_features(f)
+        self.features = f
+        return None
+
+    def _set_owner(self, p: bytes, fds: list[int]):
+        self._size("SET_OWNER", p, 0)
+        if self.owner:
+            log.info("%s: SET_OWNER again", self.name)
+        self.backend.set_owner()
+        self.owner = True
+        return None
+
+    def _reset(self, p: bytes, fds: list[int]):
+        self._size("RESET", p, 0)
+        for r in self.rings:
+            r.started = False
+        self._report()
+        self.rings = [RingState() for _ in range(NUM_RINGS)]
+        self.features = None
+        self.regions = []
+        self.backend.reset()
+        return None
+
+    def _set_mem_table(self, p: bytes, fds: list[int]):
+        name = "SET_MEM_TABLE"
+        if len(p) < MEM_HDR.size:
+            raise ProtocolError(f"{name}: payload of {len(p)} bytes is short")
+        n, _pad = MEM_HDR.unpack_from(p)
+        if not 1 <= n <= MAX_REGIONS:
+            raise ProtocolError(f"{name}: {n} regions (1..{MAX_REGIONS})")
+        self._size(name, p, MEM_HDR.size + n * REGION.size)
+        self._nfds(name, fds, n)
+        self._owned(name)
+        regions = [MemRegion(*REGION.unpack_from(p, MEM_HDR.size + i * REGION.size))
+                   for i in range(n)]
+        for i, r in enumerate(regions):
+            if r.size == 0:
+                raise ProtocolError(f"{name}: region {i} is empty")
+            for what, base in (("guest", r.guest_addr), ("user", r.user_addr),
+                               ("mmap offset", r.mmap_offset)):
+                if base + r.size - 1 > U64_MAX:
+                    raise ProtocolError(f"{name}: region {i} wraps the "
+                                        f"{what} address space")
+        for key in ("guest_addr", "user_addr"):
+            spans = sorted((getattr(r, key), getattr(r, key) + r.size)
+                           for r in regions)
+            for (a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+                if b0 < a1:
+                    raise ProtocolError(f"{name}: regions overlap in "
+                                        f"{key.split('_')[0]} address space")
+        old = self.regions
+        self.regions = regions
+        try:
+            self._check_running_layout()
+        except ProtocolError:
+            self.regions = old
+            raise
+        taken = self._hand(fds)
+        try:
+            self.backend.set_mem_table(regions, taken)
+        except BaseException:
+            self.regions = old
+            _close_all(taken)
+            raise
+        return None
+
+    def _set_vring_num(self, p: bytes, fds: list[int]):
+        i, num = self._state("SET_VRING_NUM", p)
+        if not (1 <= num <= MAX_RING_SIZE and num & (num - 1) == 0):
+            raise ProtocolError(f"SET_VRING_NUM: ring {i} size {num} is not "
+                                f"a power of 2 in 1..{MAX_RING_SIZE}")
+        self._stopped("SET_VRING_NUM", i)
+        self.backend.set_vring_num(i, num)
+        self.rings[i].num = num
+        return None
+
+    def _set_vring_addr(self, p: bytes, fds: list[int]):
+        name = "SET_VRING_ADDR"
+        self._size(name, p, ADDR.size)
+        index, flags, desc, used, avail, _log = ADDR.unpack(p)
+        self._owned(name)
+        i = self._index(name, index)
+        if flags & VRING_F_LOG:
+            raise _Refused("used ring logging (migration) is not supported")
+        if flags:
+            raise ProtocolError(f"{name}: unknown flags 0x{flags:x}")
+        if desc % 16 or avail % 2 or used % 4:
+            raise ProtocolError(f"{name}: ring {i} misaligned (desc 0x{desc:x}"
+                                f" avail 0x{avail:x} used 0x{used:x})")
+        self._stopped(name, i)
+        self.backend.set_vring_addr(i, desc, used, avail, flags)
+        r = self.rings[i]
+        r.desc, r.used, r.avail = desc, used, avail
+        return None
+
+    def _set_vring_base(self, p: bytes, fds: list[int]):
+        i, base = self._state("SET_VRING_BASE", p)
+        if base > 0xffff:
+            raise ProtocolError(f"SET_VRING_BASE: ring {i} base {base} is not "
+                                "a 16-bit index")
+        self._stopped("SET_VRING_BASE", i)
+        self.backend.set_vring_base(i, base)
+        self.rings[i].base = base
+        return None
+
+    def _get_vring_base(self, p: bytes, fds: list[int]):
+        i, _ = self._state("GET_VRING_BASE", p)
+        r = self.rings[i]
+        r.started = False
+        r.kick = False          # a new SET_VRING_KICK starts it again
+        self._report()
+        base = self.backend.get_vring_base(i)
+        if not 0 <= base <= 0xffff:
+            raise BackendError(f"ring {i}: bad base {base}")
+        r.base = base
+        return STATE.pack(i, base)
+
+    def _vring_file(self, name: str, p: bytes, fds: list[int]):
+        self._size(name, p, U64.size)
+        (v,) = U64.unpack(p)
+        if v & ~(VRING_IDX_MASK | VRING_NOFD):
+            raise ProtocolError(f"{name}: unknown bits in 0x{v:x}")
+        self._owned(name)
+        i = self._index(name, v & VRING_IDX_MASK)
+        nofd = bool(v & VRING_NOFD)
+        self._nfds(name, fds, 0 if nofd else 1)
+        return i, nofd
+
+    def _set_vring_kick(self, p: bytes, fds: list[int]):
+        i, nofd = self._vring_file("SET_VRING_KICK", p, fds)
+        if nofd:
+            raise _Refused(f"ring {i}: polling mode (no kick fd) is not "
+                           "supported")
+        (fd,) = taken = self._hand(fds)
+        try:
+            self.backend.set_vring_kick(i, fd)
+        except BaseException:
+            _close_all(taken)
+            raise
+        self.rings[i].kick = True
+        self.rings[i].started = True
+        self._check_running_layout()
+        return None
+
+    def _set_vring_call(self, p: bytes, fds: list[int]):
+        i, nofd = self._vring_file("SET_VRING_CALL", p, fds)
+        taken = self._hand(fds)
+        try:
+            self.backend.set_vring_call(i, None if nofd else taken[0])
+        except BaseException:
+            _close_all(taken)
+            raise
+        self.rings[i].call = not nofd
+        return None
+
+    def _set_vring_err(self, p: bytes, fds: list[int]):
+        i, nofd = self._vring_file("SET_VRING_ERR", p, fds)
+        taken = self._hand(fds)
+        try:
+            self.backend.set_vring_err(i, None if nofd else taken[0])
+        except BaseException:
+            _close_all(taken)
+            raise
+        self.rings[i].err = not nofd
+        return None
+
+    def _get_protocol_features(self, p: bytes, fds: list[int]):
+        self._size("GET_PROTOCOL_FEATURES", p, 0)
+        return U64.pack(F.PROTOCOL_OFFER)
+
+    def _set_protocol_features(self, p: bytes, fds: list[int]):
+        self._size("SET_PROTOCOL_FEATURES", p, U64.size)
+        (pf,) = U64.unpack(p)
+        extra = pf & ~F.PROTOCOL_OFFER
+        if extra:
+            raise ProtocolError("SET_PROTOCOL_FEATURES: not offered: " +
+                                ", ".join(F.protocol_names(extra)))
+        self.protocol_features = pf
+        return None
+
+    def _get_queue_num(self, p: bytes, fds: list[int]):
+        self._size("GET_QUEUE_NUM", p, 0)
+        return U64.pack(NUM_RINGS // 2)
+
+    def _set_vring_enable(self, p: bytes, fds: list[int]):
+        i, on = self._state("SET_VRING_ENABLE", p)
+        if on > 1:
+            raise ProtocolError(f"SET_VRING_ENABLE: ring {i}: value {on}")
+        self.backend.set_vring_enable(i, bool(on))
+        self.rings[i].enabled = bool(on)
+        return None
+
+
+def reply_expected(req: int) -> bool:
+    """Requests whose normal answer is a reply payload (not a REPLY_ACK)."""
+    return req in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE,
+                   GET_QUEUE_NUM)
+
+
+_TAKES_FDS = {SET_MEM_TABLE, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR}
+
+_HANDLERS = {
+    GET_FEATURES: Connection._get_features,
+    SET_FEATURES: Connection._set_features,
+    SET_OWNER: Connection._set_owner,
+    RESET_OWNER: Connection._reset,
+    SET_MEM_TABLE: Connection._set_mem_table,
+    SET_VRING_NUM: Connection._set_vring_num,
+    SET_VRING_ADDR: Connection._set_vring_addr,
+    SET_VRING_BASE: Connection._set_vring_base,
+    GET_VRING_BASE: Connection._get_vring_base,
+    SET_VRING_KICK: Connection._set_vring_kick,
+    SET_VRING_CALL: Connection._set_vring_call,
+    SET_VRING_ERR: Connection._set_vring_err,
+    GET_PROTOCOL_FEATURES: Connection._get_protocol_features,
+    SET_PROTOCOL_FEATURES: Connection._set_protocol_features,
+    GET_QUEUE_NUM: Connection._get_queue_num,
+    SET_VRING_ENABLE: Connection._set_vring_enable,
+    RESET_DEVICE: Connection._reset,
+}
