@@ -61,7 +61,11 @@ class CtlServer:
         with conn:
             try:
                 data = conn.recv(MAX_REQUEST)
-                reply = self.answer(data, peer_uid(conn))
+                try:
+                    reply = self.answer(data, peer_uid(conn))
+                except Exception:
+                    log.exception("control request failed")
+                    reply = pb.CtlReply(error="internal error, see the daemon's log")
                 conn.send(reply.SerializeToString())
             except OSError as e:
                 log.debug("control client: %s", e)
@@ -102,18 +106,23 @@ class CtlServer:
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
             tap=port.tap_name or "", lladdr=port.iface.lladdr or "",
             address=str(port.address.guest) if port.address else "",
-            queues=1, policy_features=features.offer(port.iface.offload, features.ALL_TUN),
+            queues=1, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
             tap_features=port.tap_caps, vmm_features=neg, negotiated=neg & port.offered,
             offered=port.offered, restarts=port.restarts,
             worker_pids=[w.pid for w in port.workers.values() if w.pid],
             lease=port.lease or "")
         sw = features.software_mode(port.iface.offload, neg)
-        st.tx_path = "software" if (sw["tx_csum"] or sw["tx_segment"]) else "passthrough"
-        st.rx_path = "software" if sw["rx_csum"] else "passthrough"
+        st.tx_path = tx_path(sw)
+        st.rx_path = "software checksum" if sw.rx_csum else "passthrough"
         if with_counters:
             for name, value in sorted(port.counters().items()):
                 st.counters.add(name=name, value=value)
         return st
+
+
+def tx_path(sw):
+    done = (["checksum"] if sw.tx_csum else []) + sorted(sw.tx_segment)
+    return "software " + ",".join(done) if done else "passthrough"
 
 
 def peer_uid(conn):

@@ -56,10 +56,19 @@ class Parent:
         try:
             while self.running:
                 for key, _ in self.sel.select(timeout=1.0):
-                    key.data()
+                    self._dispatch(key.data)
         finally:
             self.shutdown()
         return 0
+
+    @staticmethod
+    def _dispatch(callback):
+        """One event. A bug met while handling it is logged and the loop goes
+        on: one VM's trouble must not stop the others."""
+        try:
+            callback()
+        except Exception:
+            log.exception("internal error")
 
     def watch(self, fileobj, callback):
         self.sel.register(fileobj, selectors.EVENT_READ, callback)
