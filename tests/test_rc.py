@@ -91,10 +91,27 @@ class Env:
                               env=dict(os.environ, PYTHONPATH=ROOT))
 
     def kill_all(self):
+        """SIGKILL every daemon seen and its workers (they do not die with it)."""
         for pid in self.pids:
-            if alive(pid) and "vionetd" in cmdline(pid):
-                os.kill(pid, signal.SIGKILL)
-                wait_for(lambda: not alive(pid), 5)
+            if not (alive(pid) and "vionetd" in cmdline(pid)):
+                continue
+            for child in children(pid):
+                if cmdline(child).startswith("vionetd:"):
+                    os.kill(child, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not alive(pid), 5)
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 def cmdline(pid):
@@ -328,3 +345,51 @@ def test_stop_kills_a_daemon_that_ignores_sigterm(env):
         if stub.poll() is None:
             stub.kill()
             stub.wait(10)
+
+
+# ---- reload really rereads the file -------------------------------------------
+
+def titled(title):
+    """Pids of live processes whose command line is exactly title."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and cmdline(int(d)).strip() == title and alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+def test_reload_starts_a_new_vm(env, netns):
+    # The daemon runs in a namespace of the test's own, so the tap that the
+    # reload creates lives and dies there. A VM added to the file before
+    # SIGHUP must appear: its vhost-user socket, its line in vionetctl
+    # status, its two workers under their documented process titles.
+    import netns as nsmod
+    ns = netns("rc")
+    vm = "rc%d" % os.getpid()
+    tap = nsmod.unique("rct")
+    vsock = os.path.join(env.dir, "vm.sock")
+    p = subprocess.run(["ip", "netns", "exec", ns, "sh", SCRIPT, "start"], capture_output=True,
+                       text=True, timeout=TIMEOUT, env=env.env)
+    assert p.returncode == 0, ok(p)
+    pid = read_pid(env.pidfile)
+    env.pids.add(pid)
+    env.write_conf('socket "%s"\nvm "%s" {\n\tsocket "%s"\n\tinterface "%s" { }\n}\n'
+                   % (env.socket, vm, vsock, tap))
+    p = env.rc("reload")
+    assert p.returncode == 0, ok(p)
+    assert wait_for(lambda: os.path.exists(vsock)), "reload did not start the VM"
+    c = env.ctl("status")
+    assert c.returncode == 0, ok(c)
+    assert [line.split()[:4] for line in c.stdout.splitlines()[1:]] == \
+        [[vm, "waiting", vsock, tap]], c.stdout
+    assert wait_for(lambda: titled("vionetd: rx %s/0" % vm) and titled("vionetd: tx %s/0" % vm))
+    assert titled("vionetd: parent").count(pid) == 1
+    assert read_pid(env.pidfile) == pid
+
+    p = env.rc("stop")
+    assert p.returncode == 0, ok(p)
+    assert not alive(pid) and not os.path.exists(vsock) and not os.path.exists(env.socket)
+    assert wait_for(lambda: not titled("vionetd: rx %s/0" % vm)
+                    and not titled("vionetd: tx %s/0" % vm)), "workers left behind"
+    links = nsmod.run("ip", "netns", "exec", ns, "ip", "-o", "link").stdout
+    assert tap not in links
