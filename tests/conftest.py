@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import netns as _netns
+from tests import netns as _netns
 
 IS_ROOT = os.geteuid() == 0
 

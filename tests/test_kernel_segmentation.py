@@ -38,7 +38,7 @@ import time
 
 import pytest
 
-from netns import disable_ipv6, inside, netns, ns_run, unique, veth_pair
+from tests.netns import disable_ipv6, inside, netns, ns_run, unique, veth_pair
 from vionetd import links, tap
 
 pytestmark = pytest.mark.root

@@ -10,7 +10,7 @@ import struct
 import pytest
 from pyroute2 import IPRoute
 
-from netns import inside, ns_run, unique
+from tests.netns import inside, ns_run, unique
 from vionetd import links, tap
 
 pytestmark = pytest.mark.root
@@ -183,7 +183,7 @@ def test_offload_mask_governs_reader(netns, mask, whole):
     """A TSO4 super-frame written into tap A and bridged to tap B reaches B's
     reader whole (gso_type TCPV4 in its header) only if B's mask has
     CSUM|TSO4; with mask 0 the kernel cuts it first."""
-    from test_kernel_segmentation import tcp_superframe, pattern
+    from tests.test_kernel_segmentation import tcp_superframe, pattern
     ns = netns()
     br = unique("vbr")
     ns_run(ns, "ip", "link", "add", br, "type", "bridge")

@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from vionetd._core import ffi, lib
-from guestmem import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GuestMemory, SplitRing
-from vqglue import eventfd, eventfd_count, map_memory, setup_vq
+from tests.guestmem import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GuestMemory, SplitRing
+from tests.vqglue import eventfd, eventfd_count, map_memory, setup_vq
 
 MAXLEN = 12 + lib.FRAME_MAX
 
