@@ -363,7 +363,7 @@ def test_reload_starts_a_new_vm(env, netns):
     # reload creates lives and dies there. A VM added to the file before
     # SIGHUP must appear: its vhost-user socket, its line in vionetctl
     # status, its two workers under their documented process titles.
-    import netns as nsmod
+    from tests import netns as nsmod
     ns = netns("rc")
     vm = "rc%d" % os.getpid()
     tap = nsmod.unique("rct")
