@@ -1,6 +1,6 @@
 """vionetd(8): the command line.
 
-    vionetd [-dnv] [-f file]
+    vionetd [-dnv] [-f file] [-p pidfile]
 
 -d stays in the foreground and logs to stderr; without it vionetd detaches and
 logs to syslog. -n only checks the configuration file and exits 0 or 1.
@@ -41,6 +41,9 @@ def detach():
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.f = os.path.abspath(args.f)       # detaching changes to /
+    if args.p:
+        args.p = os.path.abspath(args.p)
     try:
         conf = config.load(args.f)
     except config.ConfigError as e:

@@ -40,20 +40,20 @@ class Parent:
 
     def run(self):
         setproctitle.setproctitle("vionetd: parent")
-        self._signals()
-        if self.pidfile:
-            with open(self.pidfile, "w") as f:
-                f.write("%d\n" % os.getpid())
-        from vionetd.ctl import CtlServer
         try:
-            self.ctl = CtlServer(self, self.conf.socket)
-        except OSError as e:
-            log.error("control socket %s: %s", self.conf.socket, e.strerror)
-            return 1
-        self.watch(self.ctl.sock, self.ctl.accept)
-        self.apply(self.conf)
-        log.info("started, %d interface(s)", len(self.ports))
-        try:
+            self._signals()
+            if self.pidfile:
+                with open(self.pidfile, "w") as f:
+                    f.write("%d\n" % os.getpid())
+            from vionetd.ctl import CtlServer
+            try:
+                self.ctl = CtlServer(self, self.conf.socket)
+            except OSError as e:
+                log.error("control socket %s: %s", self.conf.socket, e.strerror)
+                return 1
+            self.watch(self.ctl.sock, self.ctl.accept)
+            self.apply(self.conf)
+            log.info("started, %d interface(s)", len(self.ports))
             while self.running:
                 for key, _ in self.sel.select(timeout=1.0):
                     self._dispatch(key.data)
