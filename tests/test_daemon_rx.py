@@ -161,8 +161,8 @@ def test_rx_ring_wraps(vmd):
 
 def test_rx_indirect_tables(vmd):
     d, vm, peer = vmd()
-    vm.post_rx(4, 1024, per_chain=3, indirect=True)
-    f = F.build(version=4, proto=F.UDP, payload=b"i" * 2500, csum="full")
+    vm.post_rx(4, 512, per_chain=3, indirect=True)
+    f = F.build(version=4, proto=F.UDP, payload=b"i" * 1400, csum="full")
     sent = peer.send(f)
     (hdr, frame), = vm.receive(1)
     check_frame(hdr, frame, sent)
