@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 
-from vionetd import control, features, links, tap
+from vionetd import control, features, links, sandbox, tap
 from vionetd import vionetd_pb2 as pb
 from vionetd import vhost_user
 from vionetd.log import log
@@ -415,6 +415,10 @@ class Port(vhost_user.Backend):
                 self._send(self.workers[RX], dhcp_reply=reply)
         elif kind == "error":
             log.warning("%s: %s worker: %s", self.key, ROLE_NAME[w.role], msg.error)
+        elif kind == "forbidden_syscall":
+            log.error("%s: %s worker %s made forbidden system call %d (%s)", self.key,
+                      ROLE_NAME[w.role], w.pid, msg.forbidden_syscall,
+                      sandbox.syscall_name(msg.forbidden_syscall))
         else:
             log.debug("%s: unexpected %s from %s worker", self.key, kind, ROLE_NAME[w.role])
 

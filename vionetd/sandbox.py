@@ -81,6 +81,13 @@ TCGETS = 0x5401
 FORBIDDEN_TESTS = ("open", "socket", "connect", "execve", "fork", "ptrace", "kill")
 
 
+def syscall_name(nr):
+    try:
+        return seccomp.resolve_syscall(seccomp.Arch.NATIVE, nr).decode()
+    except (ValueError, TypeError, AttributeError, OSError):
+        return "unknown"
+
+
 def close_fds(keep):
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -155,13 +162,13 @@ def test_forbidden_call(name):
     elif name == "socket":
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     elif name == "connect":
-        libc.syscall(42, 0, 0, 0)                   # connect(2) on x86_64
+        libc.connect(0, None, 0)
     elif name == "execve":
         os.execv("/bin/true", ["true"])
     elif name == "fork":
-        libc.syscall(57)                            # fork(2) on x86_64
+        libc.fork()
     elif name == "ptrace":
-        libc.syscall(101, 0, 1, 0, 0)               # ptrace(PTRACE_TRACEME... of pid 1)
+        libc.ptrace(16, 1, 0, 0)                    # PTRACE_ATTACH to init
     elif name == "kill":
         os.kill(1, 0)
     else:
