@@ -57,6 +57,7 @@ class TestVM:
         self.features = self.fe.negotiate([_Region(self.mem)], _Layout([self.rx, self.tx]),
                                           want=want, style=style, base=base)
         self.rx_bufs = {}        # head -> (gpa, size)
+        self.rx_pending = []
 
     @property
     def mergeable(self):
@@ -141,11 +142,11 @@ class TestVM:
         """count frames from the RX ring: [(hdr tuple, frame bytes)], with
         mergeable buffers put back together by num_buffers."""
         frames = []
-        pending = []
+        pending = self.rx_pending        # used entries seen but not yet read
         deadline = time.monotonic() + timeout
         while len(frames) < count:
             if not pending:
-                pending = self.wait_used(0, 1, max(0.01, deadline - time.monotonic()))
+                pending += self.wait_used(0, 1, max(0.01, deadline - time.monotonic()))
             head, length = pending.pop(0)
             data = self._chain_bytes(head, length)
             hdr = HDR.unpack(data[:12])
@@ -153,7 +154,7 @@ class TestVM:
             assert nbuf >= 1, "num_buffers 0"
             for _ in range(nbuf - 1):
                 if not pending:
-                    pending = self.wait_used(0, 1, max(0.01, deadline - time.monotonic()))
+                    pending += self.wait_used(0, 1, max(0.01, deadline - time.monotonic()))
                 h, n = pending.pop(0)
                 data += self._chain_bytes(h, n)
             frames.append((hdr, data[12:]))
