@@ -141,12 +141,10 @@ initramfs() {
 	kver=${pkg#linux-image-}
 	fetch "$pkg"
 	root=$OUT/k-$kver
-	if [ ! -f "$root/boot/vmlinuz-$kver" ]; then
-		rm -rf "$root"
-		dpkg -x "$OUT/debs/${pkg}_"*.deb "$root"
-	fi
+	rm -rf "$root"
+	dpkg -x "$OUT/debs/${pkg}_"*.deb "$root"
 	# Debian builds modules.dep in postinst; do it here for the unpacked tree.
-	[ -f "$root/lib/modules/$kver/modules.dep" ] || depmod -b "$root" "$kver"
+	depmod -b "$root" "$kver"
 
 	stage=$OUT/stage-$short
 	rm -rf "$stage"
@@ -181,7 +179,8 @@ initramfs() {
 	    gzip -6 > "$OUT/initrd-$short.gz.tmp"
 	mv "$OUT/initrd-$short.gz.tmp" "$OUT/initrd-$short.gz"
 	cp "$root/boot/vmlinuz-$kver" "$OUT/vmlinuz-$short"
-	rm -rf "$stage"
+	# The unpacked tree is big (400 MB for 6.1); the deb stays for rebuilds.
+	rm -rf "$stage" "$root"
 	echo "$short $kver" >> "$OUT/kernels.txt.tmp"
 }
 
