@@ -25,8 +25,10 @@ Facts this relies on (measured on the CI machine, see the brief):
 - QEMU's own tap backend under TCG stalls TCP unless event_idx=off.
 """
 
+import argparse
 import base64
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -109,6 +111,8 @@ def accel(probe_timeout=20.0):
             return cached
     except OSError:
         pass
+    if not images_built():
+        raise GuestError("guest images missing: run scripts/guest-image.sh")
     found = "tcg"
     if _kvm_opens():
         g = Guest(kernel="6.12", qemu="10", netdev=None, accel="kvm",
@@ -363,10 +367,11 @@ class Guest:
         return time.monotonic() - self.started
 
 
-def run(timeout=None, **kw):
-    """Boot a guest, wait for its results, stop it: the common case."""
-    with Guest(**kw) as g:
-        res = g.wait_done(timeout)
+def run(timeout=300.0, **kw):
+    """Boot a guest (Guest's keywords), wait at most timeout seconds for
+    its results, stop it: the common case.  Returns (results, serial log)."""
+    with Guest(timeout=timeout, **kw) as g:
+        res = g.wait_done()
         res["_boot_seconds"] = g.boot_seconds
         res["_elapsed"] = g.elapsed()
         res["_accel"] = g.accel
@@ -377,3 +382,42 @@ def feature_bit(features, bit):
     """Bit N of /sys/class/net/*/device/features (a string of 0 and 1,
     bit 0 first)."""
     return bit < len(features) and features[bit] == "1"
+
+
+def main(argv=None):
+    """Boot one guest by hand and print its results as JSON, e.g.
+    python3 tests/guest.py 6.12 10 --vhost-user /run/vionetd/vm0.sock \
+        --plan ping --param ip=10.0.0.2/24 --param host=10.0.0.1"""
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("kernel", choices=KERNELS)
+    ap.add_argument("qemu", choices=QEMUS)
+    ap.add_argument("--tap", help="QEMU's own tap backend on this ifname")
+    ap.add_argument("--vhost-user", help="vhost-user socket path")
+    ap.add_argument("--reconnect", type=int, help="seconds (vhost-user)")
+    ap.add_argument("--netns", help="run QEMU in this network namespace")
+    ap.add_argument("--plan", default="", help="comma-separated plans")
+    ap.add_argument("--param", action="append", default=[],
+                    help="KEY=VALUE for vionet.KEY (repeatable)")
+    ap.add_argument("--prop", action="append", default=[],
+                    help="virtio-net-pci KEY=VALUE (repeatable)")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--log", action="store_true", help="print the serial log")
+    a = ap.parse_args(argv)
+    netdev = None
+    if a.tap:
+        netdev = Tap(a.tap)
+    elif a.vhost_user:
+        netdev = VhostUser(a.vhost_user, a.reconnect)
+    res, serial = run(
+        timeout=a.timeout, kernel=a.kernel, qemu=a.qemu, netdev=netdev,
+        netns=a.netns, plan=[p for p in a.plan.split(",") if p],
+        params=dict(kv.split("=", 1) for kv in a.param),
+        device_props=dict(kv.split("=", 1) for kv in a.prop))
+    if a.log:
+        print(serial)
+    print(json.dumps(res, indent=1, sort_keys=True))
+    return 0 if res["rc"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
