@@ -14,9 +14,11 @@
 # command line (see guest/init).
 #
 # Idempotent and non-interactive.  A stamp holds a hash of every input; when
-# it matches and the outputs exist, the script exits at once.  Packages are
-# fetched with apt-get download and unpacked with dpkg -x: nothing on the
-# host is installed or replaced but the few tools listed in need_tools.
+# it matches and the outputs exist, the script exits at once.  Downloaded
+# packages stay in guest/out/debs and are reused; remove that directory and
+# guest/out/.stamp to pick up newer ones.  Packages are fetched with
+# apt-get download and unpacked with dpkg -x: nothing on the host is
+# installed or replaced but the few tools listed in need_tools.
 # The backports entry is derived from the machine's own Debian sources
 # (same awk as scripts/setup.sh); no host name is written anywhere.
 set -eu

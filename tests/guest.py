@@ -186,18 +186,21 @@ class Guest:
     snippet     a shell snippet run after the plans (sent base64-encoded)
     netns       run QEMU in this network namespace (a tap is opened there)
     timeout     seconds from start() to VIONET-DONE
+    kernel_args more kernel command line words, verbatim (e.g. "loglevel=7"
+                to see the kernel's messages, which "quiet" hides)
     """
 
     def __init__(self, kernel="6.12", qemu="10", netdev=None,
                  device_props=None, plan=(), params=None, snippet=None,
                  netns=None, timeout=300.0, accel=None, mem_mb=512, smp=2,
-                 extra_args=()):
+                 extra_args=(), kernel_args=()):
         self.kernel, self.qemu, self.netdev = kernel, qemu, netdev
         self.device_props = dict(device_props or {})
         self.plan, self.params = list(plan), dict(params or {})
         self.snippet, self.netns, self.timeout = snippet, netns, timeout
         self._accel, self.mem_mb, self.smp = accel, mem_mb, smp
         self.extra_args = list(extra_args)
+        self.kernel_args = list(kernel_args)
         self.proc = None
         self.dir = None
         self.serial = ""
@@ -216,6 +219,10 @@ class Guest:
     def cmdline(self):
         """The kernel command line: console, then vionet.* for guest/init."""
         words = ["console=ttyS0", "panic=1", "quiet"]
+        for w in self.kernel_args:
+            if not w or any(c.isspace() for c in w) or w.startswith("vionet."):
+                raise ValueError(f"bad kernel argument {w!r}")
+            words.append(w)
         params = dict(self.params)
         if self.plan:
             params["plan"] = ",".join(self.plan)
@@ -295,7 +302,8 @@ class Guest:
 
     def log(self):
         """Everything known about the run, for failure messages."""
-        return (f"accel: {self._accel}\nargv: {' '.join(getattr(self, 'argv_used', []))}\n"
+        argv = " ".join(getattr(self, "argv_used", []))
+        return (f"accel: {self._accel}\nargv: {argv}\n"
                 f"--- qemu stderr ---\n{self.stderr()}\n"
                 f"--- serial ---\n{self.serial}")
 

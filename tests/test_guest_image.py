@@ -55,6 +55,13 @@ def test_cmdline_rejects_what_init_could_not_parse(params):
         guest.Guest(params=params, accel="tcg").cmdline()
 
 
+def test_kernel_args_are_checked_and_passed():
+    line = guest.Guest(kernel_args=["loglevel=7"], accel="tcg").cmdline()
+    assert "loglevel=7" in line.split()
+    with pytest.raises(ValueError):
+        guest.Guest(kernel_args=["vionet.ip=1"], accel="tcg").cmdline()
+
+
 def test_device_props_follow_the_known_quirks():
     vu = guest.VhostUser("/tmp/x.sock", reconnect=1)
     a72 = " ".join(guest.Guest(qemu="7.2", netdev=vu, accel="tcg")

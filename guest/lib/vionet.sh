@@ -7,11 +7,12 @@
 # Keys are [A-Za-z0-9_.-]; values are one line without spaces (spaces are
 # turned into '_'), so the host never has to guess where a value ends.
 
+# (Helpers keep their variables local: plans have their own.)
 result() {
-	k=$1
+	local key=$1 val
 	shift
-	v=$(printf '%s' "$*" | tr ' \n\t' '___')
-	echo "VIONET-RESULT $k=$v"
+	val=$(printf '%s' "$*" | tr ' \n\t' '___')
+	echo "VIONET-RESULT $key=$val"
 }
 
 # Print a note on the console, clearly separated from results.
@@ -21,6 +22,7 @@ note() {
 
 # key=value lines on stdin become results prefixed with "$1."
 results_from() {
+	local line
 	while IFS= read -r line; do
 		case "$line" in
 		*=*) result "$1.${line%%=*}" "${line#*=}" ;;
@@ -31,6 +33,7 @@ results_from() {
 
 # The network interface under test: the first one that is not lo.
 netif() {
+	local d n
 	for d in /sys/class/net/*; do
 		n=${d##*/}
 		[ "$n" = lo ] || { echo "$n"; return 0; }

@@ -3,7 +3,9 @@
 # vionet.iperf_reverse=1 for host->guest, vionet.iperf_udp=1 with
 # vionet.iperf_bw (e.g. 100M) for UDP, vionet.iperf_len for -l.
 # Results: iperf.mbps (as the receiver counted it), iperf.retr (TCP),
-# iperf.lost_percent (UDP).
+# iperf.lost_percent (UDP).  vionet.iperf_name (default iperf) replaces
+# the "iperf" prefix, for a snippet that runs this plan more than once.
+k=${VIONET_IPERF_NAME:-iperf}
 set -- -c "$VIONET_HOST" -p "${VIONET_IPERF_PORT:-5201}" \
 	-t "${VIONET_IPERF_SECS:-3}" -f m --connect-timeout 5000
 [ "${VIONET_IPERF_REVERSE:-0}" = 1 ] && set -- "$@" -R
@@ -14,10 +16,17 @@ rc=$?
 echo "$out"
 # The summary line the receiver reported: "... <n> Mbits/sec ... receiver".
 line=$(echo "$out" | grep 'receiver$' | tail -n 1)
-mbps=$(echo "$line" | awk '{for (i = 2; i <= NF; i++) if ($i == "Mbits/sec") print $(i-1)}')
-result iperf.mbps "${mbps:-0}"
-retr=$(echo "$out" | grep 'sender$' | tail -n 1 | awk '{for (i = 2; i <= NF; i++) if ($i == "Mbits/sec") print $(i+1)}')
-[ -n "$retr" ] && result iperf.retr "$retr"
+# field_after N: the field N places after "Mbits/sec" on stdin's line.
+field_after() {
+	awk -v n="$1" '{ for (i = 2; i <= NF; i++)
+		if ($i == "Mbits/sec") print $(i + n) }'
+}
+mbps=$(echo "$line" | field_after -1)
+result "$k.mbps" "${mbps:-0}"
+if [ "${VIONET_IPERF_UDP:-0}" != 1 ]; then
+	retr=$(echo "$out" | grep 'sender$' | tail -n 1 | field_after 1)
+	[ -n "$retr" ] && result "$k.retr" "$retr"
+fi
 lost=$(echo "$line" | sed -n 's/.*(\([0-9.e+-]*\)%).*/\1/p')
-[ -n "$lost" ] && result iperf.lost_percent "$lost"
+[ -n "$lost" ] && result "$k.lost_percent" "$lost"
 [ $rc -eq 0 ] && [ -n "$mbps" ]
