@@ -5,8 +5,10 @@
  * (receiver).
  *
  *   udpgso_send send ADDR PORT [-s segsize] [-w writesize] [-b bytes] [-t secs]
- *   udpgso_send recv PORT [-t secs] [-n datagrams] [-i idle_secs]
+ *   udpgso_send recv PORT [-t secs] [-n datagrams] [-i idle_secs] [-r rcvbuf]
  *
+ * -r sets the receive buffer (SO_RCVBUFFORCE as root, else SO_RCVBUF): a
+ * GSO burst arrives faster than a reader under load drains it.
  * The receiver stops after secs, after n datagrams, after idle_secs without
  * one (once the first came), or on SIGTERM/SIGINT, and then prints counts.
  *
@@ -71,7 +73,7 @@ usage(void)
 	fprintf(stderr, "usage: udpgso_send send ADDR PORT [-s segsize] "
 	    "[-w writesize] [-b bytes] [-t secs]\n"
 	    "       udpgso_send recv PORT [-t secs] [-n datagrams] "
-	    "[-i idle_secs]\n");
+	    "[-i idle_secs] [-r rcvbuf]\n");
 	return 1;
 }
 
@@ -236,7 +238,7 @@ do_recv(int argc, char **argv)
 {
 	static unsigned char buf[65536];
 	struct sockaddr_in6 sin6;
-	long port, secs = 30, count = 0, idle = 3;
+	long port, secs = 30, count = 0, idle = 3, rcvbuf = 0;
 	long long dgrams = 0, bytes = 0, bad = 0;
 	uint32_t seq, maxseq = 0;
 	double t0, last = 0;
@@ -248,7 +250,7 @@ do_recv(int argc, char **argv)
 	if (port < 0 || port > 65535)
 		return usage();
 	optind = 3;
-	while ((opt = getopt(argc, argv, "t:n:i:")) != -1) {
+	while ((opt = getopt(argc, argv, "t:n:i:r:")) != -1) {
 		long v = optarg ? num(optarg) : -1;
 
 		if (v < 0)
@@ -257,6 +259,7 @@ do_recv(int argc, char **argv)
 		case 't': secs = v; break;
 		case 'n': count = v; break;
 		case 'i': idle = v; break;
+		case 'r': rcvbuf = v; break;
 		default: return usage();
 		}
 	}
@@ -264,6 +267,13 @@ do_recv(int argc, char **argv)
 	if (fd < 0) {
 		perror("udpgso_send: socket");
 		return 2;
+	}
+	if (rcvbuf > 0 && rcvbuf <= 1 << 30) {
+		int b = rcvbuf;
+
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &b,
+		    sizeof(b)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &b, sizeof(b));
 	}
 	/* One socket for IPv4 and IPv6 senders alike. */
 	setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
