@@ -129,9 +129,10 @@ def accel(probe_timeout=20.0):
         finally:
             g.stop()
     os.makedirs(OUT, exist_ok=True)
-    with open(ACCEL_CACHE + ".tmp", "w") as f:
+    tmp = f"{ACCEL_CACHE}.{os.getpid()}"    # parallel probes may race
+    with open(tmp, "w") as f:
         f.write(found + "\n")
-    os.replace(ACCEL_CACHE + ".tmp", ACCEL_CACHE)
+    os.replace(tmp, ACCEL_CACHE)
     return found
 
 
