@@ -620,6 +620,40 @@ static int run_tx(const struct opts *o)
 
 /* ---- rx: tap to guest --------------------------------------------------- */
 
+/* Take the used entries; put their buffers back at once. */
+static void rx_reap(struct ring *r, const uint8_t *bufs, size_t bsize, int mrg,
+		    unsigned *left, uint64_t *frames, uint64_t *bytes, uint64_t *buffers)
+{
+	uint16_t u = used_idx(r);
+
+	while (r->last_used != u) {
+		struct used_elem e = USED_ELEM(r, r->last_used);
+		uint32_t id = e.id < r->num ? e.id : 0;
+
+		if (*left == 0) {
+			struct vnet h;
+
+			memcpy(&h, bufs + id * bsize, sizeof(h));
+			*left = mrg && h.num_buffers ? h.num_buffers : 1;
+			++*frames;
+			*bytes += e.len >= VNET_LEN ? e.len - VNET_LEN : 0;
+		} else {
+			*bytes += e.len;
+		}
+		--*left;
+		++*buffers;
+		AVAIL_RING(r, r->avail_idx++) = (uint16_t)id;
+		r->last_used++;
+	}
+}
+
+/*
+ * Measure from the first frame for o->seconds; then keep recycling buffers
+ * until nothing came for QUIET seconds (bounded), so the device is never
+ * left with frames to deliver and a ring we stopped serving.
+ */
+#define QUIET 0.3
+
 static int run_rx(const struct opts *o)
 {
 	struct dev d;
@@ -627,61 +661,59 @@ static int run_rx(const struct opts *o)
 	int mrg;
 	size_t bsize;
 	uint8_t *bufs;
-	unsigned i, left = 0;
-	uint64_t frames = 0, bytes = 0, buffers = 0;
-	double t0 = 0, t1 = 0, c0 = 0, end, idle;
+	unsigned i, left = 0, min_posted;
+	uint64_t frames = 0, bytes = 0, buffers = 0, f = 0, b = 0, n = 0;
+	double t0 = 0, t1 = 0, c0 = 0, c1 = 0, end = 0, last = 0, idle, stop = 0;
 
-	dev_connect(&d, o->sock, o->num, 8 << 20, o->refuse);
+	dev_connect(&d, o->sock, o->num, ((size_t)o->num * PAGE + (2 << 20)) * 2,
+		    o->refuse);
 	r = &d.ring[0];
 	mrg = HAS(d.features, F_MRG_RXBUF);
 	/* mergeable: page-sized buffers; otherwise each must hold the largest frame */
 	bsize = mrg ? PAGE : (VNET_LEN + MAX_FRAME + PAGE - 1) / PAGE * PAGE;
-	if (!mrg && r->num * bsize > (6u << 20))
-		die("ring of %u too large for big buffers", r->num);
+	if (!mrg && r->num > 128)
+		die("without MRG_RXBUF, use a ring of at most 128");
 	bufs = mem_alloc(&d.mem, r->num * bsize, PAGE);
 	for (i = 0; i < r->num; i++) {
 		r->desc[i] = (struct desc){ gpa(&d.mem, bufs + i * bsize), (uint32_t)bsize,
 					    D_WRITE, 0 };
 		AVAIL_RING(r, r->avail_idx++) = (uint16_t)i;
 	}
+	min_posted = r->num;
 	r->avail[1] = r->avail_idx;
 	AVAIL_FLAGS(r) = r->event_idx ? 0 : AVAIL_NO_INTERRUPT;
 	dev_start(&d);
+	/* As a guest's driver does after filling its RX ring (the device may
+	 * be waiting for buffers from an earlier connection). */
+	wake(r->kick);
+	r->kicks++;
 	printf("ready\n");
 	fflush(stdout);
 
 	idle = now() + 10;              /* no first frame within 10 s: give up */
-	end = 0;
 	for (;;) {
-		uint16_t u = used_idx(r), old = r->avail_idx;
+		uint16_t old = r->avail_idx;
+		unsigned posted = (uint16_t)(r->avail_idx - used_idx(r));
 
-		while (r->last_used != u) {
-			struct used_elem e = USED_ELEM(r, r->last_used);
-			uint32_t id = e.id < r->num ? e.id : 0;
-
-			if (left == 0) {
-				struct vnet h;
-
-				memcpy(&h, bufs + id * bsize, sizeof(h));
-				left = mrg && h.num_buffers ? h.num_buffers : 1;
-				frames++;
-				bytes += e.len >= VNET_LEN ? e.len - VNET_LEN : 0;
-			} else {
-				bytes += e.len;
-			}
-			left--;
-			buffers++;
-			AVAIL_RING(r, r->avail_idx++) = (uint16_t)id;
-			r->last_used++;
-		}
+		if (end && !stop && posted < min_posted)
+			min_posted = posted;   /* what the device had left to fill */
+		rx_reap(r, bufs, bsize, mrg, &left, &f, &b, &n);
 		t1 = now();
-		if (frames && end == 0) {
+		if (r->avail_idx != old)
+			last = t1;
+		if (f && !end) {
 			t0 = t1;
 			c0 = cpu_self();
 			end = t0 + o->seconds;
-			frames = bytes = 0;     /* count from the first frame on */
+			f = b = n = 0;          /* count from the first frame on */
 		}
-		if ((end && t1 >= end) || (!end && t1 >= idle))
+		if (end && !stop && t1 >= end) {
+			frames = f, bytes = b, buffers = n;
+			c1 = cpu_self();
+			stop = t1;
+		}
+		if ((stop && t1 - last >= QUIET) || (stop && t1 - stop > 10) ||
+		    (!end && t1 >= idle))
 			break;
 		ring_publish(r, old);
 		if (r->last_used == used_idx(r))
@@ -689,12 +721,13 @@ static int run_rx(const struct opts *o)
 	}
 	printf("{\"mode\": \"rx\", \"frames\": %llu, \"bytes\": %llu, \"buffers\": %llu, "
 	       "\"seconds\": %.6f, \"kicks\": %llu, \"calls\": %llu, \"waits\": %llu, "
-	       "\"features\": %llu, \"mrg_rxbuf\": %d, \"cpu_s\": %.4f}\n",
+	       "\"features\": %llu, \"mrg_rxbuf\": %d, \"ring\": %u, \"min_posted\": %u, "
+	       "\"drained_frames\": %llu, \"cpu_s\": %.4f}\n",
 	       (unsigned long long)frames, (unsigned long long)bytes,
-	       (unsigned long long)buffers, end ? t1 - t0 : 0.0,
+	       (unsigned long long)buffers, stop ? stop - t0 : 0.0,
 	       (unsigned long long)r->kicks, (unsigned long long)r->calls,
-	       (unsigned long long)r->waits, (unsigned long long)d.features, mrg,
-	       end ? cpu_self() - c0 : 0.0);
+	       (unsigned long long)r->waits, (unsigned long long)d.features, mrg, r->num,
+	       min_posted, (unsigned long long)(f - frames), stop ? c1 - c0 : 0.0);
 	close(d.vu.sock);
 	return 0;
 }
@@ -847,9 +880,13 @@ static int run_source(const struct opts *o)
 		if (send(fd, buf, sizeof(vh) + flen, MSG_DONTWAIT) < 0) {
 			errors++;
 			if (errno == EAGAIN || errno == ENOBUFS) {
-				struct pollfd p = { fd, POLLOUT, 0 };
+				/* The tap's queue is full (tun drops and says
+				 * so through PACKET_QDISC_BYPASS): its reader
+				 * has hundreds of frames to go, so leave it the
+				 * CPU instead of spinning on drops. */
+				struct timespec ts = { 0, 50000 };
 
-				poll(&p, 1, 1);
+				nanosleep(&ts, NULL);
 				continue;
 			}
 			if (errors > 1000 && frames == 0)
