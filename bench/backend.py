@@ -313,7 +313,7 @@ def run(kinds, seconds, ring_tx=256, ring_rx=4096):
 def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
     """One figure, with a daemon of its own, so that a kind does not
     inherit what an earlier VMM session left in the workers (an rx worker
-    was seen spinning, unresponsive, after earlier sessions)."""
+    livelocked in rx_gather() outlives its VMM: see --ring-rx)."""
     d_dir = os.path.join(tmp, kind)
     os.mkdir(d_dir)
     os.chmod(d_dir, 0o755)
