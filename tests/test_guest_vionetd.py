@@ -110,21 +110,23 @@ def check_traffic(res, log, host_ping, xfer_out):
 @pytest.mark.parametrize("kernel,qemu", [("6.12", "10"), ("6.1", "7.2")])
 def test_guest_with_offloads_passthrough(image, kernel, qemu):
     plan = ("ping", "iperf", "xfer", "ethtool") + (("udpgso",) if kernel == "6.12" else ())
-    res, c, log, host_ping, xfer_out, udp_out = boot(
-        image, kernel, qemu, plan=plan,
-        guest_offload="tx-udp-segmentation:on" if kernel == "6.12" else None)
+    res, c, log, host_ping, xfer_out, udp_out = boot(image, kernel, qemu, plan=plan)
     print("\n%s/QEMU %s on vionetd: iperf3 guest->host %s, host->guest %s Mbit/s"
           % (kernel, qemu, res.get("iperf.mbps"), res.get("iperf_rx.mbps")))
     check_traffic(res, log, host_ping, xfer_out)
     feats = res["features"]
     for bit in (CSUM, GUEST_CSUM, HOST_TSO4):
         assert guest.feature_bit(feats, bit), feats
-    assert guest.feature_bit(feats, HOST_USO) == (kernel == "6.12")
+    # QEMU (7.2 and 10 alike) never offers USO to a guest on a vhost-user
+    # netdev: net/vhost-user.c has no has_uso callback, so virtio-net clears
+    # HOST_USO and GUEST_USO4/6 whatever the backend offers. vionetd's USO
+    # paths are exercised by the test VMM instead (test_daemon_tx.py).
+    assert not guest.feature_bit(feats, HOST_USO)
     assert c["tx_passthrough"] > 0 and c["tx_sw_segmented"] == 0 and c["tx_sw_csum"] == 0
     assert sum(v for k, v in c.items() if "refused" in k or "ring_" in k) == 0, c
     if kernel == "6.12":
         got = keyvals(udp_out)
-        assert res["udpgso.gso"] == "1" and res["udpgso.rc"] == "0", log
+        assert res["udpgso.rc"] == "0", log     # UDP_SEGMENT sends, cut by the guest
         assert int(got["datagrams"]) > 0 and got["bad"] == "0", udp_out
 
 
