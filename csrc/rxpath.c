@@ -81,8 +81,13 @@ static int rx_gather(struct rx_ctx *c, uint32_t need)
 			return 1;       /* the whole ring: take what fits */
 		r = vq_pop(&c->q, &c->tmp, 1, UINT32_MAX);
 		if (r == 0) {
+			unsigned had = c->nbufs;
+
 			rx_release(c);
-			if (vq_enable_notify(&c->q))
+			/* Ask for a kick, then look again: only entries beyond
+			 * the ones we just handed back are news. */
+			vq_enable_notify(&c->q);
+			if (vq_pending(&c->q) > had)
 				continue;
 			return 0;
 		}
