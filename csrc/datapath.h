@@ -32,7 +32,7 @@ enum dp_counter {
 	DC_SEGMENTS_OUT,      /* TX: frames those made */
 	DC_NOTIFICATIONS,     /* call eventfd signals */
 	DC_KICKS,             /* kick eventfd wake-ups */
-	DC_BATCHES,
+	DC_BATCHES,           /* wake-ups that moved at least one chain/frame */
 	DC_DISABLED_DROP,     /* TX chains discarded while the ring is disabled */
 	DC_TAP_FULL,          /* TX: tap said EAGAIN; frame kept and retried */
 	DC_TAP_ERROR,         /* TX: writev failed otherwise (frame dropped);
@@ -45,7 +45,7 @@ enum dp_counter {
 	DC_SW_CSUM_FAIL,      /* checksum range outside the frame */
 	DC_RX_NO_BUFFERS,     /* RX: waits for the guest to add buffers */
 	DC_RX_TOO_BIG,        /* RX: frame did not fit the buffers, lost */
-	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, dropped */
+	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, or a runt */
 	DC_RX_BUF_SMALL,      /* RX: chain shorter than a vnet header + Ethernet header */
 	DC_RX_ABANDONED,      /* RX: gathered chains returned empty after a bad chain */
 	DC_RX_INJECTED,
@@ -134,6 +134,7 @@ struct rx_ctx {
 	unsigned nbufs, niov;
 	uint32_t total;
 	struct vnet_hdr hdr;
+	uint8_t overflow[8];
 	struct rx_buf bufs[1023];
 	struct vq_iov iov[1024];
 	struct vq_iov riov[1024];

@@ -14,6 +14,10 @@
  * not filled are handed back the same way, so the ring is consistent between
  * frames and always when rx_run() returns.
  *
+ * A frame that does not fit what was gathered is dropped and counted (the
+ * tap truncates silently; a private overflow byte after the guest's buffers
+ * tells us), and the chains are handed back.
+ *
  * Checksums: a partial checksum (NEEDS_CSUM, not GSO) is completed over the
  * guest buffers when the policy asks or when the guest lacks GUEST_CSUM,
  * which also forbids any flag (virtio 1.2, 5.1.6.4).
@@ -222,10 +226,14 @@ static enum rx_res rx_frame(struct rx_ctx *c)
 	memset(&c->hdr, 0, sizeof(c->hdr));
 	c->riov[0].iov_base = &c->hdr;
 	c->riov[0].iov_len = VNET_HDR_LEN;
-	k = iov_tail(c->iov, c->niov, VNET_HDR_LEN, c->riov + 1, 1023);
+	k = iov_tail(c->iov, c->niov, VNET_HDR_LEN, c->riov + 1, 1022);
 	if (k < 0)
 		k = 0;
-	n = readv(c->tap_fd, IOV(c->riov), k + 1);
+	/* One byte past the guest's buffers: a tap truncates a frame that does
+	 * not fit and says nothing, so a byte landing here is how we know. */
+	c->riov[k + 1].iov_base = c->overflow;
+	c->riov[k + 1].iov_len = 1;
+	n = readv(c->tap_fd, IOV(c->riov), k + 2);
 	if (n < 0) {
 		int e = errno;
 
@@ -236,10 +244,17 @@ static enum rx_res rx_frame(struct rx_ctx *c)
 		c->cnt[e == EFAULT || e == EINVAL ? DC_RX_TOO_BIG : DC_TAP_ERROR]++;
 		return e == EFAULT || e == EINVAL ? RX_DONE : RX_TAP_EMPTY;
 	}
-	if ((size_t)n < VNET_HDR_LEN || (size_t)n > c->total ||
-	    rx_fix_hdr(c, (size_t)n - VNET_HDR_LEN) < 0) {
-		if ((size_t)n > c->total)
-			c->cnt[DC_RX_TOO_BIG]++;
+	if ((size_t)n > c->total) {
+		c->cnt[DC_RX_TOO_BIG]++;
+		rx_release(c);
+		return RX_DONE;
+	}
+	if ((size_t)n < VNET_HDR_LEN + 14) {
+		c->cnt[DC_RX_BAD_HDR]++;        /* a runt: nothing to deliver */
+		rx_release(c);
+		return RX_DONE;
+	}
+	if (rx_fix_hdr(c, (size_t)n - VNET_HDR_LEN) < 0) {
 		rx_release(c);
 		return RX_DONE;
 	}
@@ -256,7 +271,6 @@ static void rx_batch(struct rx_ctx *c, int *more)
 	unsigned limit = c->batch ? c->batch : DP_BATCH, i;
 
 	*more = 0;
-	c->cnt[DC_BATCHES]++;
 	vq_disable_notify(&c->q);
 	for (i = 0; i < limit; i++) {
 		enum rx_res r = rx_frame(c);
@@ -268,6 +282,8 @@ static void rx_batch(struct rx_ctx *c, int *more)
 			break;
 		}
 	}
+	if (i)
+		c->cnt[DC_BATCHES]++;
 	if (i == limit)
 		*more = 1;
 	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);

@@ -282,7 +282,6 @@ static int tx_batch(struct tx_ctx *c, int *more)
 	int ret = DP_CTL;
 
 	*more = 0;
-	c->cnt[DC_BATCHES]++;
 	vq_disable_notify(&c->q);
 	if (c->seg_count && tx_flush_segments(c))
 		goto out;
@@ -330,6 +329,8 @@ static int tx_batch(struct tx_ctx *c, int *more)
 	}
 	*more = 1;
 out:
+	if (done)
+		c->cnt[DC_BATCHES]++;
 	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
 	return ret;
 }

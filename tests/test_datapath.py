@@ -546,3 +546,55 @@ def test_rx_disabled_does_not_read(rx):
     r.c.flags = lib.RXF_ENABLED
     r.run(kick=False)
     assert len(r.rx_frames()) == 1
+
+
+# ---- hostile headers and frames through every TX mode -------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(hdr=st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 3, 4, 5, 0x81, 0x85, 7]),
+                     st.integers(0, 0xFFFF), st.integers(0, 0xFFFF) | st.integers(1, 2000),
+                     st.integers(0, 0xFFFF) | st.integers(0, 80),
+                     st.integers(0, 0xFFFF) | st.sampled_from([6, 16])),
+       base=st.sampled_from([(4, F.TCP), (6, F.TCP), (4, F.UDP), (6, F.UDP)]),
+       size=st.integers(0, 9000),
+       flips=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=4),
+       mode=st.sampled_from([0, lib.TXF_SW_CSUM, lib.TXF_SW_GSO | lib.TXF_SW_CSUM]))
+def test_tx_hostile_frames_never_crash(hdr, base, size, flips, mode):
+    r = Rig("tx", num=8, memsize=1 << 20, flags=lib.TXF_ENABLED | mode)
+    try:
+        f = F.build(base[0], base[1], b"p" * size)
+        data = bytearray(f.data)
+        for off, val in flips:
+            if off < len(data):
+                data[off] = val
+        flags, gso, hl, gs, cs, co = hdr
+        head = r.tx_send(vnet(flags, gso, hl, gs, cs, co), bytes(data), (40,))
+        r.run()
+        got = r.recv_all()
+        assert r.ring.get_used() == [(head, 0)]
+        cnt = r.c.cnt
+        if cnt[lib.DC_FRAMES] == 0:
+            assert got == []
+        for g in got:
+            assert len(g) >= 12 + 14
+            if mode and unvnet(g)["flags"] == 0 and unvnet(g)["gso_type"] == 0:
+                assert len(g) - 12 <= lib.FRAME_MAX
+    finally:
+        r.close()
+
+
+def test_rx_frame_too_big_for_chain_dropped(rx):
+    r = rx(features=RX_FEATS)
+    r.c.frame_max = 1518
+    r.rx_post([12, 1518], count=2)
+    exact = F.build(4, F.UDP, b"e" * (1518 - 42), csum="full").data   # fills the chain
+    big = F.build(4, F.UDP, b"b" * 3000, csum="full").data
+    for d in (big, exact):
+        r.peer.send(vnet() + d)
+    r.run(kick=False)
+    assert [g[1] for g in r.rx_frames()] == [exact]
+    assert counters(r.c)["rx_too_big"] == 1
+    assert lib.vq_pending(r.q) == 1                 # the chain big did not use is back
