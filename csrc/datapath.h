@@ -145,11 +145,17 @@ struct rx_ctx {
 int tx_init(struct tx_ctx *c);
 void tx_fini(struct tx_ctx *c);
 int tx_run(struct tx_ctx *c, int ctl_fd);
+/* Forget transient state (segments waiting for the tap, the wait for
+ * POLLOUT): on GET_VRING_BASE / RESET_OWNER, before a new vq_setup().
+ * Counters and the scratch stay. Segments dropped are counted as tap_error. */
+void tx_reset(struct tx_ctx *c);
 /* Drain one batch without waiting (for tests and the worker's stop path):
  * returns DP_CTL when the ring is empty or the batch is done, DP_DIVERT. */
 int tx_poll_once(struct tx_ctx *c);
 
 int rx_init(struct rx_ctx *c);
+/* The same for RX (nothing is ever held between calls; clears the wait). */
+void rx_reset(struct rx_ctx *c);
 int rx_run(struct rx_ctx *c, int ctl_fd);
 /* Put one frame built by the worker into the ring, with a zero header.
  * 0, or -1 if the guest has no room for it now (counted). */

@@ -47,6 +47,11 @@ int rx_init(struct rx_ctx *c)
 	return 0;
 }
 
+void rx_reset(struct rx_ctx *c)
+{
+	rx_init(c);
+}
+
 /* Hand back every gathered chain, untouched. */
 static void rx_release(struct rx_ctx *c)
 {
@@ -90,8 +95,7 @@ static int rx_gather(struct rx_ctx *c, uint32_t need)
 			rx_release(c);
 			/* Ask for a kick, then look again: only entries beyond
 			 * the ones we just handed back are news. */
-			vq_enable_notify(&c->q);
-			if (vq_pending(&c->q) > had)
+			if (vq_enable_notify(&c->q) > had)
 				continue;
 			return 0;
 		}

@@ -57,6 +57,14 @@ void tx_fini(struct tx_ctx *c)
 	c->scratch_cap = 0;
 }
 
+void tx_reset(struct tx_ctx *c)
+{
+	c->cnt[DC_TAP_ERROR] += c->seg_count - c->seg_next;
+	c->seg_next = c->seg_count = 0;
+	c->seg_off = 0;
+	c->waiting_out = 0;
+}
+
 /* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
 static int tap_write_linear(struct tx_ctx *c, const uint8_t *frame, size_t len)
 {

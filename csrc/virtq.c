@@ -385,7 +385,7 @@ int vq_notify(struct vq *q)
 	if (!q->ready)
 		return 0;
 	vq_publish(q);
-	if (valid && old == new_idx)
+	if (old == new_idx)
 		return 0;               /* nothing completed since last time */
 	q->signalled_used = new_idx;
 	q->signalled_valid = 1;
@@ -403,17 +403,23 @@ int vq_notify(struct vq *q)
 	return 1;
 }
 
-int vq_enable_notify(struct vq *q)
+unsigned vq_enable_notify(struct vq *q)
 {
+	uint16_t seen;
+
 	if (!q->ready)
 		return 0;
+	/* With EVENT_IDX ask for a kick at the next entry after the ones we
+	 * have seen: after vq_unpop() those may be ahead of last_avail, and
+	 * an avail_event the guest is already past would never fire. */
+	seen = ld16_acq(AVAIL_IDX(q));
 	if (q->event_idx)
-		st16(AVAIL_EVENT(q), q->last_avail);
+		st16(AVAIL_EVENT(q), seen);
 	else
 		st16(USED_FLAGS(q), 0);
 	/* Offer before looking again, or a kick in between is lost. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	return ld16_acq(AVAIL_IDX(q)) != q->last_avail;
+	return vq_pending(q);
 }
 
 void vq_disable_notify(struct vq *q)

@@ -156,12 +156,13 @@ int vq_pop(struct vq *q, struct vq_chain *c, int write, uint32_t max_len);
 void vq_unpop(struct vq *q, unsigned n);
 void vq_push(struct vq *q, uint16_t head, uint32_t len);
 void vq_publish(struct vq *q);
-/* Signal call_fd if the guest wants it for what was published since the last
- * call; returns 1 if signalled. */
+/* Publish, then signal call_fd if something completed since the last call
+ * and the guest wants it (NO_INTERRUPT / used_event); returns 1 if signalled. */
 int vq_notify(struct vq *q);
-/* Ask for kicks while we wait; returns 1 if buffers arrived meanwhile
- * (then do not sleep). */
-int vq_enable_notify(struct vq *q);
+/* Ask for kicks while we wait (EVENT_IDX: avail_event = the avail->idx
+ * seen; else used->flags = 0), then look again: returns vq_pending(), so
+ * a caller that finds more than it knew about must not sleep. */
+unsigned vq_enable_notify(struct vq *q);
 void vq_disable_notify(struct vq *q);
 
 /* CDEF END */

@@ -426,8 +426,9 @@ def test_rx_gso_frame_big_chain_non_mergeable(rx):
     assert got[0][0]["gso_type"] == F.GSO_TCPV6
 
 
-def test_rx_backpressure_no_loss(rx):
-    r = rx(features=RX_FEATS | F_MRG)
+@pytest.mark.parametrize("event_idx", [False, True])
+def test_rx_backpressure_no_loss(rx, event_idx):
+    r = rx(features=RX_FEATS | F_MRG, event_idx=event_idx)
     r.rx_post([4096], count=5)                      # 20 KiB: not enough for 64K
     big = F.build(4, F.TCP, b"B" * 60000, gso_size=1448)
     small = F.build(4, F.UDP, b"s" * 64, csum="full")
@@ -436,7 +437,10 @@ def test_rx_backpressure_no_loss(rx):
     r.run(kick=False)
     assert r.rx_frames() == []
     assert r.c.cnt[lib.DC_RX_NO_BUFFERS] >= 1
-    assert r.ring.used_flags == 0                   # asks for a kick
+    if event_idx:                                   # the next buffer added kicks
+        assert r.ring.avail_event == r.ring.avail_idx
+    else:
+        assert r.ring.used_flags == 0               # asks for a kick
     assert lib.vq_pending(r.q) == 5                 # chains handed back
     r.rx_post([4096], count=10)                     # 60 KiB: still short of 12 + 64K
     r.run(kick=True)
@@ -598,3 +602,36 @@ def test_rx_frame_too_big_for_chain_dropped(rx):
     assert [g[1] for g in r.rx_frames()] == [exact]
     assert counters(r.c)["rx_too_big"] == 1
     assert lib.vq_pending(r.q) == 1                 # the chain big did not use is back
+
+
+def test_tx_sw_gso_tap_full_mid_segments(tx):
+    r = tx(flags=lib.TXF_ENABLED | lib.TXF_SW_GSO)
+    r.tap.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytes((i * 13) & 0xFF for i in range(1448 * 20))
+    f = F.build(4, F.TCP, payload, gso_size=1448)
+    head = r.tx_send(f.vnet_hdr(), f.data, (f.hdrs_len,))
+    r.run()
+    assert r.c.cnt[lib.DC_TAP_FULL] >= 1 and r.c.seg_count > 0
+    assert r.ring.get_used() == [(head, 0)]         # the chain is already complete
+    got = r.recv_all()
+    for _ in range(100):
+        if len(got) == 20:
+            break
+        r.run(kick=False)
+        got += r.recv_all()
+    assert b"".join(g[12 + f.hdrs_len:] for g in got) == payload
+    assert r.c.cnt[lib.DC_SEGMENTS_OUT] == 20
+
+
+def test_tx_reset_drops_pending_segments(tx):
+    r = tx(flags=lib.TXF_ENABLED | lib.TXF_SW_GSO)
+    r.tap.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    f = F.build(4, F.TCP, b"x" * (1448 * 20), gso_size=1448)
+    r.tx_send(f.vnet_hdr(), f.data)
+    r.run()
+    left = r.c.seg_count - r.c.seg_next
+    assert left > 0
+    before = r.c.cnt[lib.DC_TAP_ERROR]
+    lib.tx_reset(r.c)
+    assert r.c.seg_count == 0 and r.c.waiting_out == 0
+    assert r.c.cnt[lib.DC_TAP_ERROR] == before + left
