@@ -61,7 +61,9 @@ enum {
  * section 2.B), so csum_fold()'s complement is stored into the frame as it is,
  * with memcpy, and a sum can be started from a stored field the same way.
  * csum_iov() sums len bytes after skipping skip bytes of the scatter list; an
- * odd-length piece shifts the next ones by a byte, which it accounts for.
+ * odd-length piece shifts the next ones by a byte, which it accounts for. A
+ * range running past the list sums what the list holds: callers that must
+ * know check the list's total first (csum_complete_iov() does).
  */
 uint64_t csum_partial(const void *buf, size_t len, uint64_t sum);
 uint64_t csum_iov(const struct iovec *iov, int iovcnt, size_t skip, size_t len, uint64_t sum);
@@ -70,14 +72,19 @@ uint16_t csum_fold(uint64_t sum);
 /* RFC 1624 eqn. 3: the new checksum after a 16-bit field changed from old to new.
  * All three values as stored in memory. */
 uint16_t csum_update16(uint16_t check, uint16_t old_word, uint16_t new_word);
+/* Which summing loops run: "avx2" or "generic" (VIONETD_CSUM_GENERIC=1 forces
+ * the latter). */
+const char *csum_impl(void);
 
 /* ---- frame parsing: parse.c --------------------------------------------- */
 
 struct frame_info {
 	uint16_t l3_off;     /* IP header: 14, or 18 behind one 802.1Q tag */
-	uint16_t l4_off;     /* TCP/UDP header after IP options or IPv6 extensions; 0 if none */
+	uint16_t l4_off;     /* TCP/UDP header after IP options or IPv6 extensions;
+	                        0 if none (other protocol, or a fragment) */
 	uint16_t l4_len;     /* TCP header with options, 8 for UDP, 0 if none */
-	uint16_t hdrs_len;   /* l4_off + l4_len: where the payload starts */
+	uint16_t hdrs_len;   /* l4_off + l4_len: where the payload starts; without
+	                        TCP/UDP, the end of the L2/L3 headers found */
 	uint16_t ethertype;  /* inner EtherType, after the tag */
 	uint8_t  vlan;       /* 1 if the frame carries one 802.1Q tag */
 	uint8_t  ip_version; /* 4, 6, or 0 for a frame that is not IP */
@@ -109,12 +116,13 @@ enum vnet_reason {
 	VR_GSO_UNKNOWN,          /* gso_type not NONE/TCPV4/TCPV6/UDP_L4 (ECN aside) */
 	VR_GSO_UNNEGOTIATED,     /* HOST_TSO4/TSO6/USO/UFO not negotiated for that type */
 	VR_ECN_UNNEGOTIATED,     /* ECN bit without HOST_ECN */
-	VR_ECN_NOT_TCP,          /* ECN bit on UDP_L4 */
+	VR_ECN_NOT_TCP,          /* ECN bit on UDP_L4, or with no GSO type */
 	VR_GSO_NO_CSUM,          /* GSO without NEEDS_CSUM */
 	VR_GSO_SIZE_ZERO,
 	VR_GSO_SIZE_BY_FRAGS,    /* 0xffff, Linux's GSO_BY_FRAGS */
-	VR_CSUM_START_RANGE,     /* csum_start beyond the frame or the header area */
-	VR_CSUM_OFFSET_RANGE,    /* csum_start + csum_offset + 2 beyond the frame */
+	VR_CSUM_START_RANGE,     /* csum_start + 2 beyond the frame or HEAD_MAX */
+	VR_CSUM_OFFSET_RANGE,    /* csum_start + max(L4 min, csum_offset + 2) beyond the
+	                            frame, or the checksum field beyond HEAD_MAX */
 	VR_CSUM_START_LOW,       /* csum_start inside the Ethernet/IP header minimum */
 	VR_HDR_LEN,              /* hdr_len larger than the frame (tun.c refuses it too) */
 	VR_PARSE,                /* GSO frame whose headers do not parse */
@@ -125,7 +133,10 @@ enum vnet_reason {
 	VR_TCP_CSUM_OFFSET,      /* TCP GSO csum_offset != 16 */
 	VR_UDP_CSUM_OFFSET,      /* UDP_L4 csum_offset != 6 */
 	VR_USO_SEGMENTS,         /* more than UDP_MAX_SEGMENTS datagrams */
-	VR_GSO_IP_LENGTH,        /* the IP length field disagrees with the frame */
+	VR_GSO_IP_LENGTH,        /* the IP length field disagrees with the frame: GSO
+	                            needs ip_end == frame length (and, for UDP_L4, the
+	                            UDP length to match); any IP packet that parses
+	                            must end within the frame */
 	VR_REASON_MAX
 };
 
@@ -133,8 +144,11 @@ const char *vnet_reason_name(int reason);
 
 /*
  * Accept or refuse a frame the guest wrote, given the negotiated features.
- * head/head_len as for frame_parse. On VR_OK, fi describes the frame (for a
- * GSO frame: fully; otherwise as far as it parsed).
+ * head/head_len as for frame_parse: pass min(frame_len, HEAD_MAX) bytes. On
+ * VR_OK, fi describes the frame (for a GSO frame: fully; otherwise as far as
+ * it parsed), and with NEEDS_CSUM the checksum field lies within the first
+ * HEAD_MAX bytes, so it can be finished in the caller's head copy. The rules
+ * and where they are stricter than Linux: the comment atop validate.c.
  */
 int vnet_validate(const struct vnet_hdr *h, const uint8_t *head, size_t head_len,
 		  size_t frame_len, uint64_t features, struct frame_info *fi);
@@ -158,6 +172,9 @@ int csum_complete_iov(const struct iovec *iov, int iovcnt, size_t frame_len,
  * out/out_cap: where the segments go, one after the other, each a complete
  *       frame with every checksum filled in; seg_lens[i] gets segment i's length.
  * Returns the number of segments, or -1 if out, seg_lens or the source is too small.
+ * The result needs max(1, ceil(payload / gso_size)) segments and
+ * segments * fi->hdrs_len + payload bytes; a TCP frame with a tiny gso_size
+ * can need thousands of segments: size seg_lens/max_segs for what you accept.
  */
 int gso_segment(const struct vnet_hdr *h, const struct frame_info *fi,
 		const uint8_t *head, const struct iovec *iov, int iovcnt,

@@ -19,6 +19,7 @@
  * its bytes in the other half of every 16-bit word, so its folded sum is
  * byte-swapped before it is added (RFC 1071 section 2.B).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core.h"
@@ -210,17 +211,30 @@ static uint64_t copy_avx2(uint8_t *dst, const uint8_t *p, size_t len)
 
 static sum_fn sum_block = sum_scalar;
 static copy_fn copy_block = copy_scalar;
+static const char *impl = "generic";
 
+/* Chosen once, at load time, before any sandbox: VIONETD_CSUM_GENERIC=1 in
+ * the environment keeps the portable loops (tests run both). */
 __attribute__((constructor))
 static void csum_select(void)
 {
+	const char *e = getenv("VIONETD_CSUM_GENERIC");
+
+	if (e && *e == '1')
+		return;
 #if defined(__x86_64__)
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx2")) {
 		sum_block = sum_avx2;
 		copy_block = copy_avx2;
+		impl = "avx2";
 	}
 #endif
+}
+
+const char *csum_impl(void)
+{
+	return impl;
 }
 
 uint64_t csum_partial(const void *buf, size_t len, uint64_t sum)

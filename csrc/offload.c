@@ -141,6 +141,9 @@ static int plan_gso(const struct vnet_hdr *h, const struct frame_info *fi,
 	    fi->l3_off + (fi->ip_version == 4 ? 20u : 40u) > fi->l4_off)
 		return -1;
 	p->v4 = fi->ip_version == 4;
+	/* The IPv4 header checksum is taken over IHL bytes: they must be ours. */
+	if (p->v4 && fi->l3_off + (size_t)(head[fi->l3_off] & 0x0f) * 4 != fi->l4_off)
+		return -1;
 	p->hdrs = fi->hdrs_len;
 	p->l3 = fi->l3_off;
 	p->l4 = fi->l4_off;
