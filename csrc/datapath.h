@@ -108,7 +108,7 @@ struct tx_ctx {
 	struct vnet_hdr hdr;
 	uint8_t head[256];
 	struct vq_chain chain;
-	struct vq_iov wiov[1024];
+	struct iovec wiov[1024];
 	uint8_t *scratch;
 	size_t scratch_cap;
 	uint32_t *seg_lens;
@@ -136,8 +136,8 @@ struct rx_ctx {
 	struct vnet_hdr hdr;
 	uint8_t overflow[8];
 	struct rx_buf bufs[1023];
-	struct vq_iov iov[1024];
-	struct vq_iov riov[1024];
+	struct iovec iov[1024];
+	struct iovec riov[1024];
 	struct vq_chain tmp;
 };
 

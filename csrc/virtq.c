@@ -24,10 +24,6 @@
 #include "core.h"
 #include "virtq.h"
 
-_Static_assert(sizeof(struct vq_iov) == sizeof(struct iovec) &&
-	       offsetof(struct vq_iov, iov_len) == offsetof(struct iovec, iov_len),
-	       "struct vq_iov must mirror struct iovec");
-
 /* ---- guest memory ------------------------------------------------------- */
 
 /* [a, a + alen) and [b, b + blen) overlap (lengths > 0, ends known not to
@@ -432,7 +428,7 @@ void vq_disable_notify(struct vq *q)
 
 /* ---- iovec helpers ------------------------------------------------------ */
 
-size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_t len)
+size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len)
 {
 	size_t done = 0;
 	int i;
@@ -452,7 +448,7 @@ size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_
 	return done;
 }
 
-size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *src, size_t len)
+size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len)
 {
 	size_t done = 0;
 	int i;
@@ -473,7 +469,7 @@ size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *sr
 }
 
 /* out = iov without its first skip bytes; returns the count, -1 if max is too small. */
-int iov_tail(const struct vq_iov *iov, int n, size_t skip, struct vq_iov *out, int max)
+int iov_tail(const struct iovec *iov, int n, size_t skip, struct iovec *out, int max)
 {
 	int i, k = 0;
 

@@ -109,19 +109,12 @@ struct vq {
 	uint64_t calls;      /* signals written to call_fd */
 };
 
-/* struct iovec's layout, which cffi cannot see from this header (it is
- * declared by <sys/uio.h>); virtq.c checks the two agree. Cast with IOV(). */
-struct vq_iov {
-	void *iov_base;
-	size_t iov_len;
-};
-
 /* One chain as host buffers. */
 struct vq_chain {
 	uint16_t head;
 	uint16_t niov;
 	uint32_t len;        /* sum of iov lengths */
-	struct vq_iov iov[1000];
+	struct iovec iov[1000];
 };
 
 /* Guest memory. */
@@ -167,11 +160,9 @@ void vq_disable_notify(struct vq *q);
 
 /* CDEF END */
 
-#define IOV(v) ((struct iovec *)(void *)(v))
-
 /* iovec helpers, for the data paths (not exported to Python). */
-size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_t len);
-size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *src, size_t len);
-int iov_tail(const struct vq_iov *iov, int n, size_t skip, struct vq_iov *out, int max);
+size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len);
+size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len);
+int iov_tail(const struct iovec *iov, int n, size_t skip, struct iovec *out, int max);
 
 #endif
