@@ -63,7 +63,10 @@ const char *dp_counter_name(int i);
 enum {
 	DP_CTL = 0,           /* the control fd is readable (or hung up) */
 	DP_DIVERT = 1,        /* TX: a DHCP frame is in ctx->divert[0:divert_len] */
-	DP_ERROR = -1         /* poll() failed; errno says why */
+	DP_ERROR = -1,        /* poll() failed; errno says why */
+	DP_FD_ERROR = -2      /* the kick or tap fd is invalid or in error
+				 (POLLNVAL/POLLERR/POLLHUP: e.g. the tap was
+				 deleted): returned at once rather than spin */
 };
 
 enum {

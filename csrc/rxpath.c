@@ -314,6 +314,8 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 				continue;
 			return DP_ERROR;
 		}
+		if ((p[1].revents | p[2].revents) & (POLLERR | POLLHUP | POLLNVAL))
+			return DP_FD_ERROR;
 		if (p[1].revents & POLLIN) {
 			uint64_t v;
 

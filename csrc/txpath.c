@@ -376,6 +376,8 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 				continue;
 			return DP_ERROR;
 		}
+		if ((p[1].revents | p[2].revents) & (POLLERR | POLLHUP | POLLNVAL))
+			return DP_FD_ERROR;
 		if (p[1].revents & POLLIN) {
 			drain_eventfd(c->kick_fd);
 			c->cnt[DC_KICKS]++;

@@ -635,3 +635,13 @@ def test_tx_reset_drops_pending_segments(tx):
     lib.tx_reset(r.c)
     assert r.c.seg_count == 0 and r.c.waiting_out == 0
     assert r.c.cnt[lib.DC_TAP_ERROR] == before + left
+
+
+@pytest.mark.parametrize("kind", ["tx", "rx"])
+def test_bad_kick_fd_reported_not_spun(tx, rx, kind):
+    r = (tx if kind == "tx" else rx)()
+    dead = eventfd()
+    os.close(dead)                       # an fd number nothing owns (POLLNVAL)
+    r.c.kick_fd = dead
+    fn = lib.tx_run if kind == "tx" else lib.rx_run
+    assert fn(r.c, r.ctl.fileno()) == lib.DP_FD_ERROR
