@@ -32,7 +32,7 @@ enum dp_counter {
 	DC_SEGMENTS_OUT,      /* TX: frames those made */
 	DC_NOTIFICATIONS,     /* call eventfd signals */
 	DC_KICKS,             /* kick eventfd wake-ups */
-	DC_BATCHES,
+	DC_BATCHES,           /* wake-ups that moved at least one chain/frame */
 	DC_DISABLED_DROP,     /* TX chains discarded while the ring is disabled */
 	DC_TAP_FULL,          /* TX: tap said EAGAIN; frame kept and retried */
 	DC_TAP_ERROR,         /* TX: writev failed otherwise (frame dropped);
@@ -45,7 +45,7 @@ enum dp_counter {
 	DC_SW_CSUM_FAIL,      /* checksum range outside the frame */
 	DC_RX_NO_BUFFERS,     /* RX: waits for the guest to add buffers */
 	DC_RX_TOO_BIG,        /* RX: frame did not fit the buffers, lost */
-	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, dropped */
+	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, or a runt */
 	DC_RX_BUF_SMALL,      /* RX: chain shorter than a vnet header + Ethernet header */
 	DC_RX_ABANDONED,      /* RX: gathered chains returned empty after a bad chain */
 	DC_RX_INJECTED,
@@ -63,7 +63,10 @@ const char *dp_counter_name(int i);
 enum {
 	DP_CTL = 0,           /* the control fd is readable (or hung up) */
 	DP_DIVERT = 1,        /* TX: a DHCP frame is in ctx->divert[0:divert_len] */
-	DP_ERROR = -1         /* poll() failed; errno says why */
+	DP_ERROR = -1,        /* poll() failed; errno says why */
+	DP_FD_ERROR = -2      /* the kick or tap fd is invalid or in error
+				 (POLLNVAL/POLLERR/POLLHUP: e.g. the tap was
+				 deleted): returned at once rather than spin */
 };
 
 enum {
@@ -108,7 +111,7 @@ struct tx_ctx {
 	struct vnet_hdr hdr;
 	uint8_t head[256];
 	struct vq_chain chain;
-	struct vq_iov wiov[1024];
+	struct iovec wiov[1024];
 	uint8_t *scratch;
 	size_t scratch_cap;
 	uint32_t *seg_lens;
@@ -134,9 +137,10 @@ struct rx_ctx {
 	unsigned nbufs, niov;
 	uint32_t total;
 	struct vnet_hdr hdr;
+	uint8_t overflow[8];
 	struct rx_buf bufs[1023];
-	struct vq_iov iov[1024];
-	struct vq_iov riov[1024];
+	struct iovec iov[1024];
+	struct iovec riov[1024];
 	struct vq_chain tmp;
 };
 
@@ -144,11 +148,17 @@ struct rx_ctx {
 int tx_init(struct tx_ctx *c);
 void tx_fini(struct tx_ctx *c);
 int tx_run(struct tx_ctx *c, int ctl_fd);
+/* Forget transient state (segments waiting for the tap, the wait for
+ * POLLOUT): on GET_VRING_BASE / RESET_OWNER, before a new vq_setup().
+ * Counters and the scratch stay. Segments dropped are counted as tap_error. */
+void tx_reset(struct tx_ctx *c);
 /* Drain one batch without waiting (for tests and the worker's stop path):
  * returns DP_CTL when the ring is empty or the batch is done, DP_DIVERT. */
 int tx_poll_once(struct tx_ctx *c);
 
 int rx_init(struct rx_ctx *c);
+/* The same for RX (nothing is ever held between calls; clears the wait). */
+void rx_reset(struct rx_ctx *c);
 int rx_run(struct rx_ctx *c, int ctl_fd);
 /* Put one frame built by the worker into the ring, with a zero header.
  * 0, or -1 if the guest has no room for it now (counted). */

@@ -57,6 +57,14 @@ void tx_fini(struct tx_ctx *c)
 	c->scratch_cap = 0;
 }
 
+void tx_reset(struct tx_ctx *c)
+{
+	c->cnt[DC_TAP_ERROR] += c->seg_count - c->seg_next;
+	c->seg_next = c->seg_count = 0;
+	c->seg_off = 0;
+	c->waiting_out = 0;
+}
+
 /* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
 static int tap_write_linear(struct tx_ctx *c, const uint8_t *frame, size_t len)
 {
@@ -132,7 +140,7 @@ static enum tx_res tx_passthrough(struct tx_ctx *c, size_t hlen)
 	c->wiov[0].iov_len = VNET_HDR_LEN;
 	if ((n = frame_iov(c, 1, hlen)) < 0)
 		return TX_DONE;         /* cannot happen: niov <= VQ_IOV_MAX */
-	if (writev(c->tap_fd, IOV(c->wiov), n + 1) < 0) {
+	if (writev(c->tap_fd, c->wiov, n + 1) < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			return TX_AGAIN;
 		c->cnt[DC_TAP_ERROR]++;
@@ -159,7 +167,7 @@ static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
 	if (end <= hlen) {
 		/* The field is in our copy: sum in place, no payload copy. */
 		if ((n = frame_iov(c, 1, hlen)) < 0 ||
-		    csum_complete_iov(IOV(c->wiov + 1), n, frame_len, c->hdr.csum_start,
+		    csum_complete_iov(c->wiov + 1, n, frame_len, c->hdr.csum_start,
 				      c->hdr.csum_offset, &v) < 0) {
 			c->cnt[DC_SW_CSUM_FAIL]++;
 			return TX_DONE;
@@ -167,7 +175,7 @@ static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
 		memcpy(c->head + c->hdr.csum_start + c->hdr.csum_offset, &v, 2);
 		c->wiov[0].iov_base = (void *)&zero_hdr;
 		c->wiov[0].iov_len = VNET_HDR_LEN;
-		if (writev(c->tap_fd, IOV(c->wiov), n + 1) < 0) {
+		if (writev(c->tap_fd, c->wiov, n + 1) < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return TX_AGAIN;
 			c->cnt[DC_TAP_ERROR]++;
@@ -197,7 +205,7 @@ static enum tx_res tx_sw_gso(struct tx_ctx *c, const struct frame_info *fi,
 
 	if ((n = frame_iov(c, 0, hlen)) < 0)
 		return TX_DONE;
-	segs = gso_segment(&c->hdr, fi, c->head, IOV(c->wiov), n, frame_len,
+	segs = gso_segment(&c->hdr, fi, c->head, c->wiov, n, frame_len,
 			   c->scratch, c->scratch_cap, c->seg_lens, TX_MAX_SEGS);
 	if (segs < 0) {
 		c->cnt[DC_SW_GSO_FAIL]++;
@@ -282,7 +290,6 @@ static int tx_batch(struct tx_ctx *c, int *more)
 	int ret = DP_CTL;
 
 	*more = 0;
-	c->cnt[DC_BATCHES]++;
 	vq_disable_notify(&c->q);
 	if (c->seg_count && tx_flush_segments(c))
 		goto out;
@@ -330,6 +337,8 @@ static int tx_batch(struct tx_ctx *c, int *more)
 	}
 	*more = 1;
 out:
+	if (done)
+		c->cnt[DC_BATCHES]++;
 	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
 	return ret;
 }
@@ -367,6 +376,8 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 				continue;
 			return DP_ERROR;
 		}
+		if ((p[1].revents | p[2].revents) & (POLLERR | POLLHUP | POLLNVAL))
+			return DP_FD_ERROR;
 		if (p[1].revents & POLLIN) {
 			drain_eventfd(c->kick_fd);
 			c->cnt[DC_KICKS]++;

@@ -24,10 +24,6 @@
 #include "core.h"
 #include "virtq.h"
 
-_Static_assert(sizeof(struct vq_iov) == sizeof(struct iovec) &&
-	       offsetof(struct vq_iov, iov_len) == offsetof(struct iovec, iov_len),
-	       "struct vq_iov must mirror struct iovec");
-
 /* ---- guest memory ------------------------------------------------------- */
 
 /* [a, a + alen) and [b, b + blen) overlap (lengths > 0, ends known not to
@@ -385,7 +381,7 @@ int vq_notify(struct vq *q)
 	if (!q->ready)
 		return 0;
 	vq_publish(q);
-	if (valid && old == new_idx)
+	if (old == new_idx)
 		return 0;               /* nothing completed since last time */
 	q->signalled_used = new_idx;
 	q->signalled_valid = 1;
@@ -403,17 +399,23 @@ int vq_notify(struct vq *q)
 	return 1;
 }
 
-int vq_enable_notify(struct vq *q)
+unsigned vq_enable_notify(struct vq *q)
 {
+	uint16_t seen;
+
 	if (!q->ready)
 		return 0;
+	/* With EVENT_IDX ask for a kick at the next entry after the ones we
+	 * have seen: after vq_unpop() those may be ahead of last_avail, and
+	 * an avail_event the guest is already past would never fire. */
+	seen = ld16_acq(AVAIL_IDX(q));
 	if (q->event_idx)
-		st16(AVAIL_EVENT(q), q->last_avail);
+		st16(AVAIL_EVENT(q), seen);
 	else
 		st16(USED_FLAGS(q), 0);
 	/* Offer before looking again, or a kick in between is lost. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	return ld16_acq(AVAIL_IDX(q)) != q->last_avail;
+	return vq_pending(q);
 }
 
 void vq_disable_notify(struct vq *q)
@@ -426,7 +428,7 @@ void vq_disable_notify(struct vq *q)
 
 /* ---- iovec helpers ------------------------------------------------------ */
 
-size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_t len)
+size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len)
 {
 	size_t done = 0;
 	int i;
@@ -446,7 +448,7 @@ size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_
 	return done;
 }
 
-size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *src, size_t len)
+size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len)
 {
 	size_t done = 0;
 	int i;
@@ -467,7 +469,7 @@ size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *sr
 }
 
 /* out = iov without its first skip bytes; returns the count, -1 if max is too small. */
-int iov_tail(const struct vq_iov *iov, int n, size_t skip, struct vq_iov *out, int max)
+int iov_tail(const struct iovec *iov, int n, size_t skip, struct iovec *out, int max)
 {
 	int i, k = 0;
 

@@ -109,19 +109,12 @@ struct vq {
 	uint64_t calls;      /* signals written to call_fd */
 };
 
-/* struct iovec's layout, which cffi cannot see from this header (it is
- * declared by <sys/uio.h>); virtq.c checks the two agree. Cast with IOV(). */
-struct vq_iov {
-	void *iov_base;
-	size_t iov_len;
-};
-
 /* One chain as host buffers. */
 struct vq_chain {
 	uint16_t head;
 	uint16_t niov;
 	uint32_t len;        /* sum of iov lengths */
-	struct vq_iov iov[1000];
+	struct iovec iov[1000];
 };
 
 /* Guest memory. */
@@ -156,21 +149,20 @@ int vq_pop(struct vq *q, struct vq_chain *c, int write, uint32_t max_len);
 void vq_unpop(struct vq *q, unsigned n);
 void vq_push(struct vq *q, uint16_t head, uint32_t len);
 void vq_publish(struct vq *q);
-/* Signal call_fd if the guest wants it for what was published since the last
- * call; returns 1 if signalled. */
+/* Publish, then signal call_fd if something completed since the last call
+ * and the guest wants it (NO_INTERRUPT / used_event); returns 1 if signalled. */
 int vq_notify(struct vq *q);
-/* Ask for kicks while we wait; returns 1 if buffers arrived meanwhile
- * (then do not sleep). */
-int vq_enable_notify(struct vq *q);
+/* Ask for kicks while we wait (EVENT_IDX: avail_event = the avail->idx
+ * seen; else used->flags = 0), then look again: returns vq_pending(), so
+ * a caller that finds more than it knew about must not sleep. */
+unsigned vq_enable_notify(struct vq *q);
 void vq_disable_notify(struct vq *q);
 
 /* CDEF END */
 
-#define IOV(v) ((struct iovec *)(void *)(v))
-
 /* iovec helpers, for the data paths (not exported to Python). */
-size_t iov_to_buf(const struct vq_iov *iov, int n, size_t skip, void *dst, size_t len);
-size_t iov_from_buf(const struct vq_iov *iov, int n, size_t skip, const void *src, size_t len);
-int iov_tail(const struct vq_iov *iov, int n, size_t skip, struct vq_iov *out, int max);
+size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len);
+size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len);
+int iov_tail(const struct iovec *iov, int n, size_t skip, struct iovec *out, int max);
 
 #endif

@@ -354,3 +354,47 @@ def test_enable_notify_flags_and_race(mem, gm):
     assert ring2.used_flags == 0                  # EVENT_IDX does not use the flag
     assert lib.vq_enable_notify(q2) == 0
     assert ring2.avail_event == 100
+
+
+# ---- a hostile guest at random -------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(descs=st.lists(st.tuples(st.integers(0, 2**64 - 1) | st.integers(0x100000, 0x110000),
+                                st.integers(0, 2**32 - 1) | st.integers(0, 300),
+                                st.integers(0, 7), st.integers(0, 20)),
+                      min_size=16, max_size=16),
+       heads=st.lists(st.integers(0, 20), min_size=1, max_size=16),
+       write=st.booleans())
+def test_random_rings_never_escape_memory(descs, heads, write):
+    with GuestMemory(1 << 16) as mem:
+        g = map_memory(mem)
+        try:
+            ring = SplitRing(mem, 16)
+            q = new_q(g, ring)
+            for i, (addr, length, flags, nxt) in enumerate(descs):
+                ring.write_desc(i, addr, length, flags, nxt)
+            for h in heads:
+                ring.post_head(h)
+            c = ffi.new("struct vq_chain *")
+            lo = int(ffi.cast("uintptr_t", lib.gmem_gpa(g, mem.gpa, 1)))
+            results = []
+            for _ in range(len(heads)):
+                r = lib.vq_pop(q, c, int(write), MAXLEN)
+                results.append(r)
+                if r == 1:
+                    assert c.len <= MAXLEN and c.niov <= lib.VQ_IOV_MAX
+                    for k in range(c.niov):
+                        base = int(ffi.cast("uintptr_t", c.iov[k].iov_base))
+                        assert lo <= base and base + c.iov[k].iov_len <= lo + mem.size
+                    lib.vq_push(q, c.head, 0)
+                else:
+                    assert -lib.VQE_MAX < r < 0
+            assert lib.vq_pop(q, c, int(write), MAXLEN) == 0
+            lib.vq_publish(q)
+            # every chain whose head was valid came back exactly once
+            assert [i for i, _ in ring.get_used()] == [h for h in heads if h < 16]
+        finally:
+            lib.gmem_unmap_all(g)
