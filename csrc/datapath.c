@@ -33,6 +33,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_RX_BAD_HDR] = "rx_bad_hdr",
 	[DC_RX_BUF_SMALL] = "rx_buf_small",
 	[DC_RX_ABANDONED] = "rx_abandoned",
+	[DC_RX_BOUNCED] = "rx_bounced",
 	[DC_RX_INJECTED] = "rx_injected",
 	[DC_RX_INJECT_NOBUF] = "rx_inject_nobuf",
 };

@@ -48,6 +48,7 @@ enum dp_counter {
 	DC_RX_BAD_HDR,        /* RX: tap header the guest did not negotiate, or a runt */
 	DC_RX_BUF_SMALL,      /* RX: chain shorter than a vnet header + Ethernet header */
 	DC_RX_ABANDONED,      /* RX: gathered chains returned empty after a bad chain */
+	DC_RX_BOUNCED,        /* RX: read via the private buffer, the guest was short of buffers */
 	DC_RX_INJECTED,
 	DC_RX_INJECT_NOBUF,
 	DC_FIXED_MAX
@@ -138,6 +139,9 @@ struct rx_ctx {
 	uint32_t total;
 	struct vnet_hdr hdr;
 	uint8_t overflow[8];
+	uint32_t held_len;    /* a frame read into held[] waits for buffers */
+	struct vnet_hdr held_hdr;
+	uint8_t held[65560];  /* FRAME_MAX, rounded up */
 	struct rx_buf bufs[1023];
 	struct iovec iov[1024];
 	struct iovec riov[1024];

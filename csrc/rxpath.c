@@ -9,10 +9,13 @@
  * A tap cannot be peeked, so buffers for the largest frame it may deliver
  * (12 + frame_max) are gathered BEFORE reading: with MRG_RXBUF as many chains
  * as that takes, without it one chain (the guest sized it). If the guest has
- * not posted enough, the chains are handed back (vq_unpop), kicks are enabled
- * and the frame waits in the tap: backpressure, not loss. Chains gathered but
- * not filled are handed back the same way, so the ring is consistent between
- * frames and always when rx_run() returns.
+ * posted some buffers but not that many, the frame is read into a private
+ * buffer (held[]) instead and copied into the guest's buffers once they
+ * suffice for its real length: the one copy is paid only when the guest is
+ * short of buffers. With no buffers at all, kicks are enabled and the frame
+ * waits in the tap: backpressure, not loss. Chains gathered but not filled
+ * are handed back (vq_unpop), so the ring is consistent between frames and
+ * always when rx_run() returns.
  *
  * A frame that does not fit what was gathered is dropped and counted (the
  * tap truncates silently; a private overflow byte after the guest's buffers
@@ -49,6 +52,9 @@ int rx_init(struct rx_ctx *c)
 
 void rx_reset(struct rx_ctx *c)
 {
+	if (c->held_len)
+		c->cnt[DC_RX_TOO_BIG]++;        /* the ring stops: the held frame is lost */
+	c->held_len = 0;
 	rx_init(c);
 }
 
@@ -75,7 +81,8 @@ static void rx_abandon(struct rx_ctx *c)
 
 /*
  * Gather chains until need bytes (one chain without MRG_RXBUF).
- * 1: enough (or all the guest can ever give); 0: not enough now, released.
+ * 1: enough (or all the guest can ever give); 0: not enough now; what was
+ * gathered is kept (the caller uses it or releases it) and kicks are on.
  */
 static int rx_gather(struct rx_ctx *c, uint32_t need)
 {
@@ -90,12 +97,9 @@ static int rx_gather(struct rx_ctx *c, uint32_t need)
 			return 1;       /* the whole ring: take what fits */
 		r = vq_pop(&c->q, &c->tmp, 1, UINT32_MAX);
 		if (r == 0) {
-			unsigned had = c->nbufs;
-
-			rx_release(c);
-			/* Ask for a kick, then look again: only entries beyond
-			 * the ones we just handed back are news. */
-			if (vq_enable_notify(&c->q) > had)
+			/* Ask for a kick, then look again: what we hold is
+			 * not pending, so anything pending is news. */
+			if (vq_enable_notify(&c->q) > 0)
 				continue;
 			return 0;
 		}
@@ -217,13 +221,81 @@ static int rx_fix_hdr(struct rx_ctx *c, size_t frame_len)
 	return 0;
 }
 
+/* The frame (n bytes with its header slot) is in the gathered buffers and
+ * its header in c->hdr: check it, fill num_buffers, publish. */
+static enum rx_res rx_finish(struct rx_ctx *c, size_t n)
+{
+	if (rx_fix_hdr(c, n - VNET_HDR_LEN) < 0) {
+		rx_release(c);
+		return RX_DONE;
+	}
+	c->hdr.num_buffers = has(c, VNF_MRG_RXBUF) ? (uint16_t)rx_count_used(c, n) : 1;
+	iov_from_buf(c->iov, c->niov, 0, &c->hdr, VNET_HDR_LEN);
+	rx_complete(c, n);
+	c->cnt[DC_FRAMES]++;
+	c->cnt[DC_BYTES] += n - VNET_HDR_LEN;
+	return RX_DONE;
+}
+
+/* The held frame into the guest's buffers, once they are enough for it. */
+static enum rx_res rx_deliver_held(struct rx_ctx *c)
+{
+	size_t n = VNET_HDR_LEN + (size_t)c->held_len;
+
+	if (!rx_gather(c, (uint32_t)n) && c->total < n) {
+		rx_release(c);
+		c->cnt[DC_RX_NO_BUFFERS]++;
+		return RX_NO_BUFS;              /* the frame stays held */
+	}
+	if (c->total < n) {                     /* all the guest can give: too small */
+		c->cnt[DC_RX_TOO_BIG]++;
+		rx_release(c);
+		c->held_len = 0;
+		return RX_DONE;
+	}
+	iov_from_buf(c->iov, c->niov, VNET_HDR_LEN, c->held, c->held_len);
+	c->hdr = c->held_hdr;
+	c->held_len = 0;
+	c->cnt[DC_RX_BOUNCED]++;
+	return rx_finish(c, n);
+}
+
+/* Some buffers, fewer than the largest frame needs: read into held[]. */
+static enum rx_res rx_read_held(struct rx_ctx *c)
+{
+	struct iovec v[2] = {
+		{ .iov_base = &c->held_hdr, .iov_len = VNET_HDR_LEN },
+		{ .iov_base = c->held, .iov_len = sizeof(c->held) },
+	};
+	ssize_t n = readv(c->tap_fd, v, 2);
+
+	if (n < 0) {
+		rx_release(c);
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return RX_TAP_EMPTY;
+		c->cnt[DC_TAP_ERROR]++;
+		return RX_TAP_EMPTY;
+	}
+	if ((size_t)n < VNET_HDR_LEN + 14 || (size_t)n - VNET_HDR_LEN > FRAME_MAX) {
+		c->cnt[DC_RX_BAD_HDR]++;
+		rx_release(c);
+		return RX_DONE;
+	}
+	c->held_len = (uint32_t)((size_t)n - VNET_HDR_LEN);
+	return rx_deliver_held(c);
+}
+
 static enum rx_res rx_frame(struct rx_ctx *c)
 {
 	uint32_t fmax = c->frame_max && c->frame_max < FRAME_MAX ? c->frame_max : FRAME_MAX;
 	ssize_t n;
 	int k;
 
+	if (c->held_len)
+		return rx_deliver_held(c);
 	if (!rx_gather(c, VNET_HDR_LEN + fmax)) {
+		if (c->nbufs)
+			return rx_read_held(c);
 		c->cnt[DC_RX_NO_BUFFERS]++;
 		return RX_NO_BUFS;
 	}
@@ -261,16 +333,7 @@ static enum rx_res rx_frame(struct rx_ctx *c)
 		rx_release(c);
 		return RX_DONE;
 	}
-	if (rx_fix_hdr(c, (size_t)n - VNET_HDR_LEN) < 0) {
-		rx_release(c);
-		return RX_DONE;
-	}
-	c->hdr.num_buffers = has(c, VNF_MRG_RXBUF) ? (uint16_t)rx_count_used(c, (size_t)n) : 1;
-	iov_from_buf(c->iov, c->niov, 0, &c->hdr, VNET_HDR_LEN);
-	rx_complete(c, (size_t)n);
-	c->cnt[DC_FRAMES]++;
-	c->cnt[DC_BYTES] += (size_t)n - VNET_HDR_LEN;
-	return RX_DONE;
+	return rx_finish(c, (size_t)n);
 }
 
 static void rx_batch(struct rx_ctx *c, int *more)

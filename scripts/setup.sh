@@ -35,7 +35,7 @@ backports_entry() {
 
 debian_packages() {
 	need=""
-	for p in gcc make libseccomp2 iproute2 ethtool \
+	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
 	    kmod tcpdump procps psmisc; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"

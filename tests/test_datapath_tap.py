@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-import frames as F
-from test_datapath import HOST_ALL, RX_FEATS, Rig, unvnet, vnet
+from tests import frames as F
+from tests.test_datapath import HOST_ALL, RX_FEATS, Rig, unvnet, vnet
 from vionetd._core import lib
 
 pytestmark = pytest.mark.root

@@ -14,6 +14,7 @@ from vionetd.core import ffi, lib
 
 F_RING_INDIRECT_DESC = 28
 F_RING_EVENT_IDX = 29
+RX_GSO_FEATURES = (1 << 7) | (1 << 8) | (1 << 10) | (1 << 54) | (1 << 55)   # GUEST_TSO4/6, UFO, USO4/6
 
 
 class DatapathError(ValueError):
@@ -39,6 +40,7 @@ class Datapath:
         self.features = 0
         self.software = None
         self.local = False
+        self.mtu = 1500
         self.locked = b""
         self.extra = {}                  # counters kept in Python (DHCP parsing)
         self.names = [_name(i) for i in range(lib.DC_MAX)]
@@ -77,11 +79,17 @@ class Datapath:
         self.software = msg.software
         self.locked = msg.locked_lladdr
         self.local = msg.local
+        self.mtu = msg.mtu or 1500
         self._apply_flags()
 
     def _apply_flags(self):
         c = self.ctx
         c.features = self.features
+        if self.rx:
+            # Without receive GSO no frame exceeds the MTU (+ Ethernet and a
+            # tag), so one small buffer is enough; with it, up to 64 KiB.
+            gso = self.features & RX_GSO_FEATURES
+            c.frame_max = 0 if gso else self.mtu + 18
         sw = self.software
         if self.rx:
             flags = lib.RXF_ENABLED if self.enabled else 0
@@ -127,6 +135,7 @@ class Datapath:
     def stop_ring(self):
         """Stop serving the ring; returns its next avail index."""
         c = self.ctx
+        (lib.rx_reset if self.rx else lib.tx_reset)(c)
         last = lib.vq_last_avail(ffi.addressof(c.q))
         for fd in (c.kick_fd, c.q.call_fd):
             if fd >= 0:
@@ -150,6 +159,8 @@ class Datapath:
             return "divert"
         if r == lib.DP_ERROR:
             raise OSError(ffi.errno, "data path: %s" % os.strerror(ffi.errno))
+        if r == lib.DP_FD_ERROR:
+            raise OSError("data path: the tap or the kick eventfd failed")
         return "ctl"
 
     def diverted(self):

@@ -210,7 +210,8 @@ class Port(vhost_user.Backend):
         if self.iface.locked and self.iface.lladdr:
             lladdr = bytes.fromhex(self.iface.lladdr.replace(":", ""))
         return pb.Features(features=self.vmm_features, software=software,
-                           locked_lladdr=lladdr, local=bool(self.iface.local))
+                           locked_lladdr=lladdr, local=bool(self.iface.local),
+                           mtu=self.iface.mtu or 1500)
 
     def reset(self):
         for ring in self.rings:
