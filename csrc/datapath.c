@@ -34,6 +34,9 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_RX_BUF_SMALL] = "rx_buf_small",
 	[DC_RX_ABANDONED] = "rx_abandoned",
 	[DC_RX_BOUNCED] = "rx_bounced",
+	[DC_LOCKED_ARP_DROP] = "locked_arp_drop",
+	[DC_GSO_IN] = "gso_frames",
+	[DC_CSUM_IN] = "partial_csum_frames",
 	[DC_RX_INJECTED] = "rx_injected",
 	[DC_RX_INJECT_NOBUF] = "rx_inject_nobuf",
 };

@@ -39,6 +39,9 @@ enum dp_counter {
 				 RX: readv failed otherwise */
 	DC_NO_HDR,            /* TX chain shorter than the vnet header */
 	DC_LOCKED_MAC_DROP,   /* TX: source MAC is not the locked one */
+	DC_LOCKED_ARP_DROP,   /* TX: ARP claiming another hardware address */
+	DC_GSO_IN,            /* TX: GSO frames from the guest (either path) */
+	DC_CSUM_IN,           /* TX: partially checksummed frames from the guest */
 	DC_DHCP_DIVERTED,
 	DC_DIVERT_TOO_LONG,   /* TX: DHCP frame larger than DIVERT_MAX, dropped */
 	DC_SW_GSO_FAIL,       /* TX: segmentation refused (too many segments) */
@@ -74,9 +77,12 @@ enum {
 	/* tx_ctx.flags */
 	TXF_ENABLED = 1,      /* SET_VRING_ENABLE 1; else chains are taken and discarded */
 	TXF_SW_CSUM = 2,      /* complete NEEDS_CSUM (non-GSO) frames ourselves */
-	TXF_SW_GSO = 4,       /* cut GSO frames ourselves */
+	TXF_SW_TSO4 = 4,      /* cut TCPV4 frames ourselves */
 	TXF_LOCKED_MAC = 8,   /* drop frames whose source is not locked_mac */
 	TXF_DHCP_DIVERT = 16, /* hand IPv4 UDP 68->67 to Python */
+	TXF_SW_TSO6 = 32,     /* cut TCPV6 frames ourselves */
+	TXF_SW_USO = 64,      /* cut UDP_L4 frames ourselves */
+	TXF_SW_GSO = 100,     /* all three */
 	/* rx_ctx.flags */
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */

@@ -234,6 +234,36 @@ static int is_dhcp_request(const uint8_t *head, size_t hlen, size_t frame_len)
 }
 
 /* One chain, already taken. */
+/* The TXF_SW_* flag that asks for this GSO type to be cut here. */
+static uint32_t sw_gso_flag(uint8_t gso_type)
+{
+	switch (gso_type & ~VNET_GSO_ECN) {
+	case VNET_GSO_TCPV4:
+		return TXF_SW_TSO4;
+	case VNET_GSO_TCPV6:
+		return TXF_SW_TSO6;
+	case VNET_GSO_UDP_L4:
+		return TXF_SW_USO;
+	}
+	return 0;
+}
+
+/*
+ * locked lladdr: an ARP packet whose sender hardware address is not the
+ * guest's own would poison its neighbours' caches, whatever the Ethernet
+ * source says (RFC 826 layout: sha at offset 8 of the ARP header).
+ */
+static int arp_claims_other(const struct tx_ctx *c, const struct frame_info *fi, size_t hlen)
+{
+	size_t arp = fi->l3_off;
+
+	if (fi->ethertype != 0x0806)
+		return 0;
+	if (hlen < arp + 14)
+		return 1;               /* too short to tell: refuse */
+	return memcmp(c->head + arp + 8, c->locked_mac, 6) != 0;
+}
+
 static enum tx_res tx_frame(struct tx_ctx *c)
 {
 	struct vq_chain *ch = &c->chain;
@@ -260,6 +290,10 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		c->cnt[DC_LOCKED_MAC_DROP]++;
 		return TX_DONE;
 	}
+	if (c->flags & TXF_LOCKED_MAC && arp_claims_other(c, &fi, hlen)) {
+		c->cnt[DC_LOCKED_ARP_DROP]++;
+		return TX_DONE;
+	}
 	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->head, hlen, frame_len)) {
 		if (frame_len > DIVERT_MAX) {
 			c->cnt[DC_DIVERT_TOO_LONG]++;
@@ -275,7 +309,9 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	rebuild_hdr(c, &fi, frame_len);
 	c->cnt[DC_FRAMES]++;
 	c->cnt[DC_BYTES] += frame_len;
-	if (c->hdr.gso_type != VNET_GSO_NONE && c->flags & TXF_SW_GSO)
+	c->cnt[DC_GSO_IN] += c->hdr.gso_type != VNET_GSO_NONE;
+	c->cnt[DC_CSUM_IN] += !!(c->hdr.flags & VNET_F_NEEDS_CSUM);
+	if (c->flags & sw_gso_flag(c->hdr.gso_type))
 		return tx_sw_gso(c, &fi, hlen, frame_len);
 	if (c->hdr.gso_type == VNET_GSO_NONE && c->hdr.flags & VNET_F_NEEDS_CSUM &&
 	    c->flags & TXF_SW_CSUM)

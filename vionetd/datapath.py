@@ -100,8 +100,12 @@ class Datapath:
             if sw is not None:
                 if sw.tx_csum:
                     flags |= lib.TXF_SW_CSUM
-                if sw.tx_tso4 or sw.tx_tso6 or sw.tx_uso:
-                    flags |= lib.TXF_SW_GSO
+                if sw.tx_tso4:
+                    flags |= lib.TXF_SW_TSO4
+                if sw.tx_tso6:
+                    flags |= lib.TXF_SW_TSO6
+                if sw.tx_uso:
+                    flags |= lib.TXF_SW_USO
             if len(self.locked) == 6:
                 flags |= lib.TXF_LOCKED_MAC
                 c.locked_mac = list(self.locked)

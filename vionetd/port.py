@@ -95,6 +95,8 @@ class Port(vhost_user.Backend):
         self.tap_fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP)
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
+        if self.iface.locked and self.iface.lladdr:
+            tap.set_rx_filter(self.tap_fd, bytes.fromhex(self.iface.lladdr.replace(":", "")))
         self._configure_link()
         self.offered = features.offer(self.iface.offload, self.tap_caps)
         self._listen()

@@ -26,6 +26,7 @@ TUNSETIFF = 0x400454CA        # _IOW('T', 202, int)
 TUNSETPERSIST = 0x400454CB    # _IOW('T', 203, int)
 TUNGETFEATURES = 0x800454CF   # _IOR('T', 207, unsigned int)
 TUNSETOFFLOAD = 0x400454D0    # _IOW('T', 208, unsigned int)
+TUNSETTXFILTER = 0x400454D1   # _IOW('T', 209, unsigned int)
 TUNGETIFF = 0x800454D2        # _IOR('T', 210, unsigned int)
 TUNGETVNETHDRSZ = 0x800454D7  # _IOR('T', 215, int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
@@ -114,6 +115,21 @@ def set_offload(fd: int, mask: int) -> None:
         fcntl.ioctl(fd, TUNSETOFFLOAD, mask)
     except OSError as e:
         raise TapError(e.errno, "TUNSETOFFLOAD 0x%x: %s" % (mask, e.strerror)) from e
+
+
+TUN_FLT_ALLMULTI = 0x0001
+
+
+def set_rx_filter(fd: int, mac: bytes) -> None:
+    """TUNSETTXFILTER: the kernel hands the reader only frames for mac, and
+    broadcast or multicast (struct tun_filter: u16 flags, u16 count, then
+    count addresses). For locked lladdr: a guest receives no unicast frame
+    meant for another MAC, and it is never written into its memory."""
+    arg = struct.pack("=HH6s", TUN_FLT_ALLMULTI, 1, mac)
+    try:
+        fcntl.ioctl(fd, TUNSETTXFILTER, arg)
+    except OSError as e:
+        raise TapError(e.errno, "TUNSETTXFILTER: %s" % e.strerror) from e
 
 
 def _takes(fd: int, mask: int) -> bool:
