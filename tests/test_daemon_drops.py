@@ -199,3 +199,15 @@ def test_vmm_breaking_protocol_is_dropped_others_unaffected(rig):
         pass                                # closed with our bytes unread: dropped too
     s.close()
     assert good_frame_arrives(vm, cap, b"t1 still fine")
+
+
+def test_disabled_tx_ring_is_drained_and_discarded(rig):
+    """vhost-user.rst, ring states: a started but disabled ring still takes
+    TX buffers and discards them; enabled again, frames flow."""
+    d, vm, cap = rig
+    before = counters(d)
+    vm.fe.set_vring_enable(1, False, need_reply=True)
+    vm.send(F.build(version=4, proto=F.UDP, payload=b"while disabled", csum="full").data)
+    assert delta(d, before, "tx_disabled_drop") == 1
+    vm.fe.set_vring_enable(1, True, need_reply=True)
+    assert good_frame_arrives(vm, cap, b"enabled again")

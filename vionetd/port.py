@@ -270,6 +270,10 @@ class Port(vhost_user.Backend):
             self._stop_ring(i)
             self._start_ring(i, base=ring.last_avail)
 
+    def set_vring_enable(self, i, enabled):
+        if self.rings[i].running:
+            self._send(self.workers[i], ring_enable=pb.RingEnable(enabled=enabled))
+
     def ring_ready_changed(self, i, ready):
         if ready:
             self._start_ring(i)
@@ -287,7 +291,8 @@ class Port(vhost_user.Backend):
         msg = pb.RingStart(num=state.num, desc_user_addr=state.desc,
                            avail_user_addr=state.avail, used_user_addr=state.used,
                            base=state.base if base is None else base,
-                           has_call=ring.call is not None, enabled=True, resume=resume)
+                           has_call=ring.call is not None,
+                           enabled=self.conn.ring_enabled(i), resume=resume)
         ring.last_avail = None
         if self._send(self.workers[i], fds, ring_start=msg):
             ring.running = True

@@ -59,14 +59,14 @@ Invariants
     the refusal is fatal, since the frontend would go on believing it worked.
   - Ring readiness (ring_ready(i)) is recomputed after every message and each
     change is reported once through Backend.ring_ready_changed(i, ready).
-    A ring is ready when the memory table, features, num, addresses (all
-    inside one memory region each) and a kick fd are set, it has not been
-    stopped since by GET_VRING_BASE, and it is enabled: with
+    A ring is ready (started) when the memory table, features, num,
+    addresses (all inside one memory region each) and a kick fd are set and
+    it has not been stopped since by GET_VRING_BASE. Whether it is enabled
+    is separate (ring_enabled(i), Backend.set_vring_enable): with
     VHOST_USER_F_PROTOCOL_FEATURES acked in SET_FEATURES a ring starts
     disabled until SET_VRING_ENABLE 1; without it, it is enabled from its
-    kick ("Ring states" in vhost-user.rst). A started but disabled ring is
-    reported not ready (we do not consume a disabled TX ring; with a single
-    queue pair QEMU only disables rings on the way to stopping them).
+    kick ("Ring states" in vhost-user.rst). A started but disabled ring
+    supplies no RX and takes and discards TX, as that section asks.
   - A message that is only partly there blocks handle_readable() for at most
     `timeout` seconds, then is a ProtocolError.
 """
@@ -348,8 +348,13 @@ class Connection:
         r = self.rings[i]
         return (bool(self.regions) and self.features is not None and
                 r.num is not None and r.addr_set and r.kick and r.started and
-                (r.enabled or not self.protocol_negotiated) and
                 self.ring_layout_ok(i))
+
+    def ring_enabled(self, i: int) -> bool:
+        """Whether a ready ring moves frames: with PROTOCOL_FEATURES acked
+        only after SET_VRING_ENABLE 1; without, from its kick on. A ready
+        but disabled ring supplies no RX and takes and discards TX."""
+        return self.rings[i].enabled or not self.protocol_negotiated
 
     def close(self) -> None:
         """Report rings stopped, tell the backend, close the socket."""
