@@ -472,7 +472,11 @@ def main(argv=None):
     if not G.images_built():
         ap.error("guest images missing: run scripts/guest-image.sh")
     signal.signal(signal.SIGTERM, _term)
-    res = run(a.rounds, a.seconds, a.only, a.uso_seconds, log=sys.stderr)
+    try:
+        res = run(a.rounds, a.seconds, a.only, a.uso_seconds, log=sys.stderr)
+    except KeyboardInterrupt:
+        print("e2e: interrupted; everything made was removed", file=sys.stderr)
+        return 130
     print(json.dumps(res, indent=1) if a.json else table(res))
     return 0
 
