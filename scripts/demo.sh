@@ -1,0 +1,69 @@
+#!/bin/sh
+# demo.sh: the main job, end to end (make demo).
+#
+# Starts vionetd on etc/vionetd.conf, boots a real Linux guest (the project's
+# image, QEMU 10) attached over vhost-user to the local interface of VM
+# "local1", and shows the guest getting its address by DHCP from vionetd,
+# pinging the host and a throughput run; then vionetd's status, and cleans
+# up. vionetd runs in a network namespace of the demo's own, so its taps
+# and the bridge the example configuration names (vbr0) touch nothing else.
+set -eu
+cd "$(dirname "$0")/.."
+
+NS=vionetd-demo
+PY=.venv/bin/python
+RUN=$(mktemp -d /tmp/vionetd-demo.XXXXXX)
+PIDFILE=$RUN/vionetd.pid
+CTL=/run/vionetd.sock       # the example configuration's control socket
+
+cleanup() {
+	[ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null
+	for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null; done
+	sleep 1
+	ip netns del "$NS" 2>/dev/null || true
+	rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "checking etc/vionetd.conf"
+$PY -m vionetd.main -n -f etc/vionetd.conf
+
+step "starting vionetd in network namespace $NS"
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add vbr0 type bridge      # the switch "uplink" of the example
+ip -n "$NS" link set vbr0 up
+ip netns exec "$NS" $PY -m vionetd.main -d -f etc/vionetd.conf -p "$PIDFILE" \
+	2> "$RUN/vionetd.log" &
+for _ in $(seq 50); do [ -S /run/vionetd/local1.sock ] && break; sleep 0.2; done
+[ -S /run/vionetd/local1.sock ] || { cat "$RUN/vionetd.log"; exit 1; }
+$PY -m vionetd.vionetctl -s $CTL status
+
+# The host's side of local1's tap has the first address of its /31.
+ip netns exec "$NS" iperf3 -s -D --logfile "$RUN/iperf3.log"
+
+# In the guest, after DHCP: the router it was given is the host's side.
+SNIPPET='H=$(ip route | awk "/^default/ { print \$3; exit }")
+VIONET_HOST=$H . /plans/ping.sh
+VIONET_HOST=$H VIONET_IPERF_SECS=5 . /plans/iperf.sh'
+
+step "booting a guest on vionetd (QEMU $($PY -c 'from tests import guest; print(guest.accel())'))"
+$PY - "$SNIPPET" <<'EOF'
+import sys
+from tests import guest
+g = guest.Guest(kernel="6.12", qemu="10", netdev=guest.VhostUser("/run/vionetd/local1.sock"),
+                plan=["dhcp"], snippet=sys.argv[1], timeout=600)
+with g:
+    res = g.wait_done()
+for key in ("dhcp.ip", "dhcp.router", "dhcp.lease", "dhcp.hostname", "ping.sent",
+            "ping.received", "iperf.mbps"):
+    print("  %-14s %s" % (key, res.get(key)))
+sys.exit(0 if res["rc"] == 0 else 1)
+EOF
+
+step "vionetctl show local1"
+$PY -m vionetd.vionetctl -s $CTL show local1
+step "vionetd's log"
+cat "$RUN/vionetd.log"
