@@ -308,3 +308,24 @@ def test_control_socket_moves_with_the_file(rig):
     assert oct(st.st_mode & 0o777) == "0o660"
     d.ctl_socket = new
     assert sorted(status_rows(d)) == ["change", "gone", "keep"]
+
+
+def test_reload_to_no_vm_and_back(rig):
+    """Every VM removed: all taps, sockets and workers go, status and stats
+    answer with nothing (an empty reply is a reply); then they come back."""
+    d, ns, names = rig
+    pids = [p for v in stats(d).values() for p in v["worker_pids"]]
+    write_conf(d, 'socket "@CTL@"\n')
+    assert d.ctl("reload").stdout.strip() == "reloaded"
+    assert status_rows(d) == {}
+    assert stats(d) == {}
+    assert d.ctl("stats").stdout == ""
+    for vm in ("keep", "change", "gone"):
+        assert link_index(ns, names[vm]) is None
+        assert not os.path.exists("%s/%s.sock" % (d.dir, vm))
+    assert len(pids) == 6 and all(gone(p) for p in pids)
+    write_conf(d, V1 % names)
+    trigger(d, "sighup")
+    assert sorted(status_rows(d)) == ["change", "gone", "keep"]
+    with TestVM(d.dir + "/keep.sock"):
+        wait_for("keep running", lambda: status_rows(d)["keep"]["STATE"] == "running")

@@ -24,7 +24,10 @@ def request(path, req, timeout=10.0):
         s.connect(path)
         s.send(req.SerializeToString())
         data = s.recv(MAX_REPLY)
-    if not data:
+    # An empty datagram is a valid reply (status of a daemon without
+    # interfaces serializes to nothing) and looks like a closed connection;
+    # every other command's reply carries a message, an error or interfaces.
+    if not data and req.WhichOneof("msg") not in ("status", "stats"):
         raise ConnectionResetError(0, "the daemon closed the connection without a reply")
     reply = pb.CtlReply()
     reply.ParseFromString(data)
