@@ -17,7 +17,6 @@ What an operator and a script rely on:
   one, random bytes, clients that connect and say nothing) gets an error
   reply or a closed connection, and the daemon keeps answering.
 """
-import contextlib
 import errno
 import io
 import json
@@ -346,7 +345,10 @@ def test_show_counters_follow_traffic(rig):
     def delta():
         after = show(rig, "a")["a/0"]["counters"]
         return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
-    dl = wait_for("counters", lambda: (lambda x: x if x.get("rx_frames", 0) >= 3 else None)(delta()))
+    def rx_counted():
+        dl = delta()
+        return dl if dl.get("rx_frames", 0) >= 3 else None
+    dl = wait_for("rx counters", rx_counted)
     assert dl["tx_frames"] == 5 and dl["tx_passthrough"] == 5
     assert dl["tx_bytes"] == sum(sent)
     assert dl["tx_refused_flags_unknown"] == 1
@@ -499,7 +501,8 @@ def test_garbage_gets_an_error(rig, data, expect):
     still_answers(rig)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
 def test_random_bytes(rig, data):
     """Whatever the bytes, a CtlReply or a closed connection, never a stuck
