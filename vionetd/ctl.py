@@ -4,7 +4,21 @@ A unix SOCK_SEQPACKET socket: one CtlRequest per datagram, one CtlReply back
 (proto/vionetd.proto). The socket is mode 0660, owned by root and the
 daemon's group: the group may ask (status, show, stats); changing anything
 (reload, log level) needs uid 0, checked per request with SO_PEERCRED.
-A request that does not parse gets an error reply; the daemon goes on.
+
+Invariants:
+- a client never blocks the parent: connections are non-blocking and served
+  from the parent's selector when their request arrives; at most MAX_CLIENTS
+  wait at a time, the oldest is dropped to make room (a client that connects
+  and sends nothing costs one slot, not the daemon's attention);
+- every request gets one reply or a closed connection: one that does not
+  parse, is empty or longer than MAX_REQUEST gets an error reply, and the
+  daemon goes on.
+
+Counter names: each worker reports its C core's counters (frames, rx_bounced,
+refused_<reason>, ...); here they get the prefix of the worker's direction,
+"rx_" or "tx_", once: rx_frames, rx_bounced, tx_refused_hdr_len. The
+direction-specific counters of the other direction, which that worker never
+counts, and the "ok" slots of the error enums are left out.
 """
 import grp
 import os
@@ -17,10 +31,18 @@ from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
 MAX_REQUEST = 4096
+MAX_CLIENTS = 16
+SEND_TIMEOUT = 1.0       # a reply fits the socket buffer; this only bounds a bug
+SNDBUF = 4 << 20         # a stats reply of many interfaces is one datagram
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)    # Linux asm-generic/socket.h
 READ_ONLY = ("status", "show", "stats")
+DIRECTIONS = ("rx", "tx")
+NEVER_COUNTED = ("ring_ok", "refused_ok")
 
 
 def daemon_gid(user):
+    """The group of the control socket: the user's primary group, else the
+    group of that name, else root's."""
     try:
         return pwd.getpwnam(user).pw_gid
     except KeyError:
@@ -31,44 +53,90 @@ def daemon_gid(user):
 
 
 class CtlServer:
-    def __init__(self, parent, path):
+    def __init__(self, parent, path, user=None):
         self.parent = parent
         self.path = path
+        self.clients = []            # accepted, request not yet read; oldest first
         if os.path.exists(path):
             os.unlink(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        s.bind(path)
-        os.chown(path, 0, daemon_gid(parent.conf.user))
-        os.chmod(path, 0o660)
-        s.listen(8)
+        try:
+            s.bind(path)
+            self.set_group(parent.conf.user if user is None else user)
+            os.chmod(path, 0o660)
+            s.listen(8)
+        except OSError:
+            s.close()
+            raise
         s.setblocking(False)
         self.sock = s
 
+    def set_group(self, user):
+        os.chown(self.path, 0, daemon_gid(user))
+
     def close(self):
+        for conn in list(self.clients):
+            self._forget(conn)
+            conn.close()
+        self.parent.unwatch(self.sock)
         self.sock.close()
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
+    # ---- connections ----------------------------------------------------
+
     def accept(self):
         try:
             conn, _ = self.sock.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        conn.setblocking(False)
+        if len(self.clients) >= MAX_CLIENTS:
+            oldest = self.clients[0]
+            self._forget(oldest)
+            oldest.close()
+        self.clients.append(conn)
+        self.parent.watch(conn, lambda c=conn: self._request(c))
+
+    def _forget(self, conn):
+        self.parent.unwatch(conn)
+        if conn in self.clients:
+            self.clients.remove(conn)
+
+    def _request(self, conn):
+        try:
+            data, _anc, flags, _ = conn.recvmsg(MAX_REQUEST)
         except BlockingIOError:
             return
-        conn.settimeout(2.0)   # a client that sends nothing cannot hold the parent
+        except OSError as e:
+            log.debug("control client: %s", e)
+            self._forget(conn)
+            conn.close()
+            return
+        self._forget(conn)
         with conn:
-            try:
-                data = conn.recv(MAX_REQUEST)
+            if flags & socket.MSG_TRUNC:
+                reply = pb.CtlReply(error="request longer than %d bytes" % MAX_REQUEST)
+            else:
                 try:
                     reply = self.answer(data, peer_uid(conn))
                 except Exception:
                     log.exception("control request failed")
                     reply = pb.CtlReply(error="internal error, see the daemon's log")
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
+            except OSError:
+                pass                      # the default is enough for a few VMs
+            try:
+                conn.settimeout(SEND_TIMEOUT)
                 conn.send(reply.SerializeToString())
-            except OSError as e:
+            except OSError as e:          # the client went away: its loss
                 log.debug("control client: %s", e)
+
+    # ---- requests -------------------------------------------------------
 
     def answer(self, data, uid):
         req = pb.CtlRequest()
@@ -80,7 +148,9 @@ class CtlServer:
         if kind is None:
             return pb.CtlReply(error="empty request")
         if kind not in READ_ONLY and uid != 0:
-            return pb.CtlReply(error="%s needs root" % kind)
+            return pb.CtlReply(error="%s: permission denied, needs root"
+                               % ("log" if kind == "log_level" else kind))
+        log.debug("control: %s from uid %d", kind, uid)
         if kind in ("status", "stats"):
             return pb.CtlReply(interfaces=[self.describe(p, kind == "stats")
                                            for p in self.parent.ports.values()])
@@ -97,27 +167,46 @@ class CtlServer:
                 logmod.set_level(req.log_level)
             except ValueError as e:
                 return pb.CtlReply(error=str(e))
+            log.info("log level %s", req.log_level)
             return pb.CtlReply(message="log level %s" % req.log_level)
         return pb.CtlReply(error="unknown request")
 
     def describe(self, port, with_counters):
-        neg = port.vmm_features
+        vmm = port.vmm_features
         st = pb.InterfaceStatus(
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
             tap=port.tap_name or "", lladdr=port.iface.lladdr or "",
             address=str(port.address.guest) if port.address else "",
             queues=1, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
-            tap_features=port.tap_caps, vmm_features=neg, negotiated=neg & port.offered,
+            tap_features=port.tap_caps, vmm_features=vmm, negotiated=vmm & port.offered,
             offered=port.offered, restarts=port.restarts,
             worker_pids=[w.pid for w in port.workers.values() if w.pid],
             lease=port.lease or "")
-        sw = features.software_mode(port.iface.offload, neg)
+        sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"
         if with_counters:
-            for name, value in sorted(port.counters().items()):
+            for name, value in sorted(counter_names(port.counters()).items()):
                 st.counters.add(name=name, value=value)
         return st
+
+
+def counter_names(raw):
+    """port.counters() ({"<direction>_<C name>": value}) with readable names:
+    "rx_rx_no_buffers" becomes "rx_no_buffers"; "tx_rx_no_buffers" (an RX
+    counter in the TX worker, never counted) and the "ok" slots go."""
+    out = {}
+    for name, value in raw.items():
+        direction, _, inner = name.partition("_")
+        if direction in DIRECTIONS:
+            other = "tx" if direction == "rx" else "rx"
+            if inner in NEVER_COUNTED or inner.startswith(other + "_"):
+                continue
+            if inner.startswith(direction + "_"):
+                inner = inner[len(direction) + 1:]
+            name = "%s_%s" % (direction, inner)
+        out[name] = out.get(name, 0) + value
+    return out
 
 
 def tx_path(sw):
@@ -126,6 +215,7 @@ def tx_path(sw):
 
 
 def peer_uid(conn):
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    """The uid of the client, from the kernel (struct ucred: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    _pid, uid, _gid = struct.unpack("iII", creds)
     return uid

@@ -119,7 +119,9 @@ class Parent:
 
     def apply(self, conf):
         """Make the running ports match conf: start new and changed ones,
-        stop removed and changed ones, leave unchanged ones alone."""
+        stop removed and changed ones, leave unchanged ones alone (their
+        workers, tap and VMM connection stay: the guest sees nothing).
+        Returns the errors of ports that could not start, [] if none."""
         wanted = {}
         for vm in conf.vms.values():
             if vm.disabled:
@@ -128,32 +130,77 @@ class Parent:
                 wanted[iface.key] = iface
         for key in list(self.ports):
             port = self.ports[key]
-            if key not in wanted or not port.same_config(wanted[key], conf):
-                log.info("%s: stopping (%s)", key, "removed" if key not in wanted else "changed")
-                port.stop()
-                del self.ports[key]
+            if key in wanted and self.unchanged(port, wanted[key], conf):
+                port.conf = conf            # e.g. dns: the next DHCP answer has it
+                continue
+            log.info("%s: stopping (%s)", key, "removed" if key not in wanted else "changed")
+            port.stop()
+            del self.ports[key]
+        self.conf = conf                    # workers forked from now on see it
+        errors = []
         for key, iface in wanted.items():
             if key in self.ports:
                 continue
             port = Port(self, iface, conf)
             try:
                 port.start()
-            except (OSError, ValueError) as e:
+            except Exception as e:          # one VM's trouble does not stop the others
                 log.error("%s: cannot start: %s", key, e)
+                errors.append("%s: cannot start: %s" % (key, e))
                 port.stop()
                 continue
             self.ports[key] = port
-        self.conf = conf
+        return errors
+
+    @staticmethod
+    def unchanged(port, iface, conf):
+        """True if port would be the same under conf: its own block, the
+        workers' user and chroot, its switch's bridge, and for a local
+        interface the prefix its address comes from. Other VMs, other
+        switches, dns and line numbers do not count."""
+        old = port.conf
+        if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
+            return False
+        if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
+            return False
+        if iface.local and conf.local_prefix != old.local_prefix:
+            return False
+        return True
 
     def reload(self):
-        """SIGHUP or vionetctl reload. A file with an error changes nothing."""
+        """SIGHUP or vionetctl reload. A file with an error changes nothing.
+        Returns None, or the error for vionetctl."""
         try:
             conf = config.load(self.path)
         except (config.ConfigError, OSError) as e:
             log.error("reload refused, configuration unchanged: %s", e)
             return str(e)
+        err = self._control_socket(conf)
+        if err:
+            log.error("reload refused, configuration unchanged: %s", err)
+            return err
         log.info("reloading %s", self.path)
-        self.apply(conf)
+        errors = self.apply(conf)
+        if errors:
+            return "configuration applied, but " + "; ".join(errors)
+        return None
+
+    def _control_socket(self, conf):
+        """Move the control socket to conf's path and group, before anything
+        else changes: a path that cannot be bound refuses the reload."""
+        if self.ctl is None:
+            return None
+        from vionetd.ctl import CtlServer
+        try:
+            if conf.socket != self.ctl.path:
+                new = CtlServer(self, conf.socket, conf.user)
+                self.ctl.close()    # the request being answered keeps its connection
+                self.ctl = new
+                self.watch(new.sock, new.accept)
+            elif conf.user != self.conf.user:
+                self.ctl.set_group(conf.user)
+        except OSError as e:
+            return "control socket %s: %s" % (conf.socket, e.strerror or e)
         return None
 
     def shutdown(self):

@@ -1,6 +1,10 @@
 """vionetctl(8): ask a running vionetd what it is doing, or tell it to reload.
 
     vionetctl [-s socket] status | show VM | stats [--json] | reload | log brief|verbose
+
+One request, one reply (ctl.py has the server side). Exit status: 0 done,
+1 the daemon could not be reached or refused or failed the request (the
+reason on stderr), 2 usage (argparse).
 """
 import argparse
 import json
@@ -11,6 +15,7 @@ from vionetd import features
 from vionetd import vionetd_pb2 as pb
 
 DEFAULT_SOCKET = "/run/vionetd.sock"
+MAX_REPLY = 16 << 20
 
 
 def request(path, req, timeout=10.0):
@@ -18,48 +23,66 @@ def request(path, req, timeout=10.0):
         s.settimeout(timeout)
         s.connect(path)
         s.send(req.SerializeToString())
-        data = s.recv(1 << 20)
+        data = s.recv(MAX_REPLY)
+    # An empty datagram is a valid reply (status of a daemon without
+    # interfaces serializes to nothing) and looks like a closed connection;
+    # every other command's reply carries a message, an error or interfaces.
+    if not data and req.WhichOneof("msg") not in ("status", "stats"):
+        raise ConnectionResetError(0, "the daemon closed the connection without a reply")
     reply = pb.CtlReply()
     reply.ParseFromString(data)
     return reply
 
 
+STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES")
+
+
 def print_status(reply, out):
-    fmt = "%-12s %-10s %-28s %-12s %-18s %-16s %s"
-    print(fmt % ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES"), file=out)
-    for i in reply.interfaces:
-        print(fmt % (i.vm, i.state, i.socket, i.tap, i.lladdr or "-", i.address or "-",
-                     i.queues), file=out)
+    """A table like vmctl status: columns as wide as their widest cell."""
+    rows = [STATUS_COLUMNS] + [(i.vm, i.state, i.socket, i.tap or "-", i.lladdr or "-",
+                                i.address or "-", str(i.queues)) for i in reply.interfaces]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip(), file=out)
 
 
 def print_show(reply, out):
     for i in reply.interfaces:
         print("%s: %s, tap %s, socket %s" % (i.name, i.state, i.tap, i.socket), file=out)
+        if i.lladdr:
+            print("  lladdr %s" % i.lladdr, file=out)
         if i.address:
-            print("  address %s%s" % (i.address, ", lease " + i.lease if i.lease else ""), file=out)
+            print("  address %s%s" % (i.address, ", lease " + i.lease if i.lease else ""),
+                  file=out)
         print("  features:", file=out)
-        for label, mask in (("policy", i.policy_features), ("offered", i.offered),
-                            ("negotiated", i.negotiated)):
-            print("    %-10s %#018x %s" % (label, mask, " ".join(features.names(mask))), file=out)
-        print("    %-10s %#018x %s" % ("tap", i.tap_features,
-                                       " ".join(features.tun_names(i.tap_features))), file=out)
+        for label, mask, names in (
+                ("policy", i.policy_features, features.names),
+                ("tap", i.tap_features, features.tun_names),
+                ("offered", i.offered, features.names),
+                ("vmm", i.vmm_features, features.names),
+                ("negotiated", i.negotiated, features.names)):
+            print("    %-10s %#018x %s" % (label, mask, " ".join(names(mask))), file=out)
         print("  path: tx %s, rx %s" % (i.tx_path, i.rx_path), file=out)
         print("  workers: %s, restarts %d" % (" ".join(map(str, i.worker_pids)) or "-",
                                              i.restarts), file=out)
-        print("  counters:", file=out)
+        print("  counters of queue pair 0 (not zero):", file=out)
         for c in i.counters:
             if c.value:
                 print("    %-32s %d" % (c.name, c.value), file=out)
 
 
 def as_dict(reply):
-    return {i.name: {"vm": i.vm, "state": i.state, "tap": i.tap,
+    return {i.name: {"vm": i.vm, "state": i.state, "socket": i.socket, "tap": i.tap,
+                     "lladdr": i.lladdr, "address": i.address, "queues": i.queues,
+                     "policy": i.policy_features, "tap_features": i.tap_features,
+                     "offered": i.offered, "vmm": i.vmm_features,
                      "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,
+                     "worker_pids": list(i.worker_pids), "restarts": i.restarts,
                      "counters": {c.name: c.value for c in i.counters}}
             for i in reply.interfaces}
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(prog="vionetctl")
     p.add_argument("-s", metavar="socket", default=DEFAULT_SOCKET)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -68,8 +91,11 @@ def main(argv=None):
     sub.add_parser("stats").add_argument("--json", action="store_true")
     sub.add_parser("reload")
     sub.add_parser("log").add_argument("level", choices=("brief", "verbose"))
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     req = {"status": lambda: pb.CtlRequest(status=True),
            "show": lambda: pb.CtlRequest(show=args.vm),
            "stats": lambda: pb.CtlRequest(stats=True),
@@ -79,6 +105,9 @@ def main(argv=None):
         reply = request(args.s, req)
     except OSError as e:
         print("vionetctl: %s: %s" % (args.s, e.strerror or e), file=sys.stderr)
+        return 1
+    except Exception as e:             # a reply that does not parse
+        print("vionetctl: %s: bad reply: %s" % (args.s, e), file=sys.stderr)
         return 1
     if reply.error:
         print("vionetctl: %s" % reply.error, file=sys.stderr)
