@@ -6,8 +6,7 @@
 
 The daemon's taps live in ns, so their far side is the test's own. Its
 stderr goes to a file that a failing test prints. Stopping sends SIGTERM and,
-if it has not exited within a bound, SIGKILL; then every socket it made is
-checked to be gone (a leftover fails the test that made it).
+if it has not exited within a bound, SIGKILL.
 
 The wire(): the topology most daemon tests use. A bridge in the daemon's
 namespace joins the tap to a veth whose peer is in a second namespace, and

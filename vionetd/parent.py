@@ -56,7 +56,10 @@ class Parent:
             log.info("started, %d interface(s)", len(self.ports))
             while self.running:
                 for key, _ in self.sel.select(timeout=1.0):
-                    self._dispatch(key.data)
+                    # an earlier event of this turn (a reload) may have
+                    # closed this one's port: skip what is no longer watched
+                    if self.sel.get_map().get(key.fileobj) is key:
+                        self._dispatch(key.data)
         finally:
             self.shutdown()
         return 0

@@ -83,14 +83,6 @@ class Port(vhost_user.Backend):
 
     # ---- life cycle -----------------------------------------------------
 
-    def same_config(self, iface, conf):
-        return iface == self.iface and self._global(conf) == self._global(self.conf)
-
-    @staticmethod
-    def _global(conf):
-        return (conf.user, conf.chroot, conf.local_prefix,
-                {k: v for k, v in conf.switches.items()})
-
     def start(self):
         self.tap_fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP)
         self.tap_caps = tap.probe_offloads(self.tap_fd)
