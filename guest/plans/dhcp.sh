@@ -3,7 +3,7 @@
 # The script it runs applies the address (with the lease's mask) and the
 # default route, then prints the lease.  vionet.dhcp_tries (default 5)
 # discovers, vionet.dhcp_wait (default 3) seconds apart.
-# Results: dhcp.ip, dhcp.mask, dhcp.router, dhcp.dns, dhcp.hostname,
+# Results: dhcp.ip, dhcp.mask (prefix length), dhcp.subnet (dotted), dhcp.router, dhcp.dns, dhcp.hostname,
 # dhcp.lease, dhcp.serverid, dhcp.mtu (what the server sent; "-" when an
 # option was missing), dhcp.rc (udhcpc's exit status), and dhcp.addr,
 # dhcp.route: the interface's address and default route as the kernel
@@ -27,6 +27,7 @@ bound | renew)
 	done
 	result dhcp.ip "$ip"
 	result dhcp.mask "${mask:--}"
+	result dhcp.subnet "${subnet:--}"
 	result dhcp.router "${router:--}"
 	result dhcp.dns "$(echo ${dns:--} | tr ' ' ',')"
 	result dhcp.hostname "${hostname:--}"
@@ -43,5 +44,5 @@ udhcpc -i "$IF" -n -q -f -t "${VIONET_DHCP_TRIES:-5}" -T "${VIONET_DHCP_WAIT:-3}
 rc=$?
 result dhcp.rc $rc
 result dhcp.addr "$(ip -4 -o addr show dev "$IF" | awk '{ print $4 }' | head -n 1)"
-result dhcp.route "$(ip route show default | head -n 1)"
+result dhcp.route "$(ip route | grep '^default' | head -n 1)"
 exit $rc
