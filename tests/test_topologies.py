@@ -185,7 +185,7 @@ def test_vm_to_vm_through_a_switch(image):
             d.wait_socket(d.dir + "/a.sock")
             d.wait_socket(d.dir + "/b.sock")
             ga, gb = ("10.0.1.2", "10.0.1.3")
-            common = {"xfer_bytes": XFER, "iperf_secs": 3, "timeout": 800}
+            common = {"xfer_bytes": XFER, "iperf_secs": 3, "timeout": 800, "pair_wait": 300}
             a = guest.Guest(kernel="6.12", qemu="10", timeout=900,
                             netdev=guest.VhostUser(d.dir + "/a.sock"),
                             device_props={"mac": "52:54:00:00:0a:01"},
