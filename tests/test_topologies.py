@@ -62,6 +62,10 @@ def counters(d, key):
     return d.stats()[key]["counters"]
 
 
+def nonzero(c):
+    return {k: v for k, v in c.items() if v}
+
+
 def assert_clean(c):
     """No frame refused, no ring error, no software fallback that failed."""
     bad = {k: v for k, v in c.items()
@@ -203,7 +207,7 @@ def test_vm_to_vm_through_a_switch(image):
                     a.log(), b.log(), d.log())
                 ca, cb = counters(d, "a/0"), counters(d, "b/0")
     print("\nVM to VM: iperf3 b->a %s, a->b %s Mbit/s; a: %s\nb: %s"
-          % (rb.get("iperf.mbps"), rb.get("iperf_rx.mbps"), ca, cb))
+          % (rb.get("iperf.mbps"), rb.get("iperf_rx.mbps"), nonzero(ca), nonzero(cb)))
     assert ra["rc"] == 0 and rb["rc"] == 0, log
     for src, dst in ((ra, rb), (rb, ra)):
         assert int(src["pair.tx_bytes"]) == int(dst["pair.rx_bytes"]) == XFER, log
@@ -288,7 +292,7 @@ def test_vm_to_host_outside_the_bridge(image):
                 cap.finish()
                 peers.close()
     print("\noutside: %d TCP frames captured, %d bad, largest %d bytes, payload %d; %s"
-          % (cap.tcp, cap.bad, cap.biggest, cap.payload, c))
+          % (cap.tcp, cap.bad, cap.biggest, cap.payload, nonzero(c)))
     assert res["rc"] == 0, log
     host = json.loads(host_out.strip().splitlines()[-1])
     assert host["guest_tx_bytes"] == int(res["xfer.tx_bytes"]) == XFER, (host, log)
@@ -343,14 +347,16 @@ def host_to_guest(policy="", props=None, snippet=IPERF_RX, plan=("xfer", "snmp")
                                         "timeout": timeout - 60})
                 snaps = {}
                 with g:
+                    # the first plan starts once the driver is up: features are set
+                    g.wait_for("VIONET-NOTE plan ", timeout)
+                    show = d.ctl("show", "g").stdout
+                    tap_k = N.ns_run(ns, "ethtool", "-k", tapname).stdout
                     for m in marks:
                         g.wait_for("VIONET-NOTE " + m, timeout)
                         snaps[m] = counters(d, "g/0")
                     res = g.wait_done()
                     snaps["end"] = counters(d, "g/0")
-                    tap_k = N.ns_run(ns, "ethtool", "-k", tapname).stdout
                     log = g.log() + "\n--- vionetd ---\n" + d.log()
-                    show = d.ctl("show", "g").stdout
                 host_out, _ = peers.finish(xfer)
             finally:
                 peers.close()
@@ -409,7 +415,7 @@ def test_rx_csum_software_completes_partial_checksums(image):
     assert guest.feature_bit(res["features"], GUEST_CSUM), res["features"]
     assert not guest.feature_bit(res["features"], GUEST_TSO4), res["features"]
     assert "tx-checksumming: on" in tap_k, tap_k
-    assert "rx_csum software" in show or "rx software" in show or "software" in show, show
+    assert "rx software checksum" in show, show
     assert c["rx_sw_csum"] > XFER // 1500, c
     assert c["rx_bytes"] <= ETH_MAX * c["rx_frames"], c
     snmp_clean(res)
