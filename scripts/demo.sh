@@ -45,25 +45,28 @@ $PY -m vionetd.vionetctl -s $CTL status
 ip netns exec "$NS" iperf3 -s -D --logfile "$RUN/iperf3.log"
 
 # In the guest, after DHCP: the router it was given is the host's side.
+# Each plan runs in a subshell: a plan ends with exit.
 SNIPPET='H=$(ip route | awk "/^default/ { print \$3; exit }")
-VIONET_HOST=$H . /plans/ping.sh
-VIONET_HOST=$H VIONET_IPERF_SECS=5 . /plans/iperf.sh'
+(VIONET_HOST=$H; . /plans/ping.sh)
+(VIONET_HOST=$H; VIONET_IPERF_SECS=5; . /plans/iperf.sh)'
 
 step "booting a guest on vionetd (QEMU $($PY -c 'from tests import guest; print(guest.accel())'))"
-$PY - "$SNIPPET" <<'EOF'
-import sys
+$PY - "$SNIPPET" "$PY -m vionetd.vionetctl -s $CTL show local1" <<'EOF'
+import subprocess, sys
 from tests import guest
 g = guest.Guest(kernel="6.12", qemu="10", netdev=guest.VhostUser("/run/vionetd/local1.sock"),
                 plan=["dhcp"], snippet=sys.argv[1], timeout=600)
 with g:
+    g.wait_for(r"iperf\.mbps=", 600)
+    print("\n==> vionetctl show local1, while the guest runs")
+    subprocess.run(sys.argv[2].split(), check=False)
     res = g.wait_done()
+print("\n==> what the guest saw")
 for key in ("dhcp.ip", "dhcp.router", "dhcp.lease", "dhcp.hostname", "ping.sent",
             "ping.received", "iperf.mbps"):
     print("  %-14s %s" % (key, res.get(key)))
 sys.exit(0 if res["rc"] == 0 else 1)
 EOF
 
-step "vionetctl show local1"
-$PY -m vionetd.vionetctl -s $CTL show local1
 step "vionetd's log"
 cat "$RUN/vionetd.log"
