@@ -17,13 +17,15 @@ PIDFILE=$RUN/vionetd.pid
 CTL=/run/vionetd.sock       # the example configuration's control socket
 
 cleanup() {
+	set +e                  # clean up all there is, whatever fails
 	[ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null
 	for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null; done
 	sleep 1
 	ip netns del "$NS" 2>/dev/null || true
 	rm -rf "$RUN"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 step() { printf '\n==> %s\n' "$*"; }
 
