@@ -44,25 +44,6 @@ up_to_date() {
 	done
 }
 
-backports_entry() {
-	src=/etc/apt/sources.list.d/debian.sources
-	dst=/etc/apt/sources.list.d/vionetd-backports.sources
-	[ -f "$dst" ] && return 0
-	[ -f "$src" ] || die "no $src to derive backports from"
-	# The first stanza whose Suites has plain "bookworm": keep its URIs and key.
-	awk '
-		/^$/ { if (ok) exit; uris = ""; key = ""; next }
-		/^URIs:/ { uris = $0 }
-		/^Signed-By:/ { key = $0 }
-		/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") ok = 1 }
-		END { if (ok) { print "Types: deb"; print uris;
-			print "Suites: bookworm-backports"; print "Components: main";
-			if (key != "") print key } }
-	' "$src" > "$dst.tmp"
-	grep -q '^URIs:' "$dst.tmp" || { rm -f "$dst.tmp"; die "no bookworm stanza in $src"; }
-	mv "$dst.tmp" "$dst"
-}
-
 need_tools() {
 	need=""
 	for p in busybox-static iperf3 ethtool cpio kmod gcc libc6-dev xz-utils; do
@@ -190,7 +171,7 @@ if up_to_date; then
 	exit 0
 fi
 mkdir -p $OUT/debs
-backports_entry
+sh "$(dirname "$0")/backports.sh"
 need_tools
 qemu10
 tools

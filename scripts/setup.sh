@@ -14,25 +14,6 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 STAMP=.venv/.setup-done
 
-backports_entry() {
-	src=/etc/apt/sources.list.d/debian.sources
-	dst=/etc/apt/sources.list.d/vionetd-backports.sources
-	[ -f "$dst" ] && return 0
-	[ -f "$src" ] || { echo "setup: no $src to derive backports from" >&2; return 1; }
-	# The first stanza whose Suites has plain "bookworm": keep its URIs and key.
-	awk '
-		/^$/ { if (ok) exit; uris = ""; key = ""; next }
-		/^URIs:/ { uris = $0 }
-		/^Signed-By:/ { key = $0 }
-		/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") ok = 1 }
-		END { if (ok) { print "Types: deb"; print uris;
-			print "Suites: bookworm-backports"; print "Components: main";
-			if (key != "") print key } }
-	' "$src" > "$dst.tmp"
-	grep -q '^URIs:' "$dst.tmp" || { rm -f "$dst.tmp"; echo "setup: no bookworm stanza in $src" >&2; return 1; }
-	mv "$dst.tmp" "$dst"
-}
-
 debian_packages() {
 	need=""
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
@@ -61,7 +42,7 @@ daemon_user() {
 	chmod 755 /var/empty
 }
 
-backports_entry
+sh scripts/backports.sh
 debian_packages
 daemon_user
 python_env

@@ -17,6 +17,7 @@ before it reaches the far namespace, where a capture sees wire frames only.
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -124,3 +125,25 @@ def wire():
                          "tx-udp-segmentation", "off", check=False)
             nsmod.ns_run(dns, "ip", "link", "set", veth_d, "master", bridge)
             yield dns, wns, bridge, veth_w
+
+
+def capture_socket(ns, ifname):
+    """An AF_PACKET socket on ifname in namespace ns: every frame arriving there."""
+    with nsmod.inside(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((ifname, 0))
+    return s
+
+
+def wait_for_frame(cap, needle, timeout=5.0):
+    """The first frame captured within timeout that contains needle, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cap.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = cap.recv(70000)
+        except socket.timeout:
+            return None
+        if needle in data:
+            return data
+    return None

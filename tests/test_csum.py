@@ -5,7 +5,7 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from tests.frames import c_iov, inet_csum, ones_sum, split
+from tests.frames import c_iov, inet_csum, split
 from vionetd._core import ffi, lib
 
 SETTINGS = settings(max_examples=150, deadline=None)

@@ -10,8 +10,7 @@ import pytest
 
 from tests import frames as F
 from tests import guestmem as G
-from tests import netns as N
-from tests.daemon import daemon, wire
+from tests.daemon import capture_socket, daemon, wait_for_frame, wire
 from tests.testvm import TestVM
 from tests import vmm
 
@@ -39,9 +38,7 @@ def rig():
     with wire() as (dns, wns, bridge, veth_w):
         with daemon(CONF % bridge, dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
-            with N.inside(wns):
-                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            cap.bind((veth_w, 0))
+            cap = capture_socket(wns, veth_w)
             try:
                 with TestVM(d.dir + "/t1.sock") as vm:
                     yield d, vm, cap
@@ -55,18 +52,8 @@ def counters(d, key="t1/0"):
 
 def good_frame_arrives(vm, cap, tag):
     """The next good frame still goes through."""
-    f = F.build(version=4, proto=F.UDP, payload=tag, csum="full")
-    vm.send(f.data)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        cap.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = cap.recv(70000)
-        except socket.timeout:
-            break
-        if tag in data:
-            return True
-    return False
+    vm.send(F.build(version=4, proto=F.UDP, payload=tag, csum="full").data)
+    return wait_for_frame(cap, tag) is not None
 
 
 def delta(d, before, name):

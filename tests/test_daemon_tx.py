@@ -16,8 +16,7 @@ import time
 import pytest
 
 from tests import frames as F
-from tests import netns as N
-from tests.daemon import daemon, wire
+from tests.daemon import capture_socket, daemon, wire
 from tests.test_kernel_segmentation import dissect
 from tests.testvm import TestVM
 
@@ -61,9 +60,7 @@ def tx_path(request):
     with wire() as (dns, wns, bridge, veth_w):
         with daemon(CONF % dict(bridge=bridge, policy=policy), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
-            with N.inside(wns):
-                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            cap.bind((veth_w, 0))
+            cap = capture_socket(wns, veth_w)
             try:
                 with TestVM(d.dir + "/t1.sock") as vm:
                     yield request.param, d, vm, cap

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from tests import frames as F
-from tests.guestmem import DESC_F_WRITE, GuestMemory, SplitRing
+from tests.guestmem import GuestMemory, SplitRing
 from vionetd._core import ffi, lib
 from tests.vqglue import counters, eventfd, eventfd_count, map_memory, setup_vq
 

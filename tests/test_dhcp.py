@@ -16,7 +16,6 @@ from tests import netns as N
 from tests.daemon import daemon
 from tests.testvm import TestVM
 from vionetd import dhcp, local
-from vionetd import vionetd_pb2 as pb
 
 MAC = bytes.fromhex("525400000001")
 

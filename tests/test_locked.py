@@ -1,15 +1,13 @@
 """locked lladdr through the real daemon: a guest cannot send as another MAC
 (Ethernet source or ARP sender), and frames for another MAC never reach it.
 """
-import socket
 import struct
 import time
 
 import pytest
 
 from tests import frames as F
-from tests import netns as N
-from tests.daemon import daemon, wire
+from tests.daemon import capture_socket, daemon, wait_for_frame, wire
 from tests.test_daemon_rx import Peer
 from tests.testvm import TestVM
 
@@ -45,9 +43,7 @@ def rig():
     with wire() as (dns, wns, bridge, veth_w):
         with daemon(CONF % bridge, dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
-            with N.inside(wns):
-                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            cap.bind((veth_w, 0))
+            cap = capture_socket(wns, veth_w)
             peer = Peer(wns, veth_w)
             try:
                 with TestVM(d.dir + "/t1.sock") as vm:
@@ -58,16 +54,8 @@ def rig():
                 peer.sock.close()
 
 
-def seen(cap, needle, timeout=1.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cap.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            if needle in cap.recv(70000):
-                return True
-        except socket.timeout:
-            break
-    return False
+def seen(cap, needle):
+    return wait_for_frame(cap, needle, timeout=1.5) is not None
 
 
 def counter(d, name):

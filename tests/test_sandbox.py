@@ -11,14 +11,12 @@
 import os
 import pwd
 import signal
-import socket
 import time
 
 import pytest
 
 from tests import frames as F
-from tests import netns as N
-from tests.daemon import daemon, wire
+from tests.daemon import capture_socket, daemon, wait_for_frame, wire
 from tests.testvm import TestVM
 from vionetd import config, control, sandbox, worker
 from vionetd import vionetd_pb2 as pb
@@ -56,9 +54,7 @@ def running():
     with wire() as (dns, wns, bridge, veth_w):
         with daemon(CONF % bridge, dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
-            with N.inside(wns):
-                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            cap.bind((veth_w, 0))
+            cap = capture_socket(wns, veth_w)
             cap.settimeout(5)
             try:
                 yield d, cap
@@ -67,14 +63,8 @@ def running():
 
 
 def sent_and_seen(vm, cap, payload):
-    f = F.build(version=4, proto=F.UDP, payload=payload, csum="full")
-    vm.send(f.data)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        data = cap.recv(70000)
-        if data[6:12] == F.SRC_MAC and payload in data:
-            return True
-    return False
+    vm.send(F.build(version=4, proto=F.UDP, payload=payload, csum="full").data)
+    return wait_for_frame(cap, payload) is not None
 
 
 def test_workers_are_confined_and_still_move_frames(running):
@@ -116,8 +106,9 @@ def test_dead_worker_is_replaced_and_serving_resumes(running):
     assert "killed by SIGKILL" in d.log()
 
 
-def fork_worker():
-    """A worker exactly as the parent makes one, but with the test hook on."""
+def fork_worker(test_hooks=True):
+    """A worker exactly as the parent makes one (with the test hook on unless
+    told otherwise), told it is a tx worker."""
     parent_end, child_end = control.pair()
     conf = config.parse("", "test.conf")
     pid = os.fork()
@@ -125,7 +116,7 @@ def fork_worker():
         parent_end.close()
         code = 1
         try:
-            code = worker.main(child_end, "test", conf, test_hooks=True)
+            code = worker.main(child_end, "test", conf, test_hooks=test_hooks)
         finally:
             os._exit(code)
     child_end.close()
@@ -161,19 +152,8 @@ def test_forbidden_call_kills_the_worker(call):
 def test_hook_is_off_in_daemon_workers():
     """Without test_hooks the message is refused: the worker exits with an
     error instead of making the call."""
-    parent_end, child_end = control.pair()
-    conf = config.parse("", "test.conf")
-    pid = os.fork()
-    if pid == 0:
-        parent_end.close()
-        code = 1
-        try:
-            code = worker.main(child_end, "test", conf)
-        finally:
-            os._exit(code)
-    child_end.close()
+    pid, parent_end = fork_worker(test_hooks=False)
     try:
-        control.send(parent_end, pb.ToWorker(hello=pb.Hello(name="t", role=pb.ROLE_TX)))
         control.send(parent_end, pb.ToWorker(test_forbidden_call="open"))
         _, st = os.waitpid(pid, 0)
         assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 1

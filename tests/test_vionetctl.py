@@ -317,7 +317,7 @@ def test_show_workers_are_the_real_ones(rig):
 def test_show_counters_follow_traffic(rig):
     """Counters move by what was really sent: frames, bytes, the path taken,
     software work, a refused header by its reason, notifications."""
-    d, vm = rig.d, rig.vm_a
+    vm = rig.vm_a
     before = show(rig, "a")["a/0"]["counters"]
     sent = []
     for i in range(5):

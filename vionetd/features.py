@@ -114,13 +114,8 @@ PROTOCOL_F_SHARED_OBJECT = 17
 PROTOCOL_F_DEVICE_STATE = 18
 
 # ---- TUNSETOFFLOAD bits (include/uapi/linux/if_tun.h) ----
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_TSO_ECN = 0x08
-TUN_F_UFO = 0x10
-TUN_F_USO4 = 0x20
-TUN_F_USO6 = 0x40
+from vionetd.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN,  # noqa: E402
+                         TUN_F_UFO, TUN_F_USO4, TUN_F_USO6)
 TUN_F_ALL = 0x7f
 
 POLICY_KEYS = ("csum", "tso4", "tso6", "ecn", "uso")

@@ -10,7 +10,7 @@ import os
 import sys
 
 from vionetd import config
-from vionetd.log import log, setup as log_setup
+from vionetd.log import setup as log_setup
 
 DEFAULT_CONFIG = "/etc/vionetd.conf"
 
