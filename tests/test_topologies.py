@@ -23,6 +23,7 @@ the transfers are kept to a few MiB) and cleans up its namespaces, daemon
 and QEMU whatever happens (netns(), daemon() and Guest are context
 managers).
 """
+import ipaddress
 import json
 import os
 import socket
@@ -537,7 +538,7 @@ def test_local_interface_with_udhcpc(image):
                 c = counters(d, "loc/0")
     print("\nlocal: lease %s via %s; %s" % (res.get("dhcp.ip"), res.get("dhcp.router"), show))
     assert "%s/31" % host_ip in addrs, addrs
-    guest_ip = str(__import__("ipaddress").IPv4Address(host_ip) + 1)
+    guest_ip = str(ipaddress.IPv4Address(host_ip) + 1)
     assert res["dhcp.rc"] == "0", log
     assert res["dhcp.ip"] == guest_ip, log
     assert res["dhcp.router"] == host_ip, log
