@@ -23,6 +23,7 @@ the transfers are kept to a few MiB) and cleans up its namespaces, daemon
 and QEMU whatever happens (netns(), daemon() and Guest are context
 managers).
 """
+import ipaddress
 import json
 import os
 import socket
@@ -318,10 +319,12 @@ vm "g" {
 }
 """
 HOST_IP, GUEST_IP = "10.0.3.1", "10.0.3.2"
-IPERF_RX = "VIONET_IPERF_REVERSE=1 VIONET_IPERF_NAME=iperf_rx . /plans/iperf.sh\n"
+# iperf3 host to guest, then the guest's counters (after every transfer)
+IPERF_RX = "VIONET_IPERF_REVERSE=1 VIONET_IPERF_NAME=iperf_rx . /plans/iperf.sh\n" \
+    ". /plans/snmp.sh\n"
 
 
-def host_to_guest(policy="", props=None, snippet=IPERF_RX, plan=("xfer", "snmp"),
+def host_to_guest(policy="", props=None, snippet=IPERF_RX, plan=("xfer",),
                   marks=(), timeout=600):
     """One guest on a tap with an address in the daemon's namespace; the
     host runs the xfer peer and an iperf3 server. marks: serial-log notes
@@ -381,7 +384,9 @@ def test_guest_without_guest_csum_gets_complete_checksums(image):
     never sees a partial one (rx_sw_csum 0) and sends every frame with a
     zero header, so the guest's stack verifies every checksum itself
     (CHECKSUM_NONE): TCP and UDP InCsumErrors stay 0 over thousands of
-    segments received (iperf3 -R and a 2 MiB file whose sha256 matches)."""
+    segments received (iperf3 -R and a 2 MiB file whose sha256 matches;
+    InSegs counts after the guest's GRO, which verifies each segment's
+    checksum before merging)."""
     res, snaps, tap_k, show, log = host_to_guest(props=NO_GUEST_RX_OFFLOADS)
     c = snaps["end"]
     assert not guest.feature_bit(res["features"], GUEST_CSUM), res["features"]
@@ -389,7 +394,7 @@ def test_guest_without_guest_csum_gets_complete_checksums(image):
     assert "tx-checksumming: off" in tap_k, tap_k
     assert float(res["iperf_rx.mbps"]) > 0, log
     snmp_clean(res)
-    assert int(res["snmp.tcp_insegs"]) > XFER // 1500, res
+    assert int(res["snmp.tcp_insegs"]) > 1000, res
     assert c.get("rx_sw_csum", 0) == 0, c
     assert_clean(c)
 
@@ -533,7 +538,7 @@ def test_local_interface_with_udhcpc(image):
                 c = counters(d, "loc/0")
     print("\nlocal: lease %s via %s; %s" % (res.get("dhcp.ip"), res.get("dhcp.router"), show))
     assert "%s/31" % host_ip in addrs, addrs
-    guest_ip = str(__import__("ipaddress").IPv4Address(host_ip) + 1)
+    guest_ip = str(ipaddress.IPv4Address(host_ip) + 1)
     assert res["dhcp.rc"] == "0", log
     assert res["dhcp.ip"] == guest_ip, log
     assert res["dhcp.router"] == host_ip, log
