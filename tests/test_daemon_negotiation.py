@@ -78,3 +78,27 @@ def test_tap_offloads_follow_guest_features():
             k = ethtool_k(ns, tap)
             assert k["tcp-segmentation-offload"] == "off"
             assert k["tx-checksumming"] == "off"
+
+
+def test_missing_bridge_is_a_clear_error_not_a_standalone_tap():
+    conf = """socket "@CTL@"
+switch "sw" { interface "nosuchbr0" }
+vm "t1" {
+    interface "vtsw0" {
+        socket "@DIR@/t1.sock"
+        switch "sw"
+    }
+}
+vm "t2" {
+    interface "vtok0" {
+        socket "@DIR@/t2.sock"
+    }
+}
+"""
+    with N.netns("vn") as ns, daemon(conf, ns) as d:
+        d.wait_socket(d.dir + "/t2.sock")          # the other VM is served
+        assert "t1/0: cannot start: vtsw0: bridge nosuchbr0 does not exist" in d.log()
+        links = N.ns_run(ns, "ip", "-o", "link").stdout
+        assert "vtok0" in links and "vtsw0" not in links
+        import os
+        assert not os.path.exists(d.dir + "/t1.sock")

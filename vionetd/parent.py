@@ -148,8 +148,9 @@ class Parent:
             try:
                 port.start()
             except Exception as e:          # one VM's trouble does not stop the others
-                log.error("%s: cannot start: %s", key, e)
-                errors.append("%s: cannot start: %s" % (key, e))
+                why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                log.error("%s: cannot start: %s", key, why)
+                errors.append("%s: cannot start: %s" % (key, why))
                 port.stop()
                 continue
             self.ports[key] = port
