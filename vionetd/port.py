@@ -263,8 +263,10 @@ class Port(vhost_user.Backend):
             self._start_ring(i, base=ring.last_avail)
 
     def set_vring_enable(self, i, enabled):
-        if self.rings[i].running:
-            self._send(self.workers[i], ring_enable=pb.RingEnable(enabled=enabled))
+        # Synchronous: the VMM's ack (REPLY_ACK) must mean the worker holds it.
+        w = self.workers[i]
+        if self.rings[i].running and self._send(w, ring_enable=pb.RingEnable(enabled=enabled)):
+            self._wait_reply(w, "ring_enabled")
 
     def ring_ready_changed(self, i, ready):
         if ready:

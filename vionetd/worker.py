@@ -57,6 +57,7 @@ class Worker:
             control.send(self.chan, pb.FromWorker(ring_stopped=pb.RingStopped(last_avail=last)))
         elif kind == "ring_enable":
             self.dp.enable(body.enabled)
+            control.send(self.chan, pb.FromWorker(ring_enabled=body.enabled))
         elif kind == "stats":
             counters = [pb.Counter(name=k, value=v) for k, v in self.dp.counters()]
             control.send(self.chan, pb.FromWorker(stats=pb.Stats(counters=counters)))
