@@ -380,10 +380,8 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 		if ((p[1].revents | p[2].revents) & (POLLERR | POLLHUP | POLLNVAL))
 			return DP_FD_ERROR;
 		if (p[1].revents & POLLIN) {
-			uint64_t v;
-
-			if (read(c->kick_fd, &v, sizeof(v)) == sizeof(v))
-				c->cnt[DC_KICKS]++;
+			eventfd_drain(c->kick_fd);
+			c->cnt[DC_KICKS]++;
 			c->waiting_bufs = 0;
 			more = 1;
 		}

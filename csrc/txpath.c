@@ -386,15 +386,6 @@ int tx_poll_once(struct tx_ctx *c)
 	return tx_batch(c, &more);
 }
 
-static void drain_eventfd(int fd)
-{
-	uint64_t v;
-
-	if (read(fd, &v, sizeof(v)) < 0) {
-		/* EAGAIN: someone else read it; nothing to do */
-	}
-}
-
 int tx_run(struct tx_ctx *c, int ctl_fd)
 {
 	int more = 1;   /* kicks may have come while Python had control */
@@ -415,7 +406,7 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 		if ((p[1].revents | p[2].revents) & (POLLERR | POLLHUP | POLLNVAL))
 			return DP_FD_ERROR;
 		if (p[1].revents & POLLIN) {
-			drain_eventfd(c->kick_fd);
+			eventfd_drain(c->kick_fd);
 			c->cnt[DC_KICKS]++;
 			more = 1;
 		}

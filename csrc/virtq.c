@@ -428,44 +428,52 @@ void vq_disable_notify(struct vq *q)
 
 /* ---- iovec helpers ------------------------------------------------------ */
 
-size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len)
+/* Copy len bytes between buf and the scatter list after skip bytes of it:
+ * into the list when to_iov, out of it otherwise. Returns what was copied. */
+static size_t iov_copy(const struct iovec *iov, int n, size_t skip, uint8_t *buf,
+		       size_t len, int to_iov)
 {
 	size_t done = 0;
 	int i;
 
 	for (i = 0; i < n && done < len; i++) {
 		size_t l = iov[i].iov_len, t;
+		uint8_t *piece;
 
 		if (skip >= l) {
 			skip -= l;
 			continue;
 		}
+		piece = (uint8_t *)iov[i].iov_base + skip;
 		t = l - skip < len - done ? l - skip : len - done;
-		memcpy((uint8_t *)dst + done, (const uint8_t *)iov[i].iov_base + skip, t);
+		if (to_iov)
+			memcpy(piece, buf + done, t);
+		else
+			memcpy(buf + done, piece, t);
 		done += t;
 		skip = 0;
 	}
 	return done;
 }
 
+size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len)
+{
+	return iov_copy(iov, n, skip, dst, len, 0);
+}
+
 size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len)
 {
-	size_t done = 0;
-	int i;
+	return iov_copy(iov, n, skip, (uint8_t *)src, len, 1);
+}
 
-	for (i = 0; i < n && done < len; i++) {
-		size_t l = iov[i].iov_len, t;
+/* Clear a kick eventfd (EAGAIN only means it was clear already). */
+void eventfd_drain(int fd)
+{
+	uint64_t v;
 
-		if (skip >= l) {
-			skip -= l;
-			continue;
-		}
-		t = l - skip < len - done ? l - skip : len - done;
-		memcpy((uint8_t *)iov[i].iov_base + skip, (const uint8_t *)src + done, t);
-		done += t;
-		skip = 0;
+	if (read(fd, &v, sizeof(v)) < 0) {
+		/* nothing to clear */
 	}
-	return done;
 }
 
 /* out = iov without its first skip bytes; returns the count, -1 if max is too small. */

@@ -164,5 +164,6 @@ void vq_disable_notify(struct vq *q);
 size_t iov_to_buf(const struct iovec *iov, int n, size_t skip, void *dst, size_t len);
 size_t iov_from_buf(const struct iovec *iov, int n, size_t skip, const void *src, size_t len);
 int iov_tail(const struct iovec *iov, int n, size_t skip, struct iovec *out, int max);
+void eventfd_drain(int fd);
 
 #endif
