@@ -106,6 +106,17 @@ def daemon(conf_text, ns):
             d.stop()
 
 
+def switched_conf(bridge, vms=("t1",), lines=""):
+    """A configuration of VMs (names), each with one interface on switch
+    "sw" (the Linux bridge bridge) and its socket @DIR@/NAME.sock; lines go
+    into every interface block (lladdr, offload policy, ...)."""
+    out = 'socket "@CTL@"\nswitch "sw" { interface "%s" }\n' % bridge
+    for vm in vms:
+        out += ('vm "%s" {\n    interface {\n        socket "@DIR@/%s.sock"\n'
+                '        switch "sw"\n%s\n    }\n}\n' % (vm, vm, lines))
+    return out
+
+
 @contextlib.contextmanager
 def wire():
     """Two namespaces: (dns, wns, bridge, veth_w). The daemon runs in dns,

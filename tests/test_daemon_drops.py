@@ -10,33 +10,18 @@ import pytest
 
 from tests import frames as F
 from tests import guestmem as G
-from tests.daemon import capture_socket, daemon, wait_for_frame, wire
+from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.testvm import TestVM
 from tests import vmm
 
 pytestmark = pytest.mark.root
 
-CONF = """socket "@CTL@"
-switch "sw" { interface "%s" }
-vm "t1" {
-    interface {
-        socket "@DIR@/t1.sock"
-        switch "sw"
-    }
-}
-vm "t2" {
-    interface {
-        socket "@DIR@/t2.sock"
-        switch "sw"
-    }
-}
-"""
 
 
 @pytest.fixture(scope="module")
 def rig():
     with wire() as (dns, wns, bridge, veth_w):
-        with daemon(CONF % bridge, dns) as d:
+        with daemon(switched_conf(bridge, ("t1", "t2")), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
             cap = capture_socket(wns, veth_w)
             try:

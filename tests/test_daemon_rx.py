@@ -15,10 +15,11 @@ import pytest
 
 from tests import frames as F
 from tests import netns as N
-from tests.daemon import daemon, wire
+from tests.daemon import daemon, switched_conf, wire
 from tests.test_kernel_segmentation import dissect
 from tests.testvm import TestVM
 
+LLADDR = "        lladdr 52:54:00:12:34:56\n"
 pytestmark = pytest.mark.root
 
 GUEST_MAC = bytes.fromhex("525400123456")
@@ -26,17 +27,6 @@ PEER_MAC = bytes.fromhex("5254009a0001")
 SOL_PACKET, PACKET_VNET_HDR = 263, 15
 F_GUEST_CSUM, F_MRG_RXBUF = 1, 15
 
-CONF = """socket "@CTL@"
-switch "sw" { interface "%(bridge)s" }
-vm "t1" {
-    interface {
-        socket "@DIR@/t1.sock"
-        lladdr 52:54:00:12:34:56
-        switch "sw"
-%(policy)s
-    }
-}
-"""
 
 
 class Peer:
@@ -74,7 +64,7 @@ def vmd(rig):
     started = []
 
     def start(policy="", **vmargs):
-        ctx = daemon(CONF % dict(bridge=bridge, policy=policy), dns)
+        ctx = daemon(switched_conf(bridge, lines=LLADDR + policy), dns)
         d = ctx.__enter__()
         started.append(ctx)
         d.wait_socket(d.dir + "/t1.sock")

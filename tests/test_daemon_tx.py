@@ -16,23 +16,13 @@ import time
 import pytest
 
 from tests import frames as F
-from tests.daemon import capture_socket, daemon, wire
+from tests.daemon import capture_socket, daemon, switched_conf, wire
 from tests.test_kernel_segmentation import dissect
 from tests.testvm import TestVM
 
+LLADDR = "        lladdr 52:54:00:12:34:56\n"
 pytestmark = pytest.mark.root
 
-CONF = """socket "@CTL@"
-switch "sw" { interface "%(bridge)s" }
-vm "t1" {
-    interface {
-        socket "@DIR@/t1.sock"
-        lladdr 52:54:00:12:34:56
-        switch "sw"
-%(policy)s
-    }
-}
-"""
 SOFTWARE = """        offload tx csum software
         offload tx tso4 software
         offload tx tso6 software
@@ -58,7 +48,7 @@ KINDS = {
 def tx_path(request):
     policy = SOFTWARE if request.param == "software" else ""
     with wire() as (dns, wns, bridge, veth_w):
-        with daemon(CONF % dict(bridge=bridge, policy=policy), dns) as d:
+        with daemon(switched_conf(bridge, lines=LLADDR + policy), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
             cap = capture_socket(wns, veth_w)
             try:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests import frames as F
-from tests.daemon import capture_socket, daemon, wait_for_frame, wire
+from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.test_daemon_rx import Peer
 from tests.testvm import TestVM
 
@@ -15,16 +15,6 @@ pytestmark = pytest.mark.root
 
 GUEST = bytes.fromhex("525400123456")
 OTHER = bytes.fromhex("5254000000ee")
-CONF = """socket "@CTL@"
-switch "sw" { interface "%s" }
-vm "t1" {
-    interface {
-        socket "@DIR@/t1.sock"
-        locked lladdr 52:54:00:12:34:56
-        switch "sw"
-    }
-}
-"""
 
 
 def arp(sha, src=GUEST, op=1):
@@ -41,7 +31,7 @@ def udp_from(src, tag):
 @pytest.fixture(scope="module")
 def rig():
     with wire() as (dns, wns, bridge, veth_w):
-        with daemon(CONF % bridge, dns) as d:
+        with daemon(switched_conf(bridge, lines="        locked lladdr 52:54:00:12:34:56"), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
             cap = capture_socket(wns, veth_w)
             peer = Peer(wns, veth_w)

@@ -16,22 +16,13 @@ import time
 import pytest
 
 from tests import frames as F
-from tests.daemon import capture_socket, daemon, wait_for_frame, wire
+from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.testvm import TestVM
 from vionetd import config, control, sandbox, worker
 from vionetd import vionetd_pb2 as pb
 
 pytestmark = pytest.mark.root
 
-CONF = """socket "@CTL@"
-switch "sw" { interface "%s" }
-vm "t1" {
-    interface {
-        socket "@DIR@/t1.sock"
-        switch "sw"
-    }
-}
-"""
 
 
 def status(pid):
@@ -52,7 +43,7 @@ def worker_pids(d):
 @pytest.fixture
 def running():
     with wire() as (dns, wns, bridge, veth_w):
-        with daemon(CONF % bridge, dns) as d:
+        with daemon(switched_conf(bridge), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
             cap = capture_socket(wns, veth_w)
             cap.settimeout(5)
