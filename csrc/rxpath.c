@@ -14,8 +14,8 @@
  * suffice for its real length: the one copy is paid only when the guest is
  * short of buffers. With no buffers at all, kicks are enabled and the frame
  * waits in the tap: backpressure, not loss. Chains gathered but not filled
- * are handed back (vq_unpop), so the ring is consistent between frames and
- * always when rx_run() returns.
+ * are kept for the next frame of the batch and handed back (vq_unpop) when
+ * it ends, so the ring is consistent always when rx_run() returns.
  *
  * A frame that does not fit what was gathered is dropped and counted (the
  * tap truncates silently; a private overflow byte after the guest's buffers
@@ -134,23 +134,31 @@ static int rx_gather(struct rx_ctx *c, uint32_t need)
 }
 
 /*
- * Complete the gathered chains with n bytes (header included) and hand back
- * the unused ones. Returns the number of chains used.
+ * Complete the gathered chains with n bytes (header included). The unused
+ * ones stay gathered for the next frame of the batch (taking them from the
+ * ring again for every small frame would cost more than moving them down);
+ * rx_release() hands them back when the batch ends. Returns the chains used.
  */
 static unsigned rx_complete(struct rx_ctx *c, size_t n)
 {
-	unsigned i, used = 0;
+	unsigned i, used = 0, used_iov = 0;
 
 	for (i = 0; i < c->nbufs && n; i++) {
 		uint32_t l = c->bufs[i].len < n ? c->bufs[i].len : (uint32_t)n;
 
 		vq_push(&c->q, c->bufs[i].head, l);
 		n -= l;
+		used_iov += c->bufs[i].niov;
 		used++;
 	}
-	vq_unpop(&c->q, c->nbufs - used);
-	c->nbufs = c->niov = 0;
+	c->nbufs -= used;
+	c->niov -= used_iov;
+	memmove(c->bufs, c->bufs + used, c->nbufs * sizeof(c->bufs[0]));
+	memmove(c->iov, c->iov + used_iov, c->niov * sizeof(c->iov[0]));
 	c->total = 0;
+	for (i = 0; i < c->nbufs; i++)  /* saturating, as in rx_gather() */
+		c->total = c->total + c->bufs[i].len < c->total ? UINT32_MAX
+							      : c->total + c->bufs[i].len;
 	return used;
 }
 
@@ -356,6 +364,7 @@ static void rx_batch(struct rx_ctx *c, int *more)
 		c->cnt[DC_BATCHES]++;
 	if (i == limit)
 		*more = 1;
+	rx_release(c);          /* chains gathered for a frame that did not come */
 	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
 }
 
@@ -412,6 +421,7 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len)
 	iov_from_buf(c->iov, c->niov, 0, &c->hdr, VNET_HDR_LEN);
 	iov_from_buf(c->iov, c->niov, VNET_HDR_LEN, frame, len);
 	rx_complete(c, VNET_HDR_LEN + len);
+	rx_release(c);
 	c->cnt[DC_RX_INJECTED]++;
 	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
 	return 0;
