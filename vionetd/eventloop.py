@@ -36,6 +36,10 @@ class Loop:
         self._timers = []                 # heap of (when, seq, Timer)
         self._seq = itertools.count()
 
+    def fileno(self):
+        """The selector's own fd (a sandbox must keep it open)."""
+        return self.sel.fileno()
+
     def watch(self, fileobj, callback):
         self.sel.register(fileobj, selectors.EVENT_READ, callback)
 

@@ -361,6 +361,10 @@ class Connection:
                 r.num is not None and r.addr_set and r.kick and r.started and
                 self.ring_layout_ok(i))
 
+    def reported_ready(self, i: int) -> bool:
+        """Ready as last reported to the backend (ring_ready_changed)."""
+        return self._reported[i]
+
     def ring_enabled(self, i: int) -> bool:
         """Whether a ready ring moves frames: with PROTOCOL_FEATURES acked
         only after SET_VRING_ENABLE 1; without, from its kick on. A ready

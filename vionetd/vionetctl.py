@@ -63,8 +63,12 @@ def print_show(reply, out):
                 ("negotiated", i.negotiated, features.names)):
             print("    %-10s %#018x %s" % (label, mask, " ".join(names(mask))), file=out)
         print("  path: tx %s, rx %s" % (i.tx_path, i.rx_path), file=out)
+        print("  session: %s, restarts %d" % (i.session_pid or "-", i.session_restarts),
+              file=out)
         print("  workers: %s, restarts %d" % (" ".join(map(str, i.worker_pids)) or "-",
                                              i.restarts), file=out)
+        if i.reason:
+            print("  last drop: %s" % i.reason, file=out)
         print("  counters of queue pair 0 (not zero):", file=out)
         for c in i.counters:
             if c.value:
@@ -78,6 +82,8 @@ def as_dict(reply):
                      "offered": i.offered, "vmm": i.vmm_features,
                      "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
+                     "session_pid": i.session_pid, "session_restarts": i.session_restarts,
+                     "reason": i.reason,
                      "counters": {c.name: c.value for c in i.counters}}
             for i in reply.interfaces}
 
