@@ -4,10 +4,11 @@ Two levels an operator can switch at run time (vionetctl log brief|verbose):
 brief logs what changes state (connections, workers, drops of a peer),
 verbose also what every control message does.
 
-No input may fill a disk: a line repeated more than BURST times within
-WINDOW seconds is counted instead of written (Collapse), and the next time it
-is written it says how many were left out, as syslogd's "last message
-repeated N times" does.
+No input may fill a disk: a line of the brief level repeated more than
+BURST times within WINDOW seconds is counted instead of written (Collapse),
+and the next time it is written it says how many were left out, as syslogd's
+"last message repeated N times" does. Verbose lines, which an operator asks
+for, are all written.
 """
 import logging
 import logging.handlers
@@ -50,6 +51,8 @@ class Collapse(logging.Filter):
         self.seen = {}      # text -> [window start, written, left out]
 
     def filter(self, record):
+        if record.levelno < logging.INFO:
+            return True
         text = record.getMessage()
         now = time.monotonic()
         entry = self.seen.get(text)

@@ -34,13 +34,14 @@ def request(path, req, timeout=10.0):
     return reply
 
 
-STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES")
+STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES", "DROPPED")
 
 
 def print_status(reply, out):
     """A table like vmctl status: columns as wide as their widest cell."""
     rows = [STATUS_COLUMNS] + [(i.vm, i.state, i.socket, i.tap or "-", i.lladdr or "-",
-                                i.address or "-", str(i.queues)) for i in reply.interfaces]
+                                i.address or "-", str(i.queues), i.reason or "-")
+                               for i in reply.interfaces]
     widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip(), file=out)
