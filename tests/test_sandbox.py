@@ -244,3 +244,27 @@ def test_process_tree_and_only_the_parent_is_root(running):
         assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"]
         assert os.readlink("/proc/%d/root" % sess) == config.DEFAULT_CHROOT
 
+
+
+def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
+    """A session killed under a connected VMM: the parent starts a new one
+    on the same socket and tap; the VMM's next connection moves frames."""
+    d, cap = running
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"before")
+        ps = titles(d.proc.pid)
+        old = [p for p, (t, _) in ps.items() if t == "vionetd: vhost t1/0"][0]
+        os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ps = titles(d.proc.pid)
+        new = [p for p, (t, _) in ps.items() if t == "vionetd: vhost t1/0"]
+        if new and new[0] != old and len(ps) == 4:
+            break
+        time.sleep(0.1)
+    assert new and new[0] != old, ps
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"after the new session")
+    show = d.ctl("show", "t1").stdout
+    assert "session: %d, restarts 1" % new[0] in show, show
+    assert "killed by SIGKILL" in d.log()
