@@ -3,6 +3,8 @@
 The parent (root) owns, per VM interface:
 - the tap, opened here and configured with pyroute2 (links.py);
 - the listening vhost-user socket, created here and handed to the session;
+  in client mode (the VMM listens) it connects to the VMM's socket when the
+  session asks and hands over the connection, and never reads from it;
 - the session (session.py), forked here with the socket and a channel, and
   replaced when it dies, after a delay that doubles while it keeps dying
   young; the VMM reconnects to the new one;
@@ -19,6 +21,7 @@ closed at once, and a session that sends what does not parse is killed.
 import collections
 import os
 import signal
+import socket
 import time
 
 from vionetd import config, control, features, links, tap
@@ -27,7 +30,7 @@ from vionetd.log import log
 
 AUTO_TAP = "vio%d"            # the kernel picks the number
 ROLE_NAME = {pb.ROLE_RX: "rx", pb.ROLE_TX: "tx"}
-STATES = ("waiting", "connected", "running")
+STATES = ("waiting", "connecting", "connected", "running")
 SESSION_DELAY = (0.5, 30.0)   # first and largest delay before a new session
 SESSION_YOUNG = 10.0          # a session that dies younger doubles the delay
 SPAWN_BUDGET = (20, 10.0)     # at most 20 worker forks per 10 s per interface
@@ -71,7 +74,8 @@ class Interface:
             tap.set_rx_filter(self.tap_fd, bytes.fromhex(self.iface.lladdr.replace(":", "")))
         self._configure_link()
         self.offered = features.offer(self.iface.offload, self.tap_caps)
-        self._listen()
+        if not self.client_mode:
+            self._listen()
         self._spawn_session()
         log.info("%s: tap %s, socket %s, offering %#x", self.key, self.tap_name,
                  self.iface.socket, self.offered)
@@ -90,7 +94,6 @@ class Interface:
             links.add_address(self.tap_name, str(self.address.host), 31)
 
     def _listen(self):
-        import socket
         path = self.iface.socket
         if os.path.exists(path):
             os.unlink(path)        # a stale socket of an earlier run
@@ -107,7 +110,7 @@ class Interface:
         if self.respawn:
             self.respawn.cancel()
         self._end_session()
-        if self.listener:
+        if self.listener:               # (client mode: the socket is the VMM's)
             self.listener.close()
             self.listener = None
             try:
@@ -117,6 +120,10 @@ class Interface:
         if self.tap_fd is not None:
             os.close(self.tap_fd)   # the tap is not persistent: closing deletes it
             self.tap_fd = None
+
+    @property
+    def client_mode(self):
+        return bool(getattr(self.iface, "connect", False))
 
     @property
     def user(self):
@@ -241,6 +248,10 @@ class Interface:
             if msg.spawn not in ROLE_NAME:
                 return "unknown role %d" % msg.spawn
             self._spawn_worker(msg.spawn)
+        elif kind == "dial":
+            if not self.client_mode:
+                return "dial on a listening interface"
+            self._dial()
         elif kind == "dhcp":
             if self.iface.local:
                 from vionetd import dhcp
@@ -279,6 +290,20 @@ class Interface:
         self._send(features=pb.Features(features=value, software=software,
                                         locked_lladdr=lladdr, local=bool(self.iface.local),
                                         mtu=self.iface.mtu or 1500))
+
+    def _dial(self):
+        """Client mode: connect to the VMM's socket for the session. A unix
+        socket connects at once or fails at once (no listener, no room)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(self.iface.socket)
+        except OSError as e:
+            s.close()
+            self._send(dialed=pb.Dialed(error=e.strerror or str(e)))
+            return
+        self._send([s.fileno()], dialed=pb.Dialed())
+        s.close()
 
     # ---- workers --------------------------------------------------------
 

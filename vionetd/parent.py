@@ -162,6 +162,9 @@ class Parent:
         old = port.conf
         if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
             return False
+        vm_user = lambda c: getattr(c.vms.get(iface.vm), "user", None)   # noqa: E731
+        if vm_user(conf) != vm_user(old):
+            return False
         if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
             return False
         if iface.local and conf.local_prefix != old.local_prefix:

@@ -5,8 +5,11 @@ interface's listening socket and a channel to itself; the session confines
 itself at once (sandbox.py: own user, empty root, no_new_privs, seccomp) and
 from then on:
 
-- accepts one VMM connection at a time and speaks vhost-user with it
-  (vhost_user.Connection; this class is its Backend);
+- accepts one VMM connection at a time on that socket, or, in client mode
+  (no listening socket), has the parent connect to the VMM's socket for it,
+  retrying with backoff while that socket is absent and after the VMM goes;
+  and speaks vhost-user with the VMM (vhost_user.Connection; this class is
+  its Backend);
 - supervises the interface's rx and tx workers: the parent forks each one
   when asked (a session cannot fork) and hands over its channel; the session
   gives it guest memory, eventfds and ring state, and asks for a new one
@@ -62,6 +65,7 @@ MAX_FAILURES = 5              # worker deaths in FAILURE_WINDOW that cost the VM
 FAILURE_WINDOW = 30.0
 SHORT_CONNECTION = 1.0        # a VMM connection shorter than this counts for ACCEPT_BACKOFF
 ACCEPT_BACKOFF = (0.05, 5.0)  # first and largest delay before the next accept
+DIAL_BACKOFF = (0.1, 2.0)     # client mode: first and largest delay between attempts
 TICK = 0.25                   # how often deadlines are checked
 LOG_TEXT_MAX = 300
 
@@ -109,6 +113,7 @@ class Session(vhost_user.Backend):
         self.conn = None
         self.connected_at = 0.0
         self.short = 0                         # short connections in a row
+        self.retries = 0                       # client mode: failed attempts in a row
         self.rings = [Ring(), Ring()]
         self.mem = None                        # (regions, fds)
         self.workers = {RX: Worker(RX), TX: Worker(TX)}
@@ -127,7 +132,10 @@ class Session(vhost_user.Backend):
 
     def run(self):
         self.loop.watch(self.chan, self._from_parent)
-        self.loop.watch(self.listener, self._accept)
+        if self.listener is not None:
+            self.loop.watch(self.listener, self._accept)
+        else:
+            self._dial()
         for role in (RX, TX):
             self._ask_worker(role)
         self._tick()
@@ -172,6 +180,9 @@ class Session(vhost_user.Backend):
             self._worker_arrived(msg.worker, fds)
             return
         control.close_fds(fds)
+        if kind == "dialed":
+            self._dialed(msg.dialed.error, fds)
+            return
         if kind == "dhcp_reply":
             self._send(self.workers[RX], dhcp_reply=msg.dhcp_reply)
         elif kind == "stats":
@@ -202,7 +213,8 @@ class Session(vhost_user.Backend):
     def _report_state(self):
         state = pb.SessionState(state=self.state, reason=self.reason,
                                 vmm_features=self.vmm_features,
-                                worker_restarts=self.restarts, mtu=self.mtu)
+                                worker_restarts=self.restarts, mtu=self.mtu,
+                                retries=self.retries)
         if state != self._sent_state:
             self._sent_state = state
             self._to_parent(state=state)
@@ -210,7 +222,7 @@ class Session(vhost_user.Backend):
     @property
     def state(self):
         if self.conn is None:
-            return "waiting"
+            return "waiting" if self.listener is not None else "connecting"
         if any(self.ready(i) for i in (RX, TX)):
             return "running"
         return "connected"
@@ -226,6 +238,29 @@ class Session(vhost_user.Backend):
             log.info("%s: refusing a second VMM connection", self.name)
             sock.close()
             return
+        self._connected(sock)
+
+    def _dial(self):
+        """Client mode: ask the parent to connect to the VMM's socket (a
+        session can reach no path); the answer is _dialed()."""
+        self._to_parent(dial=True)
+
+    def _dialed(self, error, fds):
+        if not error and len(fds) == 1:
+            self.retries = 0
+            self._connected(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0,
+                                          fileno=fds[0]))
+            return
+        control.close_fds(fds)
+        self.retries += 1
+        if self.retries == 1:
+            log.info("%s: cannot connect to the VMM (%s), retrying", self.name,
+                     error[:LOG_TEXT_MAX])
+        first, largest = DIAL_BACKOFF
+        self.loop.call_later(min(largest, first * 2 ** min(self.retries - 1, 8)), self._dial)
+        self._report_state()
+
+    def _connected(self, sock):
         self.conn = vhost_user.Connection(sock, self, name=self.name,
                                           timeout=MESSAGE_TIMEOUT)
         self.connected_at = time.monotonic()
@@ -269,15 +304,20 @@ class Session(vhost_user.Backend):
     def _accept_backoff(self):
         """A VMM that reconnects in a tight loop (one we refuse at once, say)
         must not cost a core: after short connections, wait before the next
-        accept, doubling up to ACCEPT_BACKOFF[1]."""
+        accept (or, in client mode, the next connection attempt), doubling
+        up to ACCEPT_BACKOFF[1]."""
         if time.monotonic() - self.connected_at >= SHORT_CONNECTION:
             self.short = 0
-            return
-        self.short += 1
-        first, largest = ACCEPT_BACKOFF
-        delay = min(largest, first * 2 ** (self.short - 1))
-        self.loop.unwatch(self.listener)
-        self.loop.call_later(delay, lambda: self.loop.watch(self.listener, self._accept))
+            delay = 0.0
+        else:
+            self.short += 1
+            first, largest = ACCEPT_BACKOFF
+            delay = min(largest, first * 2 ** (self.short - 1))
+        if self.listener is None:
+            self.loop.call_later(delay, self._dial)
+        elif delay:
+            self.loop.unwatch(self.listener)
+            self.loop.call_later(delay, lambda: self.loop.watch(self.listener, self._accept))
 
     def ready(self, i):
         return self.conn is not None and self.conn.reported_ready(i)
@@ -559,7 +599,8 @@ class ParentLog(logging.Handler):
 
 
 def main(chan, listener, name, offered, user, root, test_hooks=False):
-    """Entry point in the forked child. Returns the exit status."""
+    """Entry point in the forked child: listener is the interface's listening
+    socket, or None in client mode. Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -567,8 +608,9 @@ def main(chan, listener, name, offered, user, root, test_hooks=False):
     setproctitle.setproctitle("vionetd: vhost %s" % name)
     s = Session(chan, listener, name, offered, test_hooks)
     log.handlers[:] = [ParentLog(s)]
+    keep = [chan.fileno(), s.loop.fileno()] + ([listener.fileno()] if listener else [])
     try:
-        sandbox.enter(SYSCALLS, [chan.fileno(), listener.fileno(), s.loop.fileno()], user, root,
+        sandbox.enter(SYSCALLS, keep, user, root,
                       nonblocking_ioctl=True)     # Python's setblocking()
     except OSError as e:
         log.error("%s: cannot confine the session: %s", name, e)

@@ -39,7 +39,7 @@ STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES",
 
 def print_status(reply, out):
     """A table like vmctl status: columns as wide as their widest cell."""
-    rows = [STATUS_COLUMNS] + [(i.vm, i.state, i.socket, i.tap or "-", i.lladdr or "-",
+    rows = [STATUS_COLUMNS] + [(i.vm, state_cell(i), i.socket, i.tap or "-", i.lladdr or "-",
                                 i.address or "-", str(i.queues), i.reason or "-")
                                for i in reply.interfaces]
     widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
@@ -47,9 +47,14 @@ def print_status(reply, out):
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip(), file=out)
 
 
+def state_cell(i):
+    """The state, and in client mode the failed attempts: connecting(12)."""
+    return "%s(%d)" % (i.state, i.retries) if i.retries else i.state
+
+
 def print_show(reply, out):
     for i in reply.interfaces:
-        print("%s: %s, tap %s, socket %s" % (i.name, i.state, i.tap, i.socket), file=out)
+        print("%s: %s, tap %s, socket %s" % (i.name, state_cell(i), i.tap, i.socket), file=out)
         if i.lladdr:
             print("  lladdr %s" % i.lladdr, file=out)
         if i.address:
@@ -84,7 +89,7 @@ def as_dict(reply):
                      "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
                      "session_pid": i.session_pid, "session_restarts": i.session_restarts,
-                     "reason": i.reason,
+                     "reason": i.reason, "retries": i.retries,
                      "counters": {c.name: c.value for c in i.counters}}
             for i in reply.interfaces}
 
