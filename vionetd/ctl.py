@@ -16,7 +16,8 @@ Invariants:
 
 Counter names: each worker reports its C core's counters (frames, rx_bounced,
 refused_<reason>, ...); here they get the prefix of the worker's direction,
-"rx_" or "tx_", once: rx_frames, rx_bounced, tx_refused_hdr_len. The
+"rx_" or "tx_", once: rx_frames, rx_bounced, tx_refused_hdr_len. They are
+shown per queue pair and summed over the pairs. The
 direction-specific counters of the other direction, which that worker never
 counts, and the "ok" slots of the error enums are left out.
 """
@@ -197,8 +198,15 @@ class CtlServer:
                 respond(reply)
 
         def got(i, counters):
-            for name, value in sorted(counter_names(counters).items()):
-                reply.interfaces[i].counters.add(name=name, value=value)
+            st = reply.interfaces[i]
+            total = {}
+            for qp, named in sorted(per_queue_pair(counters).items()):
+                q = st.queue_pairs.add(queue_pair=qp)
+                for name, value in sorted(named.items()):
+                    q.counters.add(name=name, value=value)
+                    total[name] = total.get(name, 0) + value
+            for name, value in sorted(total.items()):
+                st.counters.add(name=name, value=value)
             left.discard(i)
             if not left:
                 finish()
@@ -217,7 +225,7 @@ class CtlServer:
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
             tap=port.tap_name or "", lladdr=port.iface.lladdr or "",
             address=str(port.address.guest) if port.address else "",
-            queues=1, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
+            queues=port.queue_pairs, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
             tap_features=port.tap_caps, vmm_features=vmm, negotiated=vmm & port.offered,
             offered=port.offered, restarts=port.restarts,
             worker_pids=[pid for _, pid in sorted(port.workers.items())],
@@ -228,6 +236,17 @@ class CtlServer:
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"
         return st
+
+
+def per_queue_pair(raw):
+    """A session's counters ({"PAIR/<direction>_<C name>": value}) as
+    {pair: {readable name: value}}; names without a valid pair are dropped."""
+    out = {}
+    for name, value in raw.items():
+        qp, _, rest = name.partition("/")
+        if qp.isdigit():
+            out.setdefault(int(qp), {})[rest] = value
+    return {qp: counter_names(c) for qp, c in out.items()}
 
 
 def counter_names(raw):

@@ -1,7 +1,8 @@
 """The parent's side of one VM interface: its tap, its socket, its processes.
 
 The parent (root) owns, per VM interface:
-- the tap, opened here and configured with pyroute2 (links.py);
+- the tap, opened here (one fd per queue pair, IFF_MULTI_QUEUE when there
+  are several) and configured with pyroute2 (links.py);
 - the listening vhost-user socket, created here and handed to the session;
   in client mode (the VMM listens) it connects to the VMM's socket when the
   session asks and hands over the connection, and never reads from it;
@@ -43,7 +44,7 @@ class Interface:
         self.iface = iface
         self.conf = conf
         self.key = iface.key
-        self.tap_fd = None
+        self.tap_fds = []           # one per queue pair
         self.tap_name = None
         self.tap_caps = 0           # TUN_F_* the kernel accepts
         self.offered = 0
@@ -55,7 +56,7 @@ class Interface:
         self.young_deaths = 0
         self.respawn = None         # timer of the next session
         self.session = pb.SessionState(state="waiting")
-        self.workers = {}           # role -> pid
+        self.workers = {}           # (role, queue pair) -> pid
         self.spawns = collections.deque()
         self.pending_stats = collections.deque()   # callbacks, oldest first
         self.reason = ""
@@ -66,14 +67,27 @@ class Interface:
 
     # ---- life cycle -----------------------------------------------------
 
+    @property
+    def queue_pairs(self):
+        return getattr(self.iface, "queues", None) or 1
+
+    @property
+    def tap_fd(self):
+        """The fd device-wide tap ioctls go to (offloads, filter)."""
+        return self.tap_fds[0] if self.tap_fds else None
+
     def start(self):
-        self.tap_fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP)
+        multi = self.queue_pairs > 1
+        fd, self.tap_name = tap.open_tap(self.iface.name or AUTO_TAP, multi_queue=multi)
+        self.tap_fds = [fd]
+        for _ in range(1, self.queue_pairs):
+            self.tap_fds.append(tap.open_tap(self.tap_name, multi_queue=True)[0])
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
         if self.iface.locked and self.iface.lladdr:
             tap.set_rx_filter(self.tap_fd, bytes.fromhex(self.iface.lladdr.replace(":", "")))
         self._configure_link()
-        self.offered = features.offer(self.iface.offload, self.tap_caps)
+        self.offered = features.offer(self.iface.offload, self.tap_caps, self.queue_pairs)
         if not self.client_mode:
             self._listen()
         self._spawn_session()
@@ -117,9 +131,9 @@ class Interface:
                 os.unlink(self.iface.socket)
             except OSError:
                 pass
-        if self.tap_fd is not None:
-            os.close(self.tap_fd)   # the tap is not persistent: closing deletes it
-            self.tap_fd = None
+        for fd in self.tap_fds:
+            os.close(fd)            # the tap is not persistent: closing deletes it
+        self.tap_fds = []
 
     @property
     def client_mode(self):
@@ -144,7 +158,8 @@ class Interface:
             try:
                 mine.close()
                 code = session.main(theirs, self.listener, self.key, self.offered,
-                                    self.user, self.conf.chroot or config.DEFAULT_CHROOT)
+                                    self.user, self.conf.chroot or config.DEFAULT_CHROOT,
+                                    self.queue_pairs)
             finally:
                 os._exit(code)
         theirs.close()
@@ -192,10 +207,11 @@ class Interface:
         if pid == self.session_pid:
             self._session_died(how)
             return True
-        for role, wpid in list(self.workers.items()):
+        for (role, qp), wpid in list(self.workers.items()):
             if wpid == pid:
-                log.warning("%s: %s worker %d %s", self.key, ROLE_NAME[role], pid, how)
-                del self.workers[role]
+                log.warning("%s: %s worker %d of pair %d %s", self.key, ROLE_NAME[role],
+                            pid, qp, how)
+                del self.workers[role, qp]
                 return True
         return False
 
@@ -245,9 +261,9 @@ class Interface:
                 return "features %#x not offered" % msg.features
             self._apply_features(msg.features)
         elif kind == "spawn":
-            if msg.spawn not in ROLE_NAME:
-                return "unknown role %d" % msg.spawn
-            self._spawn_worker(msg.spawn)
+            if msg.spawn.role not in ROLE_NAME or msg.spawn.queue_pair >= self.queue_pairs:
+                return "no worker %d of pair %d" % (msg.spawn.role, msg.spawn.queue_pair)
+            self._spawn_worker(msg.spawn.role, msg.spawn.queue_pair)
         elif kind == "dial":
             if not self.client_mode:
                 return "dial on a listening interface"
@@ -307,7 +323,7 @@ class Interface:
 
     # ---- workers --------------------------------------------------------
 
-    def _spawn_worker(self, role):
+    def _spawn_worker(self, role, qp):
         """Fork a worker for the session, killing the one it replaces. At
         most SPAWN_BUDGET forks per window: beyond it the request waits."""
         now = time.monotonic()
@@ -316,11 +332,11 @@ class Interface:
             self.spawns.popleft()
         if len(self.spawns) >= count:
             wait = window - (now - self.spawns[0])
-            self.parent.loop.call_later(wait, lambda: self._spawn_worker(role)
+            self.parent.loop.call_later(wait, lambda: self._spawn_worker(role, qp)
                                         if self.chan is not None else None)
             return
         self.spawns.append(now)
-        old = self.workers.pop(role, None)
+        old = self.workers.pop((role, qp), None)
         if old:
             try:
                 os.kill(old, signal.SIGKILL)
@@ -328,7 +344,7 @@ class Interface:
                 pass
         from vionetd import worker
         mine, theirs = control.pair()
-        name = "%s %s" % (ROLE_NAME[role], self.key)
+        name = "%s %s" % (ROLE_NAME[role], self.key) + (".%d" % qp if qp else "")
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -338,13 +354,15 @@ class Interface:
             finally:
                 os._exit(code)
         theirs.close()
-        self.workers[role] = pid
+        self.workers[role, qp] = pid
         try:
-            control.send(mine, pb.ToWorker(hello=pb.Hello(name=self.key, role=role)))
-            control.send(mine, pb.ToWorker(tap=pb.Tap()), [self.tap_fd])
+            control.send(mine, pb.ToWorker(hello=pb.Hello(name=self.key, role=role,
+                                                          queue_pair=qp)))
+            control.send(mine, pb.ToWorker(tap=pb.Tap()), [self.tap_fds[qp]])
         except OSError as e:
             log.warning("%s: new %s worker: %s", self.key, ROLE_NAME[role], e)
-        self._send([mine.fileno()], worker=pb.WorkerChannel(role=role, pid=pid))
+        self._send([mine.fileno()], worker=pb.WorkerChannel(role=role, pid=pid,
+                                                            queue_pair=qp))
         mine.close()
 
     # ---- what vionetctl and DHCP see ------------------------------------

@@ -53,9 +53,8 @@ SYSCALLS = {
     "getsockname": "Python's socket(fileno=) checks a worker's channel (_worker_arrived)",
 }
 
-RX, TX = 0, 1                 # ring index within the queue pair (vhost-user: 2i, 2i+1)
-ROLE = {RX: pb.ROLE_RX, TX: pb.ROLE_TX}
-ROLE_NAME = {RX: "rx", TX: "tx"}
+# Ring 2i is queue pair i's RX ring (its rx worker), ring 2i+1 its TX ring.
+ROLE_NAME = {pb.ROLE_RX: "rx", pb.ROLE_TX: "tx"}
 MESSAGE_TIMEOUT = 2.0         # seconds a VMM may take to finish a message
 WORKER_TIMEOUT = 1.0          # seconds a worker may take to answer
 PARENT_TIMEOUT = 2.0          # seconds the parent may take to answer
@@ -92,9 +91,13 @@ class Ring:
 
 
 class Worker:
-    def __init__(self, role):
-        self.role = role
-        self.name = ROLE_NAME[role]
+    """The worker of one ring: ring 2i is pair i's rx worker, 2i+1 its tx."""
+
+    def __init__(self, ring):
+        self.ring = ring
+        self.role = pb.ROLE_TX if ring % 2 else pb.ROLE_RX
+        self.queue_pair = ring // 2
+        self.name = "%s%s" % (ROLE_NAME[self.role], ring // 2 or "")
         self.chan = None
         self.pid = 0
         self.failures = collections.deque()   # times of recent deaths
@@ -103,7 +106,7 @@ class Worker:
 
 
 class Session(vhost_user.Backend):
-    def __init__(self, chan, listener, name, offered, test_hooks=False):
+    def __init__(self, chan, listener, name, offered, queue_pairs=1, test_hooks=False):
         self.chan = chan                       # to the parent
         self.listener = listener
         self.name = name
@@ -114,9 +117,10 @@ class Session(vhost_user.Backend):
         self.connected_at = 0.0
         self.short = 0                         # short connections in a row
         self.retries = 0                       # client mode: failed attempts in a row
-        self.rings = [Ring(), Ring()]
+        self.queue_pairs = queue_pairs
+        self.rings = [Ring() for _ in range(2 * queue_pairs)]
         self.mem = None                        # (regions, fds)
-        self.workers = {RX: Worker(RX), TX: Worker(TX)}
+        self.workers = [Worker(i) for i in range(2 * queue_pairs)]
         self.restarts = 0
         self.vmm_features = 0
         self.worker_features = None            # pb.Features from the parent
@@ -136,8 +140,8 @@ class Session(vhost_user.Backend):
             self.loop.watch(self.listener, self._accept)
         else:
             self._dial()
-        for role in (RX, TX):
-            self._ask_worker(role)
+        for w in self.workers:
+            self._ask_worker(w)
         self._tick()
         self._report_state()
         while self.running:
@@ -184,7 +188,7 @@ class Session(vhost_user.Backend):
             self._dialed(msg.dialed.error, fds)
             return
         if kind == "dhcp_reply":
-            self._send(self.workers[RX], dhcp_reply=msg.dhcp_reply)
+            self._send(self.workers[0], dhcp_reply=msg.dhcp_reply)   # pair 0's rx
         elif kind == "stats":
             self._to_parent(stats=pb.Stats(counters=self._counters()))
         elif kind == "features":
@@ -223,7 +227,7 @@ class Session(vhost_user.Backend):
     def state(self):
         if self.conn is None:
             return "waiting" if self.listener is not None else "connecting"
-        if any(self.ready(i) for i in (RX, TX)):
+        if any(self.ready(i) for i in range(len(self.rings))):
             return "running"
         return "connected"
 
@@ -262,7 +266,8 @@ class Session(vhost_user.Backend):
 
     def _connected(self, sock):
         self.conn = vhost_user.Connection(sock, self, name=self.name,
-                                          timeout=MESSAGE_TIMEOUT)
+                                          timeout=MESSAGE_TIMEOUT,
+                                          queue_pairs=self.queue_pairs)
         self.connected_at = time.monotonic()
         self.loop.watch(sock, self._readable)
         log.info("%s: VMM connected", self.name)
@@ -334,7 +339,7 @@ class Session(vhost_user.Backend):
             raise vhost_user.BackendError("the parent did not apply the features")
         self.vmm_features = value
         self.worker_features = reply.features
-        for w in self.workers.values():
+        for w in self.workers:
             self._send(w, features=self.worker_features)
 
     def set_mtu(self, mtu):
@@ -355,20 +360,33 @@ class Session(vhost_user.Backend):
         if self.mem:
             control.close_fds(self.mem[1])
             self.mem = None
-            for w in self.workers.values():
+            for w in self.workers:
                 self._send(w, mem_table=pb.MemTable())
 
     def set_mem_table(self, regions, fds):
-        running = [i for i in (RX, TX) if self.ready(i)]
+        if self._same_memory(regions, fds):
+            # QEMU sends the table once per queue pair: keep the mappings
+            control.close_fds(fds)
+            return
+        running = [i for i in range(len(self.rings)) if self.ready(i)]
         for i in running:                  # hotplug: remap under stopped rings
             self._stop_ring(i)
         if self.mem:
             control.close_fds(self.mem[1])
         self.mem = (list(regions), list(fds))
-        for w in self.workers.values():
+        for w in self.workers:
             self._send_mem(w)
         for i in running:
             self._start_ring(i, base=self.rings[i].last_avail)
+
+    def _same_memory(self, regions, fds):
+        """The table we have, each region backed by the same file."""
+        if not self.mem or list(regions) != self.mem[0]:
+            return False
+        try:
+            return all(same_file(a, b) for a, b in zip(fds, self.mem[1]))
+        except OSError:
+            return False
 
     def _send_mem(self, w):
         regions, fds = self.mem
@@ -447,18 +465,17 @@ class Session(vhost_user.Backend):
 
     # ---- workers --------------------------------------------------------
 
-    def _ask_worker(self, role):
-        w = self.workers[role]
+    def _ask_worker(self, w):
         w.timer = None
         w.asked = True
-        self._to_parent(spawn=ROLE[role])
+        self._to_parent(spawn=pb.Spawn(role=w.role, queue_pair=w.queue_pair))
 
     def _worker_arrived(self, msg, fds):
-        role = {pb.ROLE_RX: RX, pb.ROLE_TX: TX}.get(msg.role)
-        if role is None or len(fds) != 1:
+        ring = 2 * msg.queue_pair + (msg.role == pb.ROLE_TX)
+        if msg.role not in ROLE_NAME or ring >= len(self.workers) or len(fds) != 1:
             control.close_fds(fds)
             return
-        w = self.workers[role]
+        w = self.workers[ring]
         if w.chan is not None:
             self._drop_worker(w)
         w.chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fds[0])
@@ -474,8 +491,8 @@ class Session(vhost_user.Backend):
             self._send(w, features=self.worker_features)
         if self.mem:
             self._send_mem(w)
-        if self.ready(w.role):
-            self._start_ring(w.role, resume=True)
+        if self.ready(w.ring):
+            self._start_ring(w.ring, resume=True)
 
     def _drop_worker(self, w):
         if w.chan is not None:
@@ -502,7 +519,7 @@ class Session(vhost_user.Backend):
             self._disconnect("%s worker failed %d times in %.0f s" %
                              (w.name, len(w.failures), FAILURE_WINDOW))
         delay = min(RESTART_MAX, RESTART_DELAY * 2 ** (len(w.failures) - 1))
-        w.timer = self.loop.call_later(delay, lambda: self._ask_worker(w.role))
+        w.timer = self.loop.call_later(delay, lambda: self._ask_worker(w))
         self._report_state()
 
     def _send(self, w, fds=(), **kw):
@@ -569,13 +586,20 @@ class Session(vhost_user.Backend):
             log.debug("%s: unexpected %s from %s worker", self.name, kind, w.name)
 
     def _counters(self):
+        """Every worker's counters, named "PAIR/rx_NAME" or "PAIR/tx_NAME"."""
         out = []
-        for w in self.workers.values():
+        for w in self.workers:
             reply = self._ask(w, "stats", stats=pb.StatsRequest())
             if reply is not None:
-                out += [pb.Counter(name="%s_%s" % (w.name, c.name), value=c.value)
+                out += [pb.Counter(name="%d/%s_%s" % (w.queue_pair, ROLE_NAME[w.role], c.name),
+                                   value=c.value)
                         for c in reply.stats.counters]
         return out
+
+
+def same_file(a, b):
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def readable(sock, seconds):
@@ -598,7 +622,7 @@ class ParentLog(logging.Handler):
                                                text=text[:LOG_TEXT_MAX]))
 
 
-def main(chan, listener, name, offered, user, root, test_hooks=False):
+def main(chan, listener, name, offered, user, root, queue_pairs=1, test_hooks=False):
     """Entry point in the forked child: listener is the interface's listening
     socket, or None in client mode. Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -606,7 +630,7 @@ def main(chan, listener, name, offered, user, root, test_hooks=False):
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
     setproctitle.setproctitle("vionetd: vhost %s" % name)
-    s = Session(chan, listener, name, offered, test_hooks)
+    s = Session(chan, listener, name, offered, queue_pairs, test_hooks)
     log.handlers[:] = [ParentLog(s)]
     keep = [chan.fileno(), s.loop.fileno()] + ([listener.fileno()] if listener else [])
     try:

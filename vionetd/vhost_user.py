@@ -30,7 +30,7 @@ Handled (request number: what we do)
   14 SET_VRING_ERR          one fd, or none with bit 8
   15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK
   16 SET_PROTOCOL_FEATURES  must be a subset of that
-  17 GET_QUEUE_NUM          reply 1 (queue pairs)
+  17 GET_QUEUE_NUM          reply the interface's queue pairs
   18 SET_VRING_ENABLE       num 0 or 1
   34 RESET_DEVICE           device reset (harmless, so accepted unoffered)
 Refused softly (reply failure if need_reply and REPLY_ACK, else log, ignore,
@@ -154,7 +154,7 @@ MAX_FDS = 8                           # VHOST_MEMORY_BASELINE_NREGIONS
 MAX_REGIONS = 8
 MAX_BATCH = 64                        # messages handled per readable event
 MAX_PAYLOAD = 4096                    # larger than any message we know
-NUM_RINGS = 2                         # one queue pair: 0 RX, 1 TX
+MAX_QUEUE_PAIRS = 16                  # rings 2i (RX) and 2i+1 (TX) of pair i
 MAX_RING_SIZE = 32768                 # virtio 1.2 2.7
 VRING_F_LOG = 1                       # SET_VRING_ADDR flags bit 0
 VRING_NOFD = 0x100                    # SET_VRING_KICK/CALL/ERR bit 8
@@ -295,7 +295,8 @@ class Connection:
     """The device side of one vhost-user connection."""
 
     def __init__(self, sock: socket.socket, backend: Backend,
-                 name: str = "vhost-user", timeout: float = 2.0):
+                 name: str = "vhost-user", timeout: float = 2.0,
+                 queue_pairs: int = 1):
         self.sock = sock
         self.backend = backend
         self.name = name
@@ -310,8 +311,12 @@ class Connection:
         self.features: Optional[int] = None     # acked by SET_FEATURES
         self.protocol_features = 0              # acked by SET_PROTOCOL_FEATURES
         self.regions: list[MemRegion] = []
-        self.rings = [RingState() for _ in range(NUM_RINGS)]
-        self._reported = [False] * NUM_RINGS
+        if not 1 <= queue_pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"queue pairs {queue_pairs} not in 1..{MAX_QUEUE_PAIRS}")
+        self.queue_pairs = queue_pairs
+        self.nrings = 2 * queue_pairs
+        self.rings = [RingState() for _ in range(self.nrings)]
+        self._reported = [False] * self.nrings
         self.closed = False
         self.messages = 0
 
@@ -377,7 +382,7 @@ class Connection:
             return
         self.closed = True
         _close_all(self._fds)
-        for i in range(NUM_RINGS):
+        for i in range(self.nrings):
             self.rings[i].started = False
         try:
             self._report()
@@ -552,11 +557,11 @@ class Connection:
         if not self.owner:
             raise ProtocolError(f"{name} before SET_OWNER")
 
-    @staticmethod
-    def _index(name: str, index: int) -> int:
-        if index >= NUM_RINGS:
-            raise ProtocolError(f"{name}: ring index {index} out of range "
-                                f"(we have {NUM_RINGS} rings)")
+    def _index(self, name: str, index: int) -> int:
+        if index >= self.nrings:
+            raise ProtocolError(f"{name}: ring index {index} out of range: this "
+                                f"interface has {self.queue_pairs} queue pair(s) "
+                                f"(queues in vionetd.conf)")
         return index
 
     def _stopped(self, name: str, i: int) -> None:
@@ -571,7 +576,7 @@ class Connection:
 
     def _report(self) -> None:
         """Tell the backend about every change of ring readiness."""
-        for i in range(NUM_RINGS):
+        for i in range(self.nrings):
             ready = not self.closed and self.ring_ready(i)
             if ready != self._reported[i]:
                 self._reported[i] = ready
@@ -583,7 +588,7 @@ class Connection:
                                         f"it: {e}")
 
     def _check_running_layout(self) -> None:
-        for i in range(NUM_RINGS):
+        for i in range(self.nrings):
             r = self.rings[i]
             if r.started and r.num is not None and r.addr_set and \
                     self.regions and not self.ring_layout_ok(i):
@@ -641,7 +646,7 @@ class Connection:
         for r in self.rings:
             r.started = False
         self._report()
-        self.rings = [RingState() for _ in range(NUM_RINGS)]
+        self.rings = [RingState() for _ in range(self.nrings)]
         self.features = None
         self.regions = []
         self.backend.reset()
@@ -818,7 +823,7 @@ class Connection:
 
     def _get_queue_num(self, p: bytes, fds: list[int]):
         self._size("GET_QUEUE_NUM", p, 0)
-        return U64.pack(NUM_RINGS // 2)
+        return U64.pack(self.queue_pairs)
 
     def _set_vring_enable(self, p: bytes, fds: list[int]):
         i, on = self._state("SET_VRING_ENABLE", p)

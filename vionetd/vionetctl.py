@@ -75,10 +75,11 @@ def print_show(reply, out):
                                              i.restarts), file=out)
         if i.reason:
             print("  last drop: %s" % i.reason, file=out)
-        print("  counters of queue pair 0 (not zero):", file=out)
-        for c in i.counters:
-            if c.value:
-                print("    %-32s %d" % (c.name, c.value), file=out)
+        for q in i.queue_pairs or [pb.QueueCounters()]:
+            print("  counters of queue pair %d (not zero):" % q.queue_pair, file=out)
+            for c in q.counters:
+                if c.value:
+                    print("    %-32s %d" % (c.name, c.value), file=out)
 
 
 def as_dict(reply):
@@ -90,7 +91,9 @@ def as_dict(reply):
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
                      "session_pid": i.session_pid, "session_restarts": i.session_restarts,
                      "reason": i.reason, "retries": i.retries,
-                     "counters": {c.name: c.value for c in i.counters}}
+                     "counters": {c.name: c.value for c in i.counters},
+                     "queue_pairs": [{c.name: c.value for c in q.counters}
+                                     for q in i.queue_pairs]}
             for i in reply.interfaces}
 
 
