@@ -20,7 +20,7 @@ import time
 
 from vionetd import control, features, links, sandbox, tap
 from vionetd import vionetd_pb2 as pb
-from vionetd import vhost_user
+from vionetd import vhost_user, vmmsocket
 from vionetd.log import log
 
 WORKER_TIMEOUT = 3.0       # seconds to wait for a worker's synchronous answer
@@ -111,15 +111,8 @@ class Port(vhost_user.Backend):
             links.add_address(self.tap_name, str(self.address.host), 31)
 
     def _listen(self):
-        path = self.iface.socket
-        if os.path.exists(path):
-            os.unlink(path)        # a stale socket of an earlier run
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        os.chmod(path, 0o660)
-        s.listen(1)
-        s.setblocking(False)
+        i = self.iface
+        s = vmmsocket.listen(i.socket, i.socket_owner, i.socket_group, i.socket_mode)
         self.listener = s
         self.parent.watch(s, self._accept)
 
