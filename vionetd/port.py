@@ -25,6 +25,7 @@ from vionetd.log import log
 
 WORKER_TIMEOUT = 3.0       # seconds to wait for a worker's synchronous answer
 RESTART_BACKOFF = 1.0      # at most one restart per worker per second
+DEFAULT_MTU = 1500         # an interface without "mtu": the kernel's default for a tap
 AUTO_TAP = "vio%d"          # the kernel picks the number
 RX, TX = 0, 1              # ring index within the queue pair (vhost-user: 2i, 2i+1)
 ROLE = {RX: pb.ROLE_RX, TX: pb.ROLE_TX}
@@ -80,6 +81,7 @@ class Port(vhost_user.Backend):
         self.address = None         # local interfaces: local.Addresses
         self.tap_mac = None         # the host side's MAC, source of DHCP replies
         self.lease = None
+        self.vmm_mtu = None         # accepted NET_SET_MTU; the tap's MTU follows it
 
     # ---- life cycle -----------------------------------------------------
 
@@ -198,7 +200,7 @@ class Port(vhost_user.Backend):
             lladdr = bytes.fromhex(self.iface.lladdr.replace(":", ""))
         return pb.Features(features=self.vmm_features, software=software,
                            locked_lladdr=lladdr, local=bool(self.iface.local),
-                           mtu=self.iface.mtu or 1500)
+                           mtu=self.vmm_mtu or self.iface.mtu or DEFAULT_MTU)
 
     def reset(self):
         for ring in self.rings:
@@ -209,6 +211,32 @@ class Port(vhost_user.Backend):
 
     def disconnected(self):
         self.reset()
+        if self.vmm_mtu is not None:
+            # The next VMM may not say; the tap gets its configured MTU back.
+            self.vmm_mtu = None
+            if self.tap_name:
+                try:
+                    links.set_mtu(self.tap_name, self.iface.mtu or DEFAULT_MTU)
+                except Exception as e:
+                    log.warning("%s: restoring the tap's MTU: %s", self.key, e)
+
+    def set_mtu(self, mtu):
+        """NET_SET_MTU: the MTU the VMM gives the guest (QEMU's host_mtu,
+        libvirt's <mtu size=.../>). Larger than the interface's mtu (the
+        tap's) is refused; otherwise the tap's MTU follows."""
+        limit = self.iface.mtu or DEFAULT_MTU
+        if mtu > limit:
+            log.error("%s: refusing MTU %d from the VMM: larger than this "
+                      "interface's mtu %d in vionetd.conf", self.key, mtu, limit)
+            raise vhost_user.BackendError("MTU %d larger than the interface's %d"
+                                          % (mtu, limit))
+        try:
+            links.set_mtu(self.tap_name, mtu)
+        except Exception as e:
+            log.error("%s: MTU %d from the VMM: tap %s: %s", self.key, mtu, self.tap_name, e)
+            raise vhost_user.BackendError("tap MTU %d: %s" % (mtu, e))
+        self.vmm_mtu = mtu
+        log.info("%s: guest MTU %d, tap %s follows", self.key, mtu, self.tap_name)
 
     def _forget_memory(self):
         if self.mem:
