@@ -51,10 +51,13 @@ def _gid(group):
 
 
 def _set(path, uid, gid, mode):
-    if uid != -1 or gid != -1:
-        os.chown(path, uid, gid, follow_symlinks=False)
+    # chmod first, while root may still own the file (chmod of another
+    # user's file needs CAP_FOWNER; a reload may still meet one, see
+    # rc.d/vionetd.service)
     if mode is not None:
         os.chmod(path, mode)
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _check_not_other(path):
