@@ -171,3 +171,23 @@ def test_port_listen_uses_interface_settings(tmp_path):
         assert Parent.watched == [p.listener]
     finally:
         p.listener.close()
+
+
+def test_connect_to_a_listening_vmm(tmp_path):
+    path = str(tmp_path / "qemu.sock")
+    with pytest.raises(FileNotFoundError):
+        vmmsocket.connect(path, timeout=1)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    with pytest.raises(ConnectionRefusedError):
+        vmmsocket.connect(path, timeout=1)        # bound, not listening yet
+    srv.listen(1)
+    c = vmmsocket.connect(path, timeout=1)
+    try:
+        conn, _ = srv.accept()
+        conn.sendall(b"hi")
+        assert c.recv(2) == b"hi"
+        conn.close()
+    finally:
+        c.close()
+        srv.close()

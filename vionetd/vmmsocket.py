@@ -20,6 +20,9 @@ owner and group are names (looked up here; the configuration checked that
 they existed) or numeric ids; None leaves that part as it is (root's, for a
 socket root creates). mode None leaves the mode alone.
 
+connect(path, timeout) is the other direction (an interface written
+"socket PATH connect"): the VMM listens, vionetd connects.
+
 same_but_ownership(old, new) tells the parent whether two config.Interface
 objects differ in the socket's owner, group or mode only.
 """
@@ -101,6 +104,21 @@ def listen(path, owner=None, group=None, mode=0o660):
             _set(path, uid, gid, mode)
         s.listen(BACKLOG)
         s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def connect(path, timeout=5.0):
+    """A stream socket connected to the VMM's listening socket at path
+    (client mode), blocking with timeout. Raises OSError (for instance
+    FileNotFoundError or ConnectionRefusedError while the VMM is not
+    listening yet: the caller retries)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
     except BaseException:
         s.close()
         raise
