@@ -2,7 +2,8 @@
 # setup.sh: install everything vionetd and its tests need, from nothing.
 #
 # Idempotent and non-interactive: Debian packages (QEMU, iproute2, tools for
-# the guest image), QEMU 10 from bookworm-backports (it knows USO), and a
+# the guest image, systemd-analyze for the unit's test, libvirt through
+# scripts/libvirt.sh), QEMU 10 from bookworm-backports (it knows USO), and a
 # Python virtual environment in .venv with the package installed editable,
 # which builds the C core through cffi.
 #
@@ -18,7 +19,7 @@ debian_packages() {
 	need=""
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
-	    kmod tcpdump procps psmisc; do
+	    kmod tcpdump procps psmisc systemd util-linux; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then
@@ -44,6 +45,8 @@ daemon_user() {
 
 sh scripts/backports.sh
 debian_packages
+# libvirt, for tests/test_libvirt.py (its daemons are started by the test)
+sh scripts/libvirt.sh
 daemon_user
 python_env
 # The guest image (kernels, QEMU 10, initramfs) is built by its own script.

@@ -2,12 +2,19 @@
 namespaces that are all deleted when the test ends (see tests/netns.py)."""
 import contextlib
 import os
+import tempfile
 
 import pytest
 
 from tests import netns as _netns
 
 IS_ROOT = os.geteuid() == 0
+
+# DHCP leases (vionetd/leases.py) go to a directory of the test run's own,
+# for the daemons the tests start too (they inherit the environment), never
+# to the host's /var/db/vionetd.
+_LEASES_DIR = tempfile.TemporaryDirectory(prefix="vionetd-leases-")
+os.environ["VIONETD_LEASES"] = os.path.join(_LEASES_DIR.name, "leases")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -57,8 +58,7 @@ def test_example_parses_to_what_it_says():
     assert c.user == "_vionetd"
     assert c.chroot == "/var/empty"
     assert c.local_prefix == ipaddress.IPv4Network("100.64.0.0/10")
-    assert c.dns == [ipaddress.IPv4Address("100.64.0.0"),
-                     ipaddress.IPv4Address("192.0.2.53")]
+    assert c.dns == [ipaddress.IPv4Address("192.0.2.53")]
     assert c.switches == {"uplink": config.Switch("uplink", "vbr0")}
     assert list(c.vms) == ["local1", "web1", "db1"]
 
@@ -309,11 +309,17 @@ def test_bad_lladdr(mac, message):
 
 
 def test_lladdr_forms():
-    c = conf('vm "a" {\n interface { socket "/s" locked lladdr }\n'
+    c = conf('vm "a" {\n interface { socket "/s" locked lladdr 52:54:00:00:00:02 }\n'
              ' interface { socket "/t" lladdr 52:54:00:AB:CD:EF }\n}\n')
     i0, i1 = c.vms["a"].interfaces
-    assert (i0.locked, i0.lladdr) == (True, None)
+    assert (i0.locked, i0.lladdr) == (True, "52:54:00:00:00:02")
     assert (i1.locked, i1.lladdr) == (False, "52:54:00:ab:cd:ef")
+    # vionetd cannot pick the guest's MAC (the VMM sets it): an address
+    # is required, and the error names the line of the statement
+    assert_error('vm "a" {\n interface { socket "/s"\n locked lladdr }\n}\n',
+                 3, "a/0: locked lladdr needs an address")
+    assert_error('vm "a" {\n interface { socket "/s"\n  lladdr\n mtu 1500 }\n}\n',
+                 3, "a/0: lladdr needs an address")
     assert_error('vm "a" {\n interface { socket "/s" lladdr 52:54:00:00:00:01 }'
                  '\n interface { socket "/t"\n lladdr 52:54:00:00:00:01 }\n}\n',
                  4, "a/1: duplicate lladdr 52:54:00:00:00:01")
@@ -368,6 +374,109 @@ def test_globals():
     assert_error('\nuser "root"\n', 2, "must not run as root")
     assert_error('chroot "empty"\n', 1, "expected an absolute path")
     assert_error('socket "/%s"\n' % ("x" * 107), 1, "longer than 107 bytes")
+
+
+# ---- socket ownership, client mode, per-VM user ------------------------------
+
+def test_socket_ownership_defaults_and_overrides():
+    c = conf(ONE)
+    (i,) = c.interfaces()
+    assert (i.socket_owner, i.socket_group, i.socket_mode, i.connect) == (
+        None, None, 0o660, False)
+    # top level, without a path: the defaults of the VMs' sockets, which
+    # may come after the VMs; the control socket is not concerned
+    c = conf("""\
+        socket "/run/ctl.sock"
+        vm "a" {
+            interface { socket "/a0" }
+            interface { socket "/a1" owner nobody mode 600 }
+            interface { socket "/a2" group nogroup }
+        }
+        socket owner daemon group daemon mode 0640
+        """)
+    a0, a1, a2 = c.vms["a"].interfaces
+    assert c.socket == "/run/ctl.sock"
+    assert (c.socket_owner, c.socket_group, c.socket_mode) == (
+        "daemon", "daemon", 0o640)
+    assert (a0.socket_owner, a0.socket_group, a0.socket_mode) == (
+        "daemon", "daemon", 0o640)
+    assert (a1.socket_owner, a1.socket_group, a1.socket_mode) == (
+        "nobody", "daemon", 0o600)
+    assert (a2.socket_owner, a2.socket_group, a2.socket_mode) == (
+        "daemon", "nogroup", 0o640)
+    # the vm block's socket carries its options to the first interface
+    c = conf('vm "a" {\n socket "/s" group nogroup mode 0666\n interface\n}\n')
+    (i,) = c.interfaces()
+    assert (i.socket, i.socket_group, i.socket_mode) == ("/s", "nogroup", 0o666)
+    # a changed group makes the interface differ (reload sees it)
+    assert conf(ONE) != conf(ONE.replace('"/run/a.sock"', '"/run/a.sock" group nogroup'))
+
+
+@pytest.mark.parametrize("text,line,message", [
+    ('vm "a" {\n interface {\n  socket "/s" owner no_such_user_x\n }\n}\n', 3,
+     'socket owner: unknown user "no_such_user_x"'),
+    ('vm "a" {\n interface {\n  socket "/s"\n  group no_such_group_x\n }\n}\n', 4,
+     'socket group: unknown group "no_such_group_x"'),
+    ('\n\nsocket group no_such_group_x\n', 3, 'unknown group "no_such_group_x"'),
+    ('vm "a" {\n interface {\n  socket "/s" mode 0668\n }\n}\n', 3,
+     'bad socket mode "0668": expected three or four octal digits'),
+    ('vm "a" {\n interface {\n  socket "/s" mode 1777\n }\n}\n', 3,
+     'bad socket mode "1777"'),
+    ('vm "a" {\n interface {\n  socket "/s" mode rw\n }\n}\n', 3,
+     'bad socket mode "rw"'),
+    ('socket mode 66\n', 1, 'bad socket mode "66"'),
+    ('vm "a" {\n interface {\n  socket "/s" mode 0600 mode 0600\n }\n}\n', 3,
+     'socket: "mode" given twice'),
+    ('vm "a" {\n interface {\n  socket "/s" owner\n }\n}\n', 4,
+     "expected a user name after socket owner"),
+    ('socket "/c" group nogroup\n', 1, '"group" after the control socket'),
+    ('socket mode 0600\nsocket group nogroup\n', 2, 'given twice (first at line 1)'),
+    ('socket connect\n', 1, '"connect" is said of one interface'),
+    ('vm "a" {\n interface {\n  socket "/s" connect\n   group nogroup\n }\n}\n', 4,
+     "a/0: socket group does not apply with connect"),
+])
+def test_socket_option_errors(text, line, message):
+    assert_error(text, line, message)
+
+
+def test_socket_connect_client_mode():
+    c = conf('socket group nogroup\nvm "a" {\n socket "/s" connect\n interface\n'
+             ' interface { socket "/t" }\n}\n')
+    i0, i1 = c.vms["a"].interfaces
+    assert i0.connect and i0.socket == "/s"
+    # the VMM creates a socket vionetd connects to: no ownership to apply
+    assert (i0.socket_owner, i0.socket_group, i0.socket_mode) == (None, None, None)
+    assert not i1.connect and i1.socket_group == "nogroup"
+    # the path is still unique in the file
+    assert_error('vm "a" {\n interface { socket "/s" connect }\n'
+                 ' interface {\n socket "/s" }\n}\n', 4, "duplicate socket /s")
+
+
+def test_vm_user():
+    c = conf('user nobody\nvm "a" {\n user daemon\n interface { socket "/s" }\n}\n'
+             'vm "b" { interface { socket "/t" } }\n')
+    assert c.user == "nobody"
+    assert c.vms["a"].user == "daemon"
+    assert c.vms["b"].user == "nobody"       # the global user, given after or before
+    assert conf(ONE).vms["a"].user == config.DEFAULT_USER
+    assert_error('vm "a" {\n interface { socket "/s" }\n\n user no_such_user_x\n}\n',
+                 4, 'unknown user "no_such_user_x"')
+    assert_error('vm "a" {\n user root\n interface { socket "/s" }\n}\n', 2,
+                 "must not run as root")
+    assert_error('vm "a" {\n user daemon\n user daemon\n interface { socket "/s" }\n}\n',
+                 3, '"user" given twice')
+
+
+def test_check_reports_unknown_names_with_file_and_line(tmp_path):
+    # what vionetd -n prints: FILE:LINE: message
+    f = tmp_path / "v.conf"
+    f.write_text('vm "a" {\n interface {\n  socket "/s" group no_such_group_x\n }\n}\n')
+    assert config.check(str(f)) == (
+        False, '%s:3: socket group: unknown group "no_such_group_x"' % f)
+    r = subprocess.run([sys.executable, "-m", "vionetd.main", "-n", "-f", str(f)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1
+    assert '%s:3: socket group: unknown group "no_such_group_x"' % f in r.stderr
 
 
 def test_local_and_hostname():

@@ -13,7 +13,7 @@ NO_USO = F.TUN_F_CSUM | F.TUN_F_TSO4 | F.TUN_F_TSO6 | F.TUN_F_TSO_ECN | F.TUN_F_
 HOST = F.mask(F.CSUM, F.HOST_TSO4, F.HOST_TSO6, F.HOST_ECN, F.HOST_USO)
 GUEST = F.mask(F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN,
                F.GUEST_USO4, F.GUEST_USO6)
-NEVER = F.mask(F.MQ, F.MAC, F.STATUS, F.CTRL_VQ, F.CTRL_RX, F.MTU,
+NEVER = F.mask(F.MQ, F.MAC, F.STATUS, F.CTRL_VQ, F.CTRL_RX,
                F.CTRL_MAC_ADDR, F.CTRL_GUEST_OFFLOADS, F.GUEST_ANNOUNCE,
                F.LOG_ALL, F.RING_PACKED, F.ACCESS_PLATFORM, F.GUEST_UFO,
                F.HOST_UFO)
@@ -32,7 +32,7 @@ def test_default_policy_full_tap():
     f = offer(Policy(), ALL_TUN)
     assert f == F.BASE | HOST | GUEST
     assert F.names(f) == [
-        "CSUM", "GUEST_CSUM", "GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN",
+        "CSUM", "GUEST_CSUM", "MTU", "GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN",
         "HOST_TSO4", "HOST_TSO6", "HOST_ECN", "MRG_RXBUF",
         "RING_INDIRECT_DESC", "RING_EVENT_IDX", "PROTOCOL_FEATURES",
         "VERSION_1", "GUEST_USO4", "GUEST_USO6", "HOST_USO"]
@@ -155,7 +155,7 @@ def test_software_mode():
 def test_names():
     assert F.names(0) == []
     assert F.names(F.bit(63)) == ["bit63"]
-    assert F.protocol_names(F.PROTOCOL_OFFER) == ["MQ", "REPLY_ACK"]
+    assert F.protocol_names(F.PROTOCOL_OFFER) == ["MQ", "REPLY_ACK", "NET_MTU"]
     assert F.tun_names(F.TUN_F_CSUM | F.TUN_F_USO6) == ["CSUM", "USO6"]
 
 

@@ -350,6 +350,61 @@ def test_soft_refusals_keep_the_connection(rig):
         F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
 
 
+# ---- NET_SET_MTU ----------------------------------------------------------------
+
+def set_mtu(fe, mtu, **kw):
+    fe.send(V.NET_SET_MTU, struct.pack("<Q", mtu), **kw)
+    if kw.get("need_reply"):
+        return struct.unpack("<Q", fe.recv_reply(V.NET_SET_MTU))[0]
+    return None
+
+
+def test_net_mtu_offered_and_the_backend_decides(rig):
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    assert F.has(F.PROTOCOL_OFFER, F.PROTOCOL_F_NET_MTU)
+    assert F.has(be.offer, F.MTU)              # QEMU passes the guest's ack on
+    owned(rig)
+    assert F.has(conn.protocol_features, F.PROTOCOL_F_NET_MTU)
+    asked = []
+
+    def accept_up_to_9000(mtu):
+        asked.append(mtu)
+        if mtu > 9000:
+            raise V.BackendError("too large")
+    be.set_mtu = accept_up_to_9000
+    assert set_mtu(fe, 9000, need_reply=True) == 0
+    assert conn.mtu == 9000
+    assert set_mtu(fe, 9001, need_reply=True) == 1       # refused, still talking
+    assert conn.mtu == 9000 and asked == [9000, 9001]
+    assert fe.set_features(fe.offered | F.bit(F.MTU), need_reply=True) == 0
+    # a refusal the frontend cannot hear about is fatal
+    with pytest.raises(ProtocolError, match="NET_SET_MTU: backend refused"):
+        set_mtu(fe, 9001)
+
+
+def test_net_mtu_default_backend_refuses(rig):
+    owned(rig)
+    assert "set_mtu" not in type(rig.backend).__dict__
+    assert set_mtu(rig.fe, 1500, need_reply=True) == 1
+    assert rig.conn.mtu is None
+
+
+@pytest.mark.parametrize("payload,protocol,match", [
+    (struct.pack("<Q", 1500), F.mask(F.PROTOCOL_F_REPLY_ACK), "without the NET_MTU"),
+    (struct.pack("<Q", 67), F.PROTOCOL_OFFER, "MTU 67 out of range 68..65535"),
+    (struct.pack("<Q", 65536), F.PROTOCOL_OFFER, "MTU 65536 out of range"),
+    (struct.pack("<I", 1500), F.PROTOCOL_OFFER, "payload of 4 bytes, expected 8"),
+])
+def test_net_mtu_malformed(rig, payload, protocol, match):
+    fe = rig.fe
+    fe.get_features()
+    fe.set_protocol_features(protocol)
+    fe.set_owner()
+    rig.backend.set_mtu = lambda mtu: None
+    with pytest.raises(ProtocolError, match=match):
+        fe.send(V.NET_SET_MTU, payload, need_reply=True)
+
+
 def test_log_base_nacked_with_ack(rig):
     fe = rig.fe
     owned(rig)

@@ -19,7 +19,10 @@ Invariants:
 """
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
+import pwd
 import re
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ DEFAULT_SOCKET = "/run/vionetd.sock"
 DEFAULT_USER = "_vionetd"
 DEFAULT_CHROOT = "/var/empty"
 DEFAULT_PREFIX = "100.64.0.0/10"
+DEFAULT_SOCKET_MODE = 0o660      # mode of the vhost-user sockets vionetd creates
 
 DIRECTIONS = ("tx", "rx")
 OFFLOAD_NAMES = ("csum", "tso4", "tso6", "ecn", "uso")
@@ -44,15 +48,20 @@ MAX_FILE_SIZE = 1 << 20
 MAX_MACRO_DEPTH = 8
 # Tokens all macro expansions of a file may produce: nested macros multiply
 # ("billion laughs"), so the total is bounded, not only the depth.
+MAX_QUEUES = 16          # queue pairs of one interface (vhost_user.MAX_QUEUE_PAIRS)
+QUEUES_AUTO = min(os.cpu_count() or 1, MAX_QUEUES)   # "queues auto"
 MAX_EXPANDED = 100000
 
 # Words that are statements somewhere in the grammar. Unquoted, they are
 # never taken as a name where a name is optional, nor as a macro name.
 KEYWORDS = frozenset((
-    "chroot", "disable", "dns", "enable", "hostname", "interface", "lladdr",
-    "local", "locked", "mtu", "offload", "prefix", "socket", "switch", "user",
-    "vm",
+    "chroot", "connect", "disable", "dns", "enable", "group", "hostname",
+    "interface", "lladdr", "local", "locked", "mode", "mtu", "offload",
+    "owner", "prefix", "queues", "socket", "switch", "user", "vm",
 ))
+# The words that may follow "socket PATH" (and, without a path, "socket" at
+# the top level, for the defaults of the VMs' sockets).
+SOCKET_OPTIONS = ("owner", "group", "mode", "connect")
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MACRO_USE = re.compile(r"[A-Za-z0-9_]+")
@@ -64,6 +73,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_MODE = re.compile(r"0?[0-7]{3}\Z")
 
 
 # ---- the result -----------------------------------------------------------
@@ -114,10 +124,18 @@ class Interface:
     index: int
     name: str | None = None          # tap name; None: the parent picks one
     socket: str | None = None        # vhost-user socket QEMU connects to
+    # Who may use the socket vionetd creates: user and group names (None:
+    # root's, as created) and its mode. For a socket vionetd connects to
+    # (connect) all three are None: that socket is the VMM's.
+    socket_owner: str | None = None
+    socket_group: str | None = None
+    socket_mode: int | None = DEFAULT_SOCKET_MODE
+    connect: bool = False            # the VMM listens, vionetd connects
     lladdr: str | None = None        # guest MAC, lower case; None: random
     locked: bool = False             # drop guest frames from another MAC
     switch: str | None = None
     mtu: int | None = None
+    queues: int = 1                  # queue pairs the VMM may use
     local: bool = False              # /31 from local prefix, DHCP by vionetd
     hostname: str | None = None      # DHCP option 12
     offload: Offload = field(default_factory=Offload)
@@ -134,6 +152,7 @@ class Vm:
     name: str
     interfaces: list[Interface] = field(default_factory=list)
     disabled: bool = False
+    user: str = DEFAULT_USER         # the VM's processes run as this user
     line: int = field(default=0, compare=False, repr=False)
 
 
@@ -141,6 +160,11 @@ class Vm:
 class Config:
     socket: str = DEFAULT_SOCKET
     user: str = DEFAULT_USER
+    # Defaults of the vhost-user sockets vionetd creates (the interfaces
+    # hold the resulting values); the control socket is not concerned.
+    socket_owner: str | None = None
+    socket_group: str | None = None
+    socket_mode: int = DEFAULT_SOCKET_MODE
     chroot: str = DEFAULT_CHROOT
     local_prefix: ipaddress.IPv4Network = field(
         default_factory=lambda: ipaddress.IPv4Network(DEFAULT_PREFIX))
@@ -306,9 +330,10 @@ def _expected(what: list[str]) -> str:
 class _Parser:
     GLOBAL = ["chroot", "dns", "local prefix", "socket", "switch", "user",
               "vm", "a macro definition (name = value)"]
-    VM = ["disable", "enable", "interface", "local interface", "socket", '"}"']
+    VM = ["disable", "enable", "interface", "local interface", "socket",
+          "user", '"}"']
     IFACE = ["hostname", "local", "lladdr", "locked lladdr", "mtu", "offload",
-             "socket", "switch", '"}"']
+             "queues", "socket", "switch", '"}"']
     SWITCH = ["interface", '"}"']
 
     def __init__(self, text: str, filename: str):
@@ -318,7 +343,11 @@ class _Parser:
         self.conf = Config()
         self.seen: dict[tuple, int] = {}       # (scope, keyword) -> line
         self.where: dict[tuple, int] = {}      # (iface key, what) -> line
-        self.vm_socket: dict[str, tuple[str, int]] = {}
+        self.vm_socket: dict[str, tuple[str, int, dict]] = {}
+        # interface key -> the socket's options as written: {word: (value,
+        # line)}; resolved against the global defaults in check()
+        self.sock_opts: dict[str, dict] = {}
+        self.vm_user: set[str] = set()         # vms with their own user
 
     # -- helpers
 
@@ -368,10 +397,20 @@ class _Parser:
                 self.macro()
                 continue
             self.lex.next()
-            if tok.is_word("socket"):
+            if tok.is_word("socket") and \
+                    self.lex.peek().is_word(*SOCKET_OPTIONS):
+                self.socket_defaults(tok)
+            elif tok.is_word("socket"):
                 self.once("global", "socket", tok.line)
                 self.conf.socket = self.sock_path(
                     self.word("a path", "socket"))
+                nxt = self.lex.peek()
+                if nxt.is_word(*SOCKET_OPTIONS):
+                    self.error(nxt.line, '"%s" after the control socket\'s '
+                               "path: owner, group and mode without a path "
+                               "set the defaults of the VMs' sockets (write "
+                               '"socket %s ..." as a statement of its own)'
+                               % (nxt.value, nxt.value))
             elif tok.is_word("user"):
                 self.once("global", "user", tok.line)
                 self.conf.user = self.user(self.word("a user name", "user"))
@@ -431,6 +470,93 @@ class _Parser:
         if tok.value == "root":
             self.error(tok.line, "user: workers must not run as root")
         return tok.value
+
+    def known_user(self, tok: _Token) -> str:
+        """A user that VM processes run as: not root, and known to the
+        system (looked up now, so that vionetd -n reports it)."""
+        name = self.user(tok)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            self.error(tok.line, 'unknown user "%s"' % name)
+        return name
+
+    def owner(self, tok: _Token) -> str:
+        if not _USER.match(tok.value):
+            self.error(tok.line, 'bad user name "%s"' % tok.value)
+        try:
+            pwd.getpwnam(tok.value)
+        except KeyError:
+            self.error(tok.line, 'socket owner: unknown user "%s"'
+                       % tok.value)
+        return tok.value
+
+    def group(self, tok: _Token) -> str:
+        if not _USER.match(tok.value):
+            self.error(tok.line, 'bad group name "%s"' % tok.value)
+        try:
+            grp.getgrnam(tok.value)
+        except KeyError:
+            self.error(tok.line, 'socket group: unknown group "%s"'
+                       % tok.value)
+        return tok.value
+
+    def mode(self, tok: _Token) -> int:
+        if not _MODE.match(tok.value):
+            self.error(tok.line, 'bad socket mode "%s": expected three or '
+                       "four octal digits such as 0660" % tok.value)
+        return int(tok.value, 8)
+
+    def socket_options(self, connect_ok: bool = True) -> dict:
+        """The words after "socket PATH": owner USER, group GROUP,
+        mode MODE and connect, each at most once, in any order.
+        Returns {word: (value, line)}."""
+        opts: dict[str, tuple] = {}
+        while (tok := self.lex.peek()).is_word(*SOCKET_OPTIONS):
+            self.lex.next()
+            if tok.value in opts:
+                self.error(tok.line, 'socket: "%s" given twice' % tok.value)
+            if tok.value == "connect":
+                if not connect_ok:
+                    self.error(tok.line, '"connect" is said of one '
+                               "interface's socket, not of the defaults")
+                opts["connect"] = (True, tok.line)
+                continue
+            what = {"owner": "a user name", "group": "a group name",
+                    "mode": "an octal mode such as 0660"}[tok.value]
+            arg = self.word(what, "socket %s" % tok.value)
+            opts[tok.value] = (getattr(self, tok.value)(arg), tok.line)
+        return opts
+
+    def socket_defaults(self, kw: _Token):
+        """Top level "socket owner USER group GROUP mode MODE": the
+        defaults of the vhost-user sockets vionetd creates."""
+        self.once("global", "socket owner/group/mode", kw.line)
+        opts = self.socket_options(connect_ok=False)
+        if "owner" in opts:
+            self.conf.socket_owner = opts["owner"][0]
+        if "group" in opts:
+            self.conf.socket_group = opts["group"][0]
+        if "mode" in opts:
+            self.conf.socket_mode = opts["mode"][0]
+
+    def resolve_socket(self, iface: Interface):
+        """The interface's socket settings: its own, else the defaults."""
+        opts = self.sock_opts.get(iface.key, {})
+        if "connect" in opts:
+            iface.connect = True
+            for word in ("owner", "group", "mode"):
+                if word in opts:
+                    self.error(opts[word][1], "%s: socket %s does not apply "
+                               "with connect: the VMM creates that socket"
+                               % (iface.key, word))
+            iface.socket_owner = iface.socket_group = None
+            iface.socket_mode = None
+            return
+        conf = self.conf
+        iface.socket_owner = opts.get("owner", (conf.socket_owner,))[0]
+        iface.socket_group = opts.get("group", (conf.socket_group,))[0]
+        iface.socket_mode = opts.get("mode", (conf.socket_mode,))[0]
 
     def prefix(self, tok: _Token) -> ipaddress.IPv4Network:
         try:
@@ -556,8 +682,12 @@ class _Parser:
                 break
             if tok.is_word("socket"):
                 self.once(scope, "socket", tok.line)
-                self.vm_socket[name] = (
-                    self.sock_path(self.word("a path", "socket")), tok.line)
+                path = self.sock_path(self.word("a path", "socket"))
+                self.vm_socket[name] = (path, tok.line, self.socket_options())
+            elif tok.is_word("user"):
+                self.once(scope, "user", tok.line)
+                vm.user = self.known_user(self.word("a user name", "user"))
+                self.vm_user.add(name)
             elif tok.is_word("interface"):
                 self.interface(vm, tok, local=False)
             elif tok.is_word("local"):
@@ -586,13 +716,14 @@ class _Parser:
         if not vm.interfaces:
             self.error(kw.line, 'vm "%s" has no interface' % vm.name)
         if vm.name in self.vm_socket:
-            path, line = self.vm_socket[vm.name]
+            path, line, opts = self.vm_socket[vm.name]
             first = vm.interfaces[0]
             if first.socket is not None:
                 self.error(line, 'vm "%s": socket in the vm block is for the '
                            "first interface, which has its own socket"
                            % vm.name)
             first.socket = path
+            self.sock_opts[first.key] = opts
             self.where[(first.key, "socket")] = line
         for iface in vm.interfaces:
             if iface.socket is None:
@@ -632,19 +763,27 @@ class _Parser:
             if tok.is_word("socket"):
                 self.once(scope, "socket", tok.line)
                 iface.socket = self.sock_path(self.word("a path", "socket"))
+                self.sock_opts[iface.key] = self.socket_options()
                 self.where[(iface.key, "socket")] = tok.line
             elif tok.is_word("lladdr", "locked"):
+                what = "lladdr"
                 if tok.value == "locked":
                     nxt = self.lex.next()
                     if not nxt.is_word("lladdr"):
                         self.error(nxt.line, 'expected "lladdr" after '
                                    '"locked", got %s' % nxt.describe())
                     iface.locked = True
+                    what = "locked lladdr"
                 self.once(scope, "lladdr", tok.line)
                 mac = self.optional_name()
-                if mac is not None:
-                    iface.lladdr = self.lladdr(mac)
-                    self.where[(iface.key, "lladdr")] = mac.line
+                if mac is None:
+                    # vionetd cannot choose the guest's address: the VMM
+                    # sets it (QEMU's mac=), so it must be written here.
+                    self.error(tok.line, "%s: %s needs an address (the "
+                               "guest's MAC, as the VMM sets it), such as "
+                               "52:54:00:12:34:56" % (iface.key, what))
+                iface.lladdr = self.lladdr(mac)
+                self.where[(iface.key, "lladdr")] = mac.line
             elif tok.is_word("switch"):
                 self.once(scope, "switch", tok.line)
                 iface.switch = self.word("a switch name", "switch").value
@@ -653,6 +792,11 @@ class _Parser:
                 self.once(scope, "mtu", tok.line)
                 iface.mtu = self.number(self.word("a number", "mtu"), "mtu",
                                         MTU_MIN, MTU_MAX)
+            elif tok.is_word("queues"):
+                self.once(scope, "queues", tok.line)
+                n = self.word("a number or auto", "queues")
+                iface.queues = QUEUES_AUTO if n.value == "auto" and not n.quoted else \
+                    self.number(n, "queues", 1, MAX_QUEUES)
             elif tok.is_word("local"):
                 iface.local = True
             elif tok.is_word("hostname"):
@@ -732,9 +876,13 @@ class _Parser:
                            'and "%s" use the same bridge %s'
                            % (bridges[sw.bridge], sw.name, sw.bridge))
             bridges[sw.bridge] = sw.name
+        for vm in conf.vms.values():
+            if vm.name not in self.vm_user:
+                vm.user = conf.user
         nlocal = 0
         for iface in conf.interfaces():
             key = iface.key
+            self.resolve_socket(iface)
             if iface.socket in sockets:
                 other, _ = sockets[iface.socket]
                 self.error(self.where[(key, "socket")], "%s: duplicate socket "

@@ -7,7 +7,9 @@ Three steps, each in the process that may do it:
   every length checked and returns only the fields (a DhcpRequest), never
   the frame, or None for a malformed one (the worker counts it);
 - decide(port, request), in the parent: the lease. The guest of a local
-  interface may have exactly one address, the guest half of its /31;
+  interface may have exactly one address, the guest half of its /31; an
+  ACK and a RELEASE are written to the lease file (leases.py), which
+  restore(port) reads back when a port starts;
 - build(reply), in the rx worker: the reply frame, every checksum complete
   (old dhclient drops partially checksummed replies, KubeVirt #16131), put
   into the guest's RX ring by the data path.
@@ -19,6 +21,7 @@ address), INFORM (ACK without lease), and takes RELEASE and DECLINE.
 import ipaddress
 import struct
 
+from vionetd import leases
 from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
@@ -123,6 +126,7 @@ def decide(port, req):
             return _reply(port, req, NAK, message="address not available")
         port.lease = "%s (%ds)" % (addr.guest, LEASE_TIME)
         log.info("%s: DHCP lease %s to %s", port.key, addr.guest, req.chaddr.hex(":"))
+        leases.default().record(port.key, addr.guest, req.chaddr, LEASE_TIME)
         return _reply(port, req, ACK, yiaddr=guest)
     if t == INFORM:
         return _reply(port, req, ACK, lease=False)
@@ -130,11 +134,23 @@ def decide(port, req):
         if req.ciaddr == guest:
             port.lease = None
             log.info("%s: DHCP release of %s", port.key, addr.guest)
+            leases.default().release(port.key)
         return None
     if t == DECLINE:
         log.warning("%s: guest declined %s", port.key, addr.guest)
         return None
     return None
+
+
+def restore(port):
+    """At a port's start: its lease from the lease file (leases.py), if
+    one is live for the address it has now; sets port.lease (what
+    vionetctl shows) and returns the lease dict, else None."""
+    e = leases.default().get(port.key)
+    if e is None or port.address is None or e["address"] != str(port.address.guest):
+        return None
+    port.lease = leases.default().describe(port.key)
+    return e
 
 
 def _ip(packed):

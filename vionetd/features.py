@@ -17,15 +17,19 @@ Invariants of offer():
     in vionetd.conf); QEMU's vhost-user filter passes it through, and QEMU
     itself answers the guest's control-queue command that picks how many
     pairs it uses, telling us with SET_VRING_ENABLE per ring.
-  - Device-config bits are not offered. With vhost-user net, QEMU owns the
+  - MTU is always offered, and accepted in SET_FEATURES: QEMU (and so the
+    guest) has it only when given host_mtu, and it lists MTU among the bits
+    it passes on to the backend, so a guest's ack reaches us; the value
+    comes with NET_SET_MTU (the NET_MTU protocol feature, which we offer),
+    where the backend may refuse it.
+  - Other device-config bits are not offered. With vhost-user net, QEMU owns the
     config space: its vhost-user feature filter (user_feature_bits, in
     hw/net/vhost_net.c, net/vhost-user.c in newer trees, since QEMU commit
     72018d1e1917 "vhost-user: ignore qemu-only features") leaves MAC, STATUS,
     CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS to QEMU alone, so
     QEMU offers them whatever we say and handles the control queue itself.
     Bits that *are* filtered through the backend and that we leave out on
-    purpose: MTU (QEMU would then send NET_SET_MTU, a protocol feature we do
-    not offer), GUEST_ANNOUNCE (without it QEMU announces by itself),
+    purpose: GUEST_ANNOUNCE (without it QEMU announces by itself),
     RSS/HASH_REPORT/RSC_EXT, RING_PACKED, IN_ORDER, ACCESS_PLATFORM (IOMMU),
     NOTIFICATION_DATA, RING_RESET, the UFO bits (deprecated, Linux >= 4.14
     guests do not use them), CTRL_VLAN (we do no VLAN filtering).
@@ -142,7 +146,7 @@ def has(features: int, b: int) -> bool:
 
 # Always offered, whatever the policy (see the block comment).
 BASE = mask(VERSION_1, MRG_RXBUF, RING_INDIRECT_DESC, RING_EVENT_IDX,
-            VHOST_USER_F_PROTOCOL_FEATURES)
+            VHOST_USER_F_PROTOCOL_FEATURES, MTU)
 
 # Everything offer() can ever return: SET_FEATURES outside it is refused.
 OFFERABLE = BASE | mask(CSUM, HOST_TSO4, HOST_TSO6, HOST_ECN, HOST_USO,
@@ -150,7 +154,7 @@ OFFERABLE = BASE | mask(CSUM, HOST_TSO4, HOST_TSO6, HOST_ECN, HOST_USO,
                         GUEST_USO4, GUEST_USO6)
 
 # The protocol features vhost_user.Connection implements.
-PROTOCOL_OFFER = mask(PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK)
+PROTOCOL_OFFER = mask(PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK, PROTOCOL_F_NET_MTU)
 
 _NAMES = {
     CSUM: "CSUM", GUEST_CSUM: "GUEST_CSUM",

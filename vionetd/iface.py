@@ -22,14 +22,14 @@ closed at once, and a session that sends what does not parse is killed.
 import collections
 import os
 import signal
-import socket
 import time
 
-from vionetd import config, control, features, links, tap
+from vionetd import config, control, dhcp, features, links, tap, vmmsocket
 from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
 AUTO_TAP = "vio%d"            # the kernel picks the number
+DEFAULT_MTU = 1500            # an interface without "mtu": a tap's default
 ROLE_NAME = {pb.ROLE_RX: "rx", pb.ROLE_TX: "tx"}
 STATES = ("waiting", "connecting", "connected", "running")
 SESSION_DELAY = (0.5, 30.0)   # first and largest delay before a new session
@@ -63,6 +63,7 @@ class Interface:
         self.address = None         # local interfaces: local.Addresses
         self.tap_mac = None         # the host side's MAC, source of DHCP replies
         self.lease = None
+        self.vmm_mtu = 0            # accepted NET_SET_MTU; the tap follows it
         self.stopping = False
 
     # ---- life cycle -----------------------------------------------------
@@ -106,18 +107,12 @@ class Interface:
             taken = {p.address.host for p in self.parent.ports.values() if p.address}
             self.address = local.addresses(self.conf.local_prefix, self.key, taken)
             links.add_address(self.tap_name, str(self.address.host), 31)
+            dhcp.restore(self)          # a lease from before a restart
 
     def _listen(self):
-        path = self.iface.socket
-        if os.path.exists(path):
-            os.unlink(path)        # a stale socket of an earlier run
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        os.chmod(path, 0o660)
-        s.listen(1)
-        s.setblocking(False)
-        self.listener = s
+        i = self.iface
+        self.listener = vmmsocket.listen(i.socket, i.socket_owner, i.socket_group,
+                                         i.socket_mode)
 
     def stop(self):
         self.stopping = True
@@ -137,12 +132,11 @@ class Interface:
 
     @property
     def client_mode(self):
-        return bool(getattr(self.iface, "connect", False))
+        return self.iface.connect
 
     @property
     def user(self):
-        vm = self.conf.vms.get(self.iface.vm)
-        return getattr(vm, "user", None) or self.conf.user
+        return self.conf.vms[self.iface.vm].user
 
     # ---- the session ------------------------------------------------------
 
@@ -253,6 +247,8 @@ class Interface:
             st = msg.state
             if st.state not in STATES or st.vmm_features & ~allowed:
                 return "bad state message"
+            if st.state in ("waiting", "connecting") and self.vmm_mtu:
+                self._restore_mtu()             # the next VMM may not say
             self.session = st
             if st.reason:
                 self.reason = printable(st.reason)
@@ -264,6 +260,8 @@ class Interface:
             if msg.spawn.role not in ROLE_NAME or msg.spawn.queue_pair >= self.queue_pairs:
                 return "no worker %d of pair %d" % (msg.spawn.role, msg.spawn.queue_pair)
             self._spawn_worker(msg.spawn.role, msg.spawn.queue_pair)
+        elif kind == "set_mtu":
+            self._send(mtu=pb.MtuResult(error=self._set_mtu(msg.set_mtu)))
         elif kind == "dial":
             if not self.client_mode:
                 return "dial on a listening interface"
@@ -305,17 +303,40 @@ class Interface:
             lladdr = bytes.fromhex(self.iface.lladdr.replace(":", ""))
         self._send(features=pb.Features(features=value, software=software,
                                         locked_lladdr=lladdr, local=bool(self.iface.local),
-                                        mtu=self.iface.mtu or 1500))
+                                        mtu=self.iface.mtu or DEFAULT_MTU))
+
+    def _set_mtu(self, mtu):
+        """NET_SET_MTU, relayed: the MTU the VMM gives the guest (QEMU's
+        host_mtu, libvirt's <mtu size=.../>). Larger than the interface's
+        mtu is refused; otherwise the tap's MTU follows. Returns the refusal,
+        "" if none."""
+        limit = self.iface.mtu or DEFAULT_MTU
+        if mtu > limit:
+            log.error("%s: refusing MTU %d from the VMM: larger than this "
+                      "interface's mtu %d in vionetd.conf", self.key, mtu, limit)
+            return "MTU %d larger than the interface's %d" % (mtu, limit)
+        try:
+            links.set_mtu(self.tap_name, mtu)
+        except Exception as e:
+            log.error("%s: MTU %d from the VMM: tap %s: %s", self.key, mtu, self.tap_name, e)
+            return "tap MTU %d: %s" % (mtu, e)
+        self.vmm_mtu = mtu
+        log.info("%s: guest MTU %d, tap %s follows", self.key, mtu, self.tap_name)
+        return ""
+
+    def _restore_mtu(self):
+        self.vmm_mtu = 0
+        try:
+            links.set_mtu(self.tap_name, self.iface.mtu or DEFAULT_MTU)
+        except Exception as e:
+            log.warning("%s: restoring the tap's MTU: %s", self.key, e)
 
     def _dial(self):
         """Client mode: connect to the VMM's socket for the session. A unix
         socket connects at once or fails at once (no listener, no room)."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
         try:
-            s.connect(self.iface.socket)
+            s = vmmsocket.connect(self.iface.socket, timeout=0)   # never waits
         except OSError as e:
-            s.close()
             self._send(dialed=pb.Dialed(error=e.strerror or str(e)))
             return
         self._send([s.fileno()], dialed=pb.Dialed())

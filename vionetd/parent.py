@@ -20,6 +20,7 @@ Signals arrive through a self-pipe (signal.set_wakeup_fd) and are handled in
 the loop, never inside a signal handler: SIGHUP reloads, SIGTERM/SIGINT stop,
 SIGCHLD reaps (a session that died is replaced on a timer).
 """
+import dataclasses
 import errno
 import os
 import signal
@@ -27,7 +28,7 @@ import socket
 
 import setproctitle
 
-from vionetd import config
+from vionetd import config, vmmsocket
 from vionetd.eventloop import Loop
 from vionetd.iface import Interface
 from vionetd.log import log
@@ -133,6 +134,13 @@ class Parent:
             if key in wanted and self.unchanged(port, wanted[key], conf):
                 port.conf = conf            # e.g. dns: the next DHCP answer has it
                 continue
+            if key in wanted and self.only_socket_ownership(port, wanted[key], conf):
+                new = wanted[key]
+                vmmsocket.apply_ownership(new.socket, new.socket_owner, new.socket_group,
+                                          new.socket_mode)
+                port.iface, port.conf = new, conf
+                log.info("%s: socket owner, group or mode changed", key)
+                continue
             log.info("%s: stopping (%s)", key, "removed" if key not in wanted else "changed")
             port.stop()
             del self.ports[key]
@@ -162,14 +170,22 @@ class Parent:
         old = port.conf
         if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
             return False
-        vm_user = lambda c: getattr(c.vms.get(iface.vm), "user", None)   # noqa: E731
-        if vm_user(conf) != vm_user(old):
+        if conf.vms[iface.vm].user != old.vms[iface.vm].user:
             return False
         if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
             return False
         if iface.local and conf.local_prefix != old.local_prefix:
             return False
         return True
+
+    def only_socket_ownership(self, port, iface, conf):
+        """True if all that changed is the listening socket's owner, group
+        or mode: applied to the socket, the VM keeps its session."""
+        if port.client_mode or not vmmsocket.same_but_ownership(port.iface, iface):
+            return False
+        return self.unchanged(port, dataclasses.replace(
+            iface, socket_owner=port.iface.socket_owner, socket_group=port.iface.socket_group,
+            socket_mode=port.iface.socket_mode), conf)
 
     def reload(self):
         """SIGHUP or vionetctl reload. A file with an error changes nothing.

@@ -140,7 +140,7 @@ class Session(vhost_user.Backend):
             self.loop.watch(self.listener, self._accept)
         else:
             self._dial()
-        for w in self.workers:
+        for w in self.workers[:2]:          # other pairs' when the VMM uses them
             self._ask_worker(w)
         self._tick()
         self._report_state()
@@ -343,6 +343,12 @@ class Session(vhost_user.Backend):
             self._send(w, features=self.worker_features)
 
     def set_mtu(self, mtu):
+        """NET_SET_MTU: the parent checks it and the tap follows."""
+        self._to_parent(set_mtu=mtu)
+        reply = self._wait_parent("mtu")
+        if reply is None or reply.mtu.error:
+            raise vhost_user.BackendError(reply.mtu.error if reply else
+                                          "the parent did not answer")
         self.mtu = mtu
 
     def reset(self):
@@ -352,6 +358,7 @@ class Session(vhost_user.Backend):
             ring.base_lost = False
         self._forget_memory()
         self.vmm_features = 0
+        self.mtu = 0
 
     def disconnected(self):
         self.reset()
@@ -441,6 +448,11 @@ class Session(vhost_user.Backend):
         ring = self.rings[i]
         state = self.conn.rings[i] if self.conn else None
         if state is None or ring.kick is None or self.mem is None:
+            return
+        w = self.workers[i]
+        if w.chan is None:
+            if not w.asked and w.timer is None:
+                self._ask_worker(w)         # its first use: _restore starts the ring
             return
         fds = [ring.kick] + ([ring.call] if ring.call is not None else [])
         msg = pb.RingStart(num=state.num, desc_user_addr=state.desc,

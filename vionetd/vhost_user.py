@@ -28,13 +28,16 @@ Handled (request number: what we do)
                             starts the ring
   13 SET_VRING_CALL         one fd, or none with bit 8 (no notification)
   14 SET_VRING_ERR          one fd, or none with bit 8
-  15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK
+  15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK | NET_MTU
   16 SET_PROTOCOL_FEATURES  must be a subset of that
   17 GET_QUEUE_NUM          reply the interface's queue pairs
   18 SET_VRING_ENABLE       num 0 or 1
+  20 NET_SET_MTU            u64 in 68..65535, only with NET_MTU acked;
+                            backend.set_mtu() accepts or refuses (BackendError:
+                            failure reply with REPLY_ACK, else fatal)
   34 RESET_DEVICE           device reset (harmless, so accepted unoffered)
 Refused softly (reply failure if need_reply and REPLY_ACK, else log, ignore,
-close any fd): 7 SET_LOG_FD, 19 SEND_RARP, 20 NET_SET_MTU, 21 SET_BACKEND_REQ_FD,
+close any fd): 7 SET_LOG_FD, 19 SEND_RARP, 21 SET_BACKEND_REQ_FD,
   23 SET_VRING_ENDIAN, 25 SET_CONFIG, 27 CLOSE_CRYPTO_SESSION,
   29 POSTCOPY_LISTEN, 32 SET_INFLIGHT_FD, 33 GPU_SET_SOCKET, 35 VRING_KICK,
   39 SET_STATUS, and any request number we do not know.
@@ -160,8 +163,9 @@ VRING_F_LOG = 1                       # SET_VRING_ADDR flags bit 0
 VRING_NOFD = 0x100                    # SET_VRING_KICK/CALL/ERR bit 8
 VRING_IDX_MASK = 0xff
 U64_MAX = (1 << 64) - 1
+MTU_MIN, MTU_MAX = 68, 65535          # virtio-net's mtu is a u16; IPv4's minimum
 
-_SOFT_REFUSE = {SET_LOG_FD, SEND_RARP, NET_SET_MTU, SET_BACKEND_REQ_FD,
+_SOFT_REFUSE = {SET_LOG_FD, SEND_RARP, SET_BACKEND_REQ_FD,
                 SET_VRING_ENDIAN, SET_CONFIG, CLOSE_CRYPTO_SESSION,
                 POSTCOPY_LISTEN, SET_INFLIGHT_FD, GPU_SET_SOCKET, VRING_KICK,
                 SET_STATUS}
@@ -278,6 +282,11 @@ class Backend:
     def ring_ready_changed(self, index: int, ready: bool) -> None:
         """Start (ready) or stop (not ready) moving frames on this ring."""
 
+    def set_mtu(self, mtu: int) -> None:
+        """NET_SET_MTU: the MTU the VMM put in the guest's config space
+        (QEMU's host_mtu). Accept it, or raise BackendError to refuse."""
+        raise BackendError("setting the MTU is not supported")
+
     def disconnected(self) -> None:
         """The connection is closed (rings were reported not ready first)."""
 
@@ -310,6 +319,7 @@ class Connection:
         self.offered: Optional[int] = None      # last GET_FEATURES answer
         self.features: Optional[int] = None     # acked by SET_FEATURES
         self.protocol_features = 0              # acked by SET_PROTOCOL_FEATURES
+        self.mtu: Optional[int] = None          # accepted NET_SET_MTU
         self.regions: list[MemRegion] = []
         if not 1 <= queue_pairs <= MAX_QUEUE_PAIRS:
             raise ValueError(f"queue pairs {queue_pairs} not in 1..{MAX_QUEUE_PAIRS}")
@@ -834,6 +844,21 @@ class Connection:
         return None
 
 
+    def _net_set_mtu(self, p: bytes, fds: list[int]):
+        name = "NET_SET_MTU"
+        self._size(name, p, U64.size)
+        (mtu,) = U64.unpack(p)
+        if not F.has(self.protocol_features, F.PROTOCOL_F_NET_MTU):
+            raise ProtocolError(f"{name} without the NET_MTU protocol "
+                                "feature")
+        if not MTU_MIN <= mtu <= MTU_MAX:
+            raise ProtocolError(f"{name}: MTU {mtu} out of range "
+                                f"{MTU_MIN}..{MTU_MAX}")
+        self.backend.set_mtu(mtu)
+        self.mtu = mtu
+        return None
+
+
 def reply_expected(req: int) -> bool:
     """Requests whose normal answer is a reply payload (not a REPLY_ACK)."""
     return req in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE,
@@ -859,5 +884,6 @@ _HANDLERS = {
     SET_PROTOCOL_FEATURES: Connection._set_protocol_features,
     GET_QUEUE_NUM: Connection._get_queue_num,
     SET_VRING_ENABLE: Connection._set_vring_enable,
+    NET_SET_MTU: Connection._net_set_mtu,
     RESET_DEVICE: Connection._reset,
 }
