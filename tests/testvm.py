@@ -49,11 +49,14 @@ class _Layout:
 class TestVM:
     __test__ = False   # not a pytest class
 
-    def __init__(self, path, want=None, num=256, mem_size=64 << 20, base=0, style="qemu10"):
+    def __init__(self, path, want=None, num=256, mem_size=64 << 20, base=0, style="qemu10",
+                 listen=False):
+        """A VMM on path: it connects, or with listen it listens there and
+        takes the backend's connection (vionetd's client mode)."""
         self.mem = guestmem.GuestMemory(mem_size)
         self.rx = guestmem.SplitRing(self.mem, num, start=base)
         self.tx = guestmem.SplitRing(self.mem, num, start=base)
-        self.fe = vmm.Frontend.connect(path)
+        self.fe = (vmm.Frontend.accept if listen else vmm.Frontend.connect)(path, timeout=10)
         self.features = self.fe.negotiate([_Region(self.mem)], _Layout([self.rx, self.tx]),
                                           want=want, style=style, base=base)
         self.rx_bufs = {}        # head -> (gpa, size)

@@ -73,5 +73,7 @@ class Loop:
 def dispatch(callback):
     try:
         callback()
-    except Exception:
-        log.exception("internal error")
+    except Exception as e:
+        # the type and text in the message: a session's log handler sends
+        # the message alone (formatting a traceback would open source files)
+        log.error("internal error: %s: %s", type(e).__name__, e, exc_info=True)

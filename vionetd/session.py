@@ -183,10 +183,10 @@ class Session(vhost_user.Backend):
         if kind == "worker":
             self._worker_arrived(msg.worker, fds)
             return
-        control.close_fds(fds)
         if kind == "dialed":
             self._dialed(msg.dialed.error, fds)
             return
+        control.close_fds(fds)
         if kind == "dhcp_reply":
             self._send(self.workers[0], dhcp_reply=msg.dhcp_reply)   # pair 0's rx
         elif kind == "stats":
