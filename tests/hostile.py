@@ -248,15 +248,22 @@ class Bystander:
 
 
 class Monitor:
-    """Probes a bystander from two threads while a block runs (see module doc)."""
+    """Probes a bystander from two threads while a block runs (see module
+    doc). frame_pace: seconds between TX frames (0: back to back).
+    newcomer: a socket path on which a third thread makes a full new
+    negotiation (a TestVM, then closed) every newcomer_pace seconds,
+    timing each, failures included."""
 
     HANDSHAKES = (V.GET_FEATURES, V.GET_PROTOCOL_FEATURES, V.GET_QUEUE_NUM)
 
-    def __init__(self, rig, pace=0.02):
+    def __init__(self, rig, pace=0.02, frame_pace=None, newcomer=None, newcomer_pace=0.2):
         self.rig, self.by, self.pace = rig, rig.bystander, pace
+        self.frame_pace = pace if frame_pace is None else frame_pace
+        self.newcomer, self.newcomer_pace = newcomer, newcomer_pace
         self.stop_ev = threading.Event()
         self.rtts = []              # (time, seconds)
         self.done = []              # completion times of TX frames
+        self.negotiations = []      # (seconds, error or None)
         self.errors = []
         self.t0 = self.t1 = None
 
@@ -264,9 +271,22 @@ class Monitor:
         self.t0 = time.monotonic()
         self.threads = [threading.Thread(target=self._handshakes, daemon=True),
                         threading.Thread(target=self._frames, daemon=True)]
+        if self.newcomer:
+            self.threads.append(threading.Thread(target=self._newcomers, daemon=True))
         for t in self.threads:
             t.start()
         return self
+
+    def _newcomers(self):
+        while not self.stop_ev.is_set():
+            t0 = time.monotonic()
+            err = None
+            try:
+                TestVM(self.newcomer, mem_size=1 << 20).close()
+            except Exception as e:     # noqa: BLE001 - counted
+                err = repr(e)
+            self.negotiations.append((time.monotonic() - t0, err))
+            self.stop_ev.wait(self.newcomer_pace)
 
     def __exit__(self, *exc):
         self.t1 = time.monotonic()
@@ -296,7 +316,8 @@ class Monitor:
                 self.errors.append("TX frame: %r" % (e,))
                 return
             self.done.append(time.monotonic())
-            self.stop_ev.wait(self.pace)
+            if self.frame_pace:
+                self.stop_ev.wait(self.frame_pace)
 
     @property
     def max_rtt(self):
@@ -521,3 +542,46 @@ def closed_by_peer(sock, timeout):
             return True
         except OSError:
             return True
+
+
+class _Region:
+    """A region as vmm.Frontend.negotiate wants one, over any fd: its
+    fields may lie about the fd (mmap_offset, size)."""
+
+    def __init__(self, fd, size, mmap_offset=0, guest_addr=0x100000,
+                 user_addr=0x7f0000100000):
+        self.fd, self.size = fd, size
+        self.guest_addr, self.user_addr = guest_addr, user_addr
+        self.region = (guest_addr, size, user_addr, mmap_offset)
+
+    def contains(self, gpa, n=1):
+        return self.guest_addr <= gpa and gpa + n <= self.guest_addr + self.size
+
+    def gpa_to_user(self, gpa):
+        return self.user_addr + gpa - self.guest_addr
+
+
+def bad_region_frontend(path, mmap_offset=0, shrink_to=None, size=1 << 20):
+    """(Frontend, memfd): a full negotiation on path whose one region is a
+    memfd mapped at mmap_offset, or a memfd of shrink_to bytes while the
+    region says size; both rings then kicked. The caller closes both."""
+    fd = os.memfd_create("hostile-region", 0)
+    try:
+        os.ftruncate(fd, size + mmap_offset if shrink_to is None else shrink_to)
+        fe = vmm.Frontend.connect(path, timeout=5)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        fe.negotiate([_Region(fd, size, mmap_offset)],
+                     vmm.SplitLayout(0x100000 + size // 2, 64))
+        for i in (0, 1):
+            with contextlib.suppress(OSError):
+                fe.kick_ring(i)
+    except (vmm.FrontendError, OSError):
+        pass                # refused on the way (failure ack, or closed): fine too
+    except BaseException:
+        fe.close()
+        os.close(fd)
+        raise
+    return fe, fd
