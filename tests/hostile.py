@@ -216,6 +216,10 @@ class Sender:
         data = b"\0" * 12 + tagged(tag, self.src)
         gpa = self.buf[0]
         self.vm.mem.write(gpa, data)
+        # EVENT_IDX: ask for a call when this chain is used (the used
+        # entry it will get is the next one we read); without it the wait
+        # below would fall back to polling every 50 ms
+        self.vm.tx.set_used_event(self.vm.tx.last_used)
         head = self.vm.tx.add_chain([(gpa, len(data), False)])
         self.vm.fe.kick_ring(1)
         used = self.vm.wait_used(1, 1, timeout)

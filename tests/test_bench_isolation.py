@@ -1,7 +1,7 @@
 """Smoke run of bench/isolation.py: the benchmark works end to end.
 
 One second per scenario: every scenario is there with every documented key,
-the bystander moved frames undisturbed, and the undisturbed frame ratio is 1.
+the bystander moved frames undisturbed, and the two undisturbed runs' ratios average 1 (their mean is the reference).
 No figure is judged: the benchmark measures, it does not assert.
 """
 import json
@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = {"undisturbed", "flood", "trickle", "crash_loop", "reconnect_loop"}
+SCENARIOS = {"undisturbed", "flood", "trickle", "crash_loop", "reconnect_loop",
+             "undisturbed_again"}
 KEYS = {"bystander_handshake_ms", "bystander_get_features_ms", "bystander_negotiation_ms",
         "bystander_frame_ratio", "bystander_frames_per_s", "daemon_cpu_s",
         "log_growth_bytes", "daemon_alive"}
@@ -38,7 +39,8 @@ def test_every_scenario_and_key(result):
 def test_undisturbed_reference(result):
     r = result["undisturbed"]
     assert r["bystander_frames_per_s"] > 0
-    assert r["bystander_frame_ratio"] == 1.0
+    again = result["undisturbed_again"]
+    assert r["bystander_frame_ratio"] + again["bystander_frame_ratio"] == pytest.approx(2.0)
     assert r["bystander_get_features_ms"] is not None
     assert r["daemon_cpu_s"] is not None and r["daemon_cpu_s"] >= 0
     assert r["daemon_alive"]
