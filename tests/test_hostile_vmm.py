@@ -13,6 +13,24 @@ malicious input through a real socket. Every case asserts both:
       established connection) never took more than RTT_BOUND_S, its TX
       frames kept arriving in the far namespace (no gap over GAP_BOUND_S).
 
+The cases (CASES, one test each), by family:
+  protocol  bad header version/flags, oversize size, a short payload for
+            each request, unknown request numbers, requests before
+            SET_OWNER, ring index/size/base/address errors, features not
+            offered / without VERSION_1 / changed while running, bad memory
+            tables (0 or 9 regions, overlap, wrap, empty, fd count), fatal
+            and unsupported requests, a message in 1-byte writes, a header
+            (or half a payload) then silence;
+  fds       pipes, regular files, sockets, /dev/null as kick or call fds,
+            regions the workers cannot map (mmap_offset 8, larger than the
+            memfd, memfd shrunk while running), fds on messages that take
+            none, more than 8 fds, a kick-fd swap on a running ring;
+  rings     bad chains in guest memory (loops, addresses, lengths, avail
+            index jumps, indirect loops);
+  timing    a byte every 1.5 s, a silent VMM, GET_FEATURES floods (replies
+            read or not), 500 reconnects in a tight loop, a second
+            concurrent connection.
+
 The daemon is shared by the module; a case that leaves the daemon dead, the
 bystander unhealthy or the victim unrecovered gets the next case a fresh
 daemon (Rig.ensure), so one failure does not cascade. The test_defect_N
@@ -80,14 +98,14 @@ class Hostile:
         while it still holds the previous); retried until timeout."""
         deadline = time.monotonic() + timeout
         while True:
-            fe = vmm.Frontend.connect(self.path, timeout=5)
-            self.stack.callback(fe.close)
-            if not probe:
-                return fe
             try:
-                fe.get_features()
+                fe = vmm.Frontend.connect(self.path, timeout=5)
+                self.stack.callback(fe.close)
+                if probe:
+                    fe.get_features()
                 return fe
             except (vmm.FrontendError, OSError):
+                # refused, or the listen backlog full (EAGAIN): again, until timeout
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.1)
