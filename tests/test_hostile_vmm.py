@@ -84,13 +84,21 @@ class Hostile:
     def close(self):
         self.stack.close()
 
-    def raw(self):
-        """A connected socket, nothing sent."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.stack.callback(s.close)
-        s.settimeout(5)
-        s.connect(self.path)
-        return s
+    def raw(self, timeout=5.0):
+        """A connected socket, nothing sent (connect retried while the
+        listen backlog is full, until timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.stack.callback(s.close)
+            s.settimeout(5)
+            try:
+                s.connect(self.path)
+                return s
+            except (BlockingIOError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def connect(self, probe=True, timeout=5.0):
         """A Frontend on the victim's socket. With probe, one GET_FEATURES
