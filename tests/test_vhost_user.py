@@ -524,8 +524,6 @@ MALFORMED = {
         V.SET_VRING_CALL, struct.pack("<Q", 0), r.fds(2)), "expected 1"),
     "call nofd but fd": (owned, lambda r: r.fe.send(
         V.SET_VRING_CALL, struct.pack("<Q", 0x100), r.fds(1)), "expected 0"),
-    "fd on SET_FEATURES": (owned, lambda r: r.fe.send(
-        V.SET_FEATURES, struct.pack("<Q", 0), r.fds(1)), "unexpected file"),
     "nine fds": (owned, lambda r: r.fe.send(
         V.SET_VRING_CALL, struct.pack("<Q", 0), r.fds(9)), "more than 8"),
     "features not offered": (owned, lambda r: r.fe.set_features(
@@ -633,3 +631,17 @@ def test_refusals_are_logged(rig, caplog):
         rig.fe.send(V.SET_VRING_ENDIAN, struct.pack("<II", 0, 0))
     assert any("SET_VRING_ENDIAN ignored" in r.getMessage()
                for r in caplog.records)
+
+
+def test_fds_with_a_message_that_takes_none_are_closed(rig):
+    """GET_QUEUE_NUM with three eventfds: the fds are closed at once (the
+    daemon holds no more fds than before) and the request is answered."""
+    before = open_fds()
+    sent = rig.fds(3)
+    rig.fe.send(V.GET_QUEUE_NUM, b"", sent)
+    assert rig.fe.recv_reply(V.GET_QUEUE_NUM) == struct.pack("<Q", 1)
+    assert rig.conn.stray_fds == 3
+    for fd in sent:                       # ours are still open; theirs went
+        os.close(fd)
+    rig.extra = [fd for fd in rig.extra if fd not in sent]
+    assert open_fds() == before

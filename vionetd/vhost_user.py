@@ -56,7 +56,8 @@ Invariants
     closes the connection (close()). Nothing we received is trusted.
   - Every fd received is either handed to the Backend (which owns it from the
     moment its method returns normally) or closed here; never leaked, also
-    when a message is refused or the Backend raises.
+    when a message is refused or the Backend raises. Fds that come with a
+    message that takes none are closed at once and the message handled.
   - A Backend method may raise BackendError to refuse: the frontend gets a
     failure reply if it asked for one (need_reply with REPLY_ACK); otherwise
     the refusal is fatal, since the frontend would go on believing it worked.
@@ -329,6 +330,7 @@ class Connection:
         self._reported = [False] * self.nrings
         self.closed = False
         self.messages = 0
+        self.stray_fds = 0                      # fds with messages that take none
 
     # ---- public helpers ----
 
@@ -511,8 +513,11 @@ class Connection:
         if handler is None:
             return self._refuse(req, flags, payload, fds)
         if fds and req not in _TAKES_FDS:
-            raise ProtocolError(f"{name}: {len(fds)} unexpected file "
-                                "descriptor(s)")
+            # closed at once; the message itself may still be good
+            log.warning("%s: %s came with %d file descriptor(s); closed", self.name,
+                        name, len(fds))
+            self.stray_fds += len(fds)
+            _close_all(fds)
         try:
             reply = handler(self, payload, fds)
         except _Refused as e:
