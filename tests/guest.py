@@ -152,9 +152,12 @@ class VhostUser:
     path: str
     reconnect: int | None = None     # seconds; QEMU retries a lost backend
     queues: int | None = None        # queue pairs (the device needs mq=on too)
+    server: bool = False             # QEMU listens at path; the backend connects
 
     def args(self, qemu):
         chardev = f"socket,id=c0,path={self.path}"
+        if self.server:
+            chardev += ",server=on,wait=on"
         if self.reconnect is not None:
             # QEMU 9.2 deprecated "reconnect" for "reconnect-ms".
             if qemu == "10":

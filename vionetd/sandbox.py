@@ -4,6 +4,7 @@ Applied by every session and worker right after the fork, before it reads a
 byte from a VMM or maps a guest, in this order (each step needs the
 privileges the next one drops):
 
+0. die with the parent (PR_SET_PDEATHSIG);
 1. close every fd but those it keeps (its channels, a session's listening
    socket, stderr while -d);
 2. chroot to an empty directory, so a path means nothing;
@@ -28,6 +29,7 @@ import errno
 import os
 import pwd
 import resource
+import signal
 import socket
 
 import pyseccomp as seccomp
@@ -120,11 +122,22 @@ def limit_resources():
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
 
-def no_new_privs():
-    PR_SET_NO_NEW_PRIVS = 38
+def prctl(option, value, what):
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(%s)" % what)
+
+
+def no_new_privs():
+    prctl(38, 1, "PR_SET_NO_NEW_PRIVS")
+
+
+def die_with_parent():
+    """SIGKILL when the parent dies, however it dies: a killed daemon
+    leaves no session holding a VMM's connection or a worker holding a tap,
+    so a new daemon can take both at once. (A parent that died before this
+    call closed the channel, which ends the process as well.)"""
+    prctl(1, signal.SIGKILL, "PR_SET_PDEATHSIG")
 
 
 def seccomp_filter(calls, nonblocking_ioctl=False):
@@ -153,6 +166,7 @@ def enter(calls, keep, user, root, keep_stderr=True, nonblocking_ioctl=False):
     """Confine the calling process to COMMON + calls. keep: the fds it keeps
     (the first is its channel, where a forbidden call is reported). Raises
     OSError if any step fails: a process that cannot be confined must not run."""
+    die_with_parent()
     close_fds(set(keep) | ({2} if keep_stderr else set()))
     f = seccomp_filter(calls, nonblocking_ioctl)   # resolves names: before chroot
     drop_privileges(user, root)
