@@ -95,6 +95,8 @@ def test_two_queue_pairs_with_a_real_guest():
         guest_side = re.findall(r"VIONET-RESULT xfer\.%s_sha256=(\w+)" % key, log)
         assert guest_side == [h["guest_%s_sha256" % key] for h in hosts], (key, hosts)
     assert all(h["guest_tx_bytes"] == h["guest_rx_bytes"] == XFER for h in hosts), hosts
+    print("\nper queue pair:", [{k: v for k, v in c.items() if k in ("rx_frames", "tx_frames", "rx_kicks", "tx_kicks")} for c in pairs])
+    print("iperf3 -P 4 and the background run:", [l for l in log.splitlines() if "SUM" in l])
     assert len(pairs) == 2, pairs
     for qp, c in enumerate(pairs):
         assert c.get("tx_frames", 0) > 0 and c.get("rx_frames", 0) > 0, (qp, pairs)

@@ -116,6 +116,7 @@ class Session(vhost_user.Backend):
         self.conn = None
         self.connected_at = 0.0
         self.short = 0                         # short connections in a row
+        self.ran = False
         self.retries = 0                       # client mode: failed attempts in a row
         self.queue_pairs = queue_pairs
         self.rings = [Ring() for _ in range(2 * queue_pairs)]
@@ -269,6 +270,7 @@ class Session(vhost_user.Backend):
                                           timeout=MESSAGE_TIMEOUT,
                                           queue_pairs=self.queue_pairs)
         self.connected_at = time.monotonic()
+        self.ran = False                       # a ring of this connection started
         self.loop.watch(sock, self._readable)
         log.info("%s: VMM connected", self.name)
         self._report_state()
@@ -308,10 +310,11 @@ class Session(vhost_user.Backend):
 
     def _accept_backoff(self):
         """A VMM that reconnects in a tight loop (one we refuse at once, say)
-        must not cost a core: after short connections, wait before the next
+        must not cost a core: after short connections that never started a
+        ring, wait before the next
         accept (or, in client mode, the next connection attempt), doubling
         up to ACCEPT_BACKOFF[1]."""
-        if time.monotonic() - self.connected_at >= SHORT_CONNECTION:
+        if self.ran or time.monotonic() - self.connected_at >= SHORT_CONNECTION:
             self.short = 0
             delay = 0.0
         else:
@@ -438,6 +441,7 @@ class Session(vhost_user.Backend):
 
     def ring_ready_changed(self, i, ready):
         if ready:
+            self.ran = True
             self._start_ring(i)
         else:
             self._stop_ring(i)
