@@ -34,20 +34,32 @@ class Loop:
     def __init__(self):
         self.sel = selectors.DefaultSelector()
         self._timers = []                 # heap of (when, seq, Timer)
+        self._watched = []
         self._seq = itertools.count()
 
     def fileno(self):
         """The selector's own fd (a sandbox must keep it open)."""
         return self.sel.fileno()
 
+    # What is watched is kept here too, by identity: asking the selector
+    # about a socket it does not hold raises a KeyError that formats the
+    # socket's repr(), whose getpeername(2) a session's seccomp forbids.
+
     def watch(self, fileobj, callback):
-        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+        """Call callback when fileobj is readable (again: the new callback)."""
+        if self.watching(fileobj):
+            self.sel.modify(fileobj, selectors.EVENT_READ, callback)
+        else:
+            self.sel.register(fileobj, selectors.EVENT_READ, callback)
+            self._watched.append(fileobj)
 
     def unwatch(self, fileobj):
-        try:
+        if self.watching(fileobj):
+            self._watched.remove(fileobj)
             self.sel.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+
+    def watching(self, fileobj):
+        return any(f is fileobj for f in self._watched)
 
     def call_later(self, delay, fn):
         t = Timer(time.monotonic() + max(0.0, delay), fn)
@@ -61,8 +73,8 @@ class Loop:
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
         for key, _ in self.sel.select(timeout=wait):
-            if self.sel.get_map().get(key.fileobj) is key:
-                dispatch(key.data)
+            if self.watching(key.fileobj):      # not unwatched earlier this turn
+                dispatch(self.sel.get_key(key.fileobj).data)
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, t = heapq.heappop(self._timers)

@@ -288,6 +288,12 @@ class Session(vhost_user.Backend):
         finally:
             self._in_vmm = False
         why, self._drop = self._drop or why, None
+        if why == "VMM disconnected" and self.conn.asked_queue_num and not self.ran:
+            # what QEMU does when it wants more pairs than we have (and then
+            # reconnects, again and again: the accept backoff slows it)
+            why = ("VMM left before starting a queue, after asking for the number "
+                   "of queue pairs (%d): does it want more? (queues in vionetd.conf)"
+                   % self.queue_pairs)
         if why:
             self._disconnect(why, quiet=why == "VMM disconnected")
         else:

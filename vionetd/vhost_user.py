@@ -331,6 +331,7 @@ class Connection:
         self.closed = False
         self.messages = 0
         self.stray_fds = 0                      # fds with messages that take none
+        self.asked_queue_num = False            # GET_QUEUE_NUM came
 
     # ---- public helpers ----
 
@@ -838,6 +839,7 @@ class Connection:
 
     def _get_queue_num(self, p: bytes, fds: list[int]):
         self._size("GET_QUEUE_NUM", p, 0)
+        self.asked_queue_num = True
         return U64.pack(self.queue_pairs)
 
     def _set_vring_enable(self, p: bytes, fds: list[int]):
