@@ -398,7 +398,10 @@ class Connection:
         for i in range(self.nrings):
             self.rings[i].started = False
         try:
-            self._report()
+            try:
+                self._report()
+            except ProtocolError as e:      # a ring that would not stop: closing anyway
+                log.warning("%s: %s", self.name, e)
             self.backend.disconnected()
         finally:
             self.sock.close()
