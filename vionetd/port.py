@@ -114,6 +114,8 @@ class Port(vhost_user.Backend):
 
     def _listen(self):
         i = self.iface
+        if i.connect:      # never listen on the VMM's own socket path
+            raise RuntimeError("socket %s connect: client mode is not implemented yet" % i.socket)
         s = vmmsocket.listen(i.socket, i.socket_owner, i.socket_group, i.socket_mode)
         self.listener = s
         self.parent.watch(s, self._accept)
