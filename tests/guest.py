@@ -151,6 +151,7 @@ class VhostUser:
     """A vhost-user backend (vionetd) listening on a unix socket."""
     path: str
     reconnect: int | None = None     # seconds; QEMU retries a lost backend
+    queues: int | None = None        # queue pairs (the device needs mq=on too)
 
     def args(self, qemu):
         chardev = f"socket,id=c0,path={self.path}"
@@ -160,7 +161,10 @@ class VhostUser:
                 chardev += f",reconnect-ms={self.reconnect * 1000}"
             else:
                 chardev += f",reconnect={self.reconnect}"
-        return ["-chardev", chardev, "-netdev", "vhost-user,id=n0,chardev=c0"]
+        netdev = "vhost-user,id=n0,chardev=c0"
+        if self.queues:
+            netdev += f",queues={self.queues}"
+        return ["-chardev", chardev, "-netdev", netdev]
 
 
 def device_defaults(qemu, netdev, acc):

@@ -7,6 +7,7 @@ from tests.daemon import daemon
 from tests.testvm import TestVM
 from tests import vmm
 from vionetd import features as F
+from vionetd import vionetctl
 
 pytestmark = pytest.mark.root
 
@@ -63,7 +64,7 @@ def test_tap_offloads_follow_guest_features():
     conf = CONF % "" + '\n'
     with N.netns("vn") as ns, daemon(conf, ns) as d:
         d.wait_socket(d.dir + "/t1.sock")
-        tap = d.ctl("status").stdout.split()[10]
+        tap = d.ctl("status").stdout.split()[len(vionetctl.STATUS_COLUMNS) + 3]
         full = TestVM(d.dir + "/t1.sock")
         k = ethtool_k(ns, tap)
         assert k["tcp-segmentation-offload"] == "on"

@@ -1,4 +1,4 @@
-"""The workers' sandbox, proved on real worker processes.
+"""The sandbox of sessions and workers, proved on real processes.
 
 - Workers of a running daemon: /proc shows the unprivileged user, no
   supplementary groups, NoNewPrivs 1, Seccomp 2 (filter), the empty root,
@@ -7,6 +7,11 @@
   the test hook on: told to try each forbidden call, it reports the call's
   number over its control channel and dies by SIGSYS.
 - A worker that dies is replaced by the parent and serving resumes.
+- A session, forked as the parent forks one, with the test hook on: it
+  cannot open files, execute, signal another process, aim SIGIO at one or
+  map executable memory; each attempt is reported and kills it by SIGSYS.
+- ps shows the parent, one session and two workers per interface, titled
+  for what they serve; only the parent runs as root.
 """
 import os
 import pwd
@@ -18,7 +23,9 @@ import pytest
 from tests import frames as F
 from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.testvm import TestVM
-from vionetd import config, control, sandbox, worker
+import socket
+
+from vionetd import config, control, sandbox, session, worker
 from vionetd import vionetd_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -128,7 +135,8 @@ def test_forbidden_call_kills_the_worker(call):
         report, _ = control.recv(chan, pb.FromWorker)
         assert report is not None and report.WhichOneof("msg") == "forbidden_syscall"
         name = sandbox.syscall_name(report.forbidden_syscall)
-        expect = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat")}
+        expect = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat"),
+                  "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",)}
         assert name in expect.get(call, (call,))
         _, st = os.waitpid(pid, 0)
         pid = None
@@ -150,3 +158,113 @@ def test_hook_is_off_in_daemon_workers():
         assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 1
     finally:
         parent_end.close()
+
+
+def fork_session():
+    """A session exactly as the parent makes one, with the test hook on."""
+    mine, theirs = control.pair()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0vionetd-test-session-%d" % os.getpid())
+    listener.listen(1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            mine.close()
+            code = session.main(theirs, listener, "t/0", 1 << 32, config.DEFAULT_USER,
+                                config.DEFAULT_CHROOT, test_hooks=True)
+        finally:
+            os._exit(code)
+    theirs.close()
+    listener.close()
+    mine.settimeout(10)
+    return pid, mine
+
+
+@pytest.mark.parametrize("call", ("open", "execve", "kill", "socket", "fcntl_setown",
+                                  "mmap_exec"))
+def test_forbidden_call_kills_the_session(call):
+    pid, chan = fork_session()
+    try:
+        msg, _ = control.recv(chan, pb.FromSession)
+        assert msg.WhichOneof("msg") == "spawn"       # alive and asking for workers
+        control.send(chan, pb.ToSession(test_forbidden_call=call))
+        while True:
+            msg, _ = control.recv(chan, pb.FromSession)
+            assert msg is not None, "the session died without reporting the call"
+            if msg.WhichOneof("msg") == "forbidden_syscall":
+                break
+        name = sandbox.syscall_name(msg.forbidden_syscall)
+        expect = {"open": ("open", "openat"), "fcntl_setown": ("fcntl",),
+                  "mmap_exec": ("mmap",)}
+        assert name in expect.get(call, (call,))
+        _, st = os.waitpid(pid, 0)
+        pid = None
+        assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGSYS
+    finally:
+        chan.close()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def titles(root_pid):
+    """{pid: (title, uid)} of root_pid and its descendants."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            st = status(int(name))
+            with open("/proc/%s/cmdline" % name) as f:
+                title = f.read().replace("\0", " ").strip()
+        except OSError:
+            continue
+        out[int(name)] = (title, int(st["Uid"][0]), int(st["PPid"][0]))
+    tree, todo = {}, [root_pid]
+    while todo:
+        p = todo.pop()
+        tree[p] = out[p][:2]
+        todo += [c for c, v in out.items() if v[2] == p]
+    return tree
+
+
+def test_process_tree_and_only_the_parent_is_root(running):
+    d, cap = running
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"tree")
+        ps = titles(d.proc.pid)      # `ip netns exec` became the daemon
+        names = sorted(t for t, _ in ps.values())
+        assert names == ["vionetd: parent", "vionetd: rx t1/0", "vionetd: tx t1/0",
+                         "vionetd: vhost t1/0"], names
+        for title, uid in ps.values():
+            assert (uid == 0) == (title == "vionetd: parent"), (title, uid)
+        sess = [p for p, (t, _) in ps.items() if t.startswith("vionetd: vhost")][0]
+        st = status(sess)
+        assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"]
+        assert os.readlink("/proc/%d/root" % sess) == config.DEFAULT_CHROOT
+
+
+
+def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
+    """A session killed under a connected VMM: the parent starts a new one
+    on the same socket and tap; the VMM's next connection moves frames."""
+    d, cap = running
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"before")
+        ps = titles(d.proc.pid)
+        old = [p for p, (t, _) in ps.items() if t == "vionetd: vhost t1/0"][0]
+        os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ps = titles(d.proc.pid)
+        new = [p for p, (t, _) in ps.items() if t == "vionetd: vhost t1/0"]
+        if new and new[0] != old and len(ps) == 4:
+            break
+        time.sleep(0.1)
+    assert new and new[0] != old, ps
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"after the new session")
+    show = d.ctl("show", "t1").stdout
+    assert "session: %d, restarts 1" % new[0] in show, show
+    assert "killed by SIGKILL" in d.log()

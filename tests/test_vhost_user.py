@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 import threading
 
 import pytest
@@ -404,40 +405,6 @@ def test_net_mtu_malformed(rig, payload, protocol, match):
         fe.send(V.NET_SET_MTU, payload, need_reply=True)
 
 
-def test_port_set_mtu_limits_and_follows(monkeypatch, caplog):
-    # port.py's Backend.set_mtu: at most the interface's mtu (1500 without
-    # one); the tap follows; the configured MTU comes back on disconnect
-    from vionetd import config, links, port
-    calls = []
-    monkeypatch.setattr(links, "set_mtu", lambda name, mtu: calls.append((name, mtu)))
-
-    def make(mtu_line):
-        text = 'vm "a" { interface { socket "/s" %s } }' % mtu_line
-        p = port.Port.__new__(port.Port)
-        p.iface = config.parse(text).vms["a"].interfaces[0]
-        p.key, p.tap_name, p.vmm_mtu = "a/0", "vtap0", None
-        p.reset = lambda: None
-        return p
-    p = make("mtu 9000")
-    p.set_mtu(9000)
-    assert calls == [("vtap0", 9000)] and p.vmm_mtu == 9000
-    p.set_mtu(1400)
-    assert calls[-1] == ("vtap0", 1400) and p.vmm_mtu == 1400
-    with caplog.at_level("ERROR", logger="vionetd"):
-        with pytest.raises(V.BackendError, match="MTU 9001 larger than the interface's 9000"):
-            p.set_mtu(9001)
-    assert any("refusing MTU 9001 from the VMM: larger than this interface's mtu 9000"
-               in r.getMessage() for r in caplog.records), caplog.text
-    assert calls[-1] == ("vtap0", 1400)
-    p.disconnected()
-    assert calls[-1] == ("vtap0", 9000) and p.vmm_mtu is None
-    q = make("")
-    with pytest.raises(V.BackendError, match="MTU 1501 larger than the interface's 1500"):
-        q.set_mtu(1501)
-    q.set_mtu(1500)
-    assert calls[-1] == ("vtap0", 1500)
-
-
 def test_log_base_nacked_with_ack(rig):
     fe = rig.fe
     owned(rig)
@@ -600,11 +567,34 @@ def test_message_cut_by_eof(rig):
         rig.conn.handle_readable()
 
 
-def test_partial_message_times_out(rig):
-    rig.conn.sock.settimeout(0.2)
-    rig.fe.send_raw(raw(V.SET_FEATURES, b"", size=8), rig.fds(1))
-    with pytest.raises(ProtocolError, match="timed out"):
-        rig.conn.handle_readable()
+def test_partial_message_waits_then_is_overdue(rig):
+    """A message cut short never blocks the reader: handle_readable returns
+    at once, the fds that came are held, and after `timeout` seconds
+    overdue() tells the caller to drop the VMM; close() closes the fds."""
+    fd = rig.fds(1)[0]
+    rig.fe.send_raw(raw(V.SET_FEATURES, b"", size=8), [fd])
+    t0 = time.monotonic()
+    assert rig.conn.handle_readable() is True
+    assert time.monotonic() - t0 < 0.5
+    assert not rig.conn.overdue(time.monotonic())
+    assert rig.conn.overdue(time.monotonic() + rig.conn.timeout + 0.1)
+    held = set(os.listdir("/proc/self/fd"))
+    rig.conn.close()
+    assert len(set(os.listdir("/proc/self/fd"))) == len(held) - 2   # the fd and the socket
+
+
+def test_message_in_single_bytes_is_reassembled(rig):
+    """A VMM that writes one byte at a time: each read takes what is there,
+    and the message is handled once it is complete."""
+    data = raw(V.GET_QUEUE_NUM, b"")
+    for b in data[:-1]:
+        rig.fe.sock.send(bytes([b]))
+        assert rig.conn.handle_readable() is True
+        assert rig.conn.messages == 0
+    rig.fe.sock.send(data[-1:])
+    assert rig.conn.handle_readable() is True
+    assert rig.conn.messages == 1
+    assert rig.fe.recv_reply(V.GET_QUEUE_NUM) == struct.pack("<Q", 1)
 
 
 def test_clean_eof(rig):

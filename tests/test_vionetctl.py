@@ -112,6 +112,11 @@ def parse_show(text):
             section = "counters"
         elif m := re.match(r"^  path: tx (.+), rx (.+)$", line):
             cur["path"] = (m.group(1), m.group(2))
+        elif m := re.match(r"^  session: (\d+), restarts (\d+)$", line):
+            cur["session"] = int(m.group(1))
+            cur["session_restarts"] = int(m.group(2))
+        elif m := re.match(r"^  last drop: (.+)$", line):
+            cur["reason"] = m.group(1)
         elif m := re.match(r"^  workers: ([\d ]+), restarts (\d+)$", line):
             cur["workers"] = [int(p) for p in m.group(1).split()]
             cur["restarts"] = int(m.group(2))

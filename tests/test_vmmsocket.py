@@ -152,23 +152,16 @@ def test_same_but_ownership():
 
 
 @as_root
-def test_port_listen_uses_interface_settings(tmp_path):
-    # port.py's _listen passes the interface's settings through
-    from vionetd import port
+def test_interface_listen_uses_its_settings(tmp_path):
+    # iface.py's _listen passes the interface's settings through
+    from vionetd import iface as ifmod
     text = 'vm "a" { interface { socket "%s/p.sock" group nogroup mode 0640 } }' % tmp_path
-    iface = config.parse(text).vms["a"].interfaces[0]
-
-    class Parent:
-        watched = []
-
-        def watch(self, s, cb):
-            self.watched.append(s)
-    p = port.Port.__new__(port.Port)
-    p.iface, p.parent = iface, Parent()
+    conf = config.parse(text)
+    iface = conf.vms["a"].interfaces[0]
+    p = ifmod.Interface(None, iface, conf)
     p._listen()
     try:
         assert info(iface.socket) == (True, 0, grp.getgrnam("nogroup").gr_gid, 0o640)
-        assert Parent.watched == [p.listener]
     finally:
         p.listener.close()
 

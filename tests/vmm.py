@@ -134,6 +134,21 @@ class Frontend:
         s.connect(path)
         return cls(s, timeout=timeout)
 
+    @classmethod
+    def accept(cls, path: str, timeout: float = 5.0) -> "Frontend":
+        """Listen at path, as a VMM whose backend connects (vionetd's client
+        mode), and take the first connection within timeout."""
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            lsock.bind(path)
+            lsock.listen(1)
+            lsock.settimeout(timeout)
+            s, _ = lsock.accept()
+        finally:
+            lsock.close()
+            os.unlink(path)
+        return cls(s, timeout=timeout)
+
     # ---- raw messages ----
 
     def send_raw(self, data: bytes, fds: Iterable[int] = ()) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
 import pwd
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ MAX_FILE_SIZE = 1 << 20
 MAX_MACRO_DEPTH = 8
 # Tokens all macro expansions of a file may produce: nested macros multiply
 # ("billion laughs"), so the total is bounded, not only the depth.
+MAX_QUEUES = 16          # queue pairs of one interface (vhost_user.MAX_QUEUE_PAIRS)
+QUEUES_AUTO = min(os.cpu_count() or 1, MAX_QUEUES)   # "queues auto"
 MAX_EXPANDED = 100000
 
 # Words that are statements somewhere in the grammar. Unquoted, they are
@@ -54,7 +57,7 @@ MAX_EXPANDED = 100000
 KEYWORDS = frozenset((
     "chroot", "connect", "disable", "dns", "enable", "group", "hostname",
     "interface", "lladdr", "local", "locked", "mode", "mtu", "offload",
-    "owner", "prefix", "socket", "switch", "user", "vm",
+    "owner", "prefix", "queues", "socket", "switch", "user", "vm",
 ))
 # The words that may follow "socket PATH" (and, without a path, "socket" at
 # the top level, for the defaults of the VMs' sockets).
@@ -132,6 +135,7 @@ class Interface:
     locked: bool = False             # drop guest frames from another MAC
     switch: str | None = None
     mtu: int | None = None
+    queues: int = 1                  # queue pairs the VMM may use
     local: bool = False              # /31 from local prefix, DHCP by vionetd
     hostname: str | None = None      # DHCP option 12
     offload: Offload = field(default_factory=Offload)
@@ -329,7 +333,7 @@ class _Parser:
     VM = ["disable", "enable", "interface", "local interface", "socket",
           "user", '"}"']
     IFACE = ["hostname", "local", "lladdr", "locked lladdr", "mtu", "offload",
-             "socket", "switch", '"}"']
+             "queues", "socket", "switch", '"}"']
     SWITCH = ["interface", '"}"']
 
     def __init__(self, text: str, filename: str):
@@ -788,6 +792,11 @@ class _Parser:
                 self.once(scope, "mtu", tok.line)
                 iface.mtu = self.number(self.word("a number", "mtu"), "mtu",
                                         MTU_MIN, MTU_MAX)
+            elif tok.is_word("queues"):
+                self.once(scope, "queues", tok.line)
+                n = self.word("a number or auto", "queues")
+                iface.queues = QUEUES_AUTO if n.value == "auto" and not n.quoted else \
+                    self.number(n, "queues", 1, MAX_QUEUES)
             elif tok.is_word("local"):
                 iface.local = True
             elif tok.is_word("hostname"):

@@ -36,10 +36,10 @@ def send(sock, msg, fds=()):
     data = msg.SerializeToString()
     if len(data) > MAX_MESSAGE:
         raise ChannelError("message of %d bytes exceeds %d" % (len(data), MAX_MESSAGE))
-    anc = []
-    if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-    sock.sendmsg([data], anc)
+    if not fds:
+        sock.send(data)     # sendto(2): workers are not allowed sendmsg(2)
+        return
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 def _take_fds(ancdata):

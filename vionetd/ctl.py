@@ -16,7 +16,8 @@ Invariants:
 
 Counter names: each worker reports its C core's counters (frames, rx_bounced,
 refused_<reason>, ...); here they get the prefix of the worker's direction,
-"rx_" or "tx_", once: rx_frames, rx_bounced, tx_refused_hdr_len. The
+"rx_" or "tx_", once: rx_frames, rx_bounced, tx_refused_hdr_len. They are
+shown per queue pair and summed over the pairs. The
 direction-specific counters of the other direction, which that worker never
 counts, and the "ok" slots of the error enums are left out.
 """
@@ -32,6 +33,7 @@ from vionetd.log import log
 
 MAX_REQUEST = 4096
 MAX_CLIENTS = 16
+STATS_TIMEOUT = 1.5      # seconds the sessions have to send their counters
 SEND_TIMEOUT = 1.0       # a reply fits the socket buffer; this only bounds a bug
 SNDBUF = 4 << 20         # a stats reply of many interfaces is one datagram
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)    # Linux asm-generic/socket.h
@@ -117,15 +119,18 @@ class CtlServer:
             conn.close()
             return
         self._forget(conn)
+        respond = lambda reply: self._reply(conn, reply)   # noqa: E731
+        if flags & socket.MSG_TRUNC:
+            return respond(pb.CtlReply(error="request longer than %d bytes" % MAX_REQUEST))
+        try:
+            self.answer(data, peer_uid(conn), respond)
+        except Exception:
+            log.exception("control request failed")
+            respond(pb.CtlReply(error="internal error, see the daemon's log"))
+
+    @staticmethod
+    def _reply(conn, reply):
         with conn:
-            if flags & socket.MSG_TRUNC:
-                reply = pb.CtlReply(error="request longer than %d bytes" % MAX_REQUEST)
-            else:
-                try:
-                    reply = self.answer(data, peer_uid(conn))
-                except Exception:
-                    log.exception("control request failed")
-                    reply = pb.CtlReply(error="internal error, see the daemon's log")
             try:
                 conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
             except OSError:
@@ -138,7 +143,15 @@ class CtlServer:
 
     # ---- requests -------------------------------------------------------
 
-    def answer(self, data, uid):
+    def answer(self, data, uid, respond):
+        """Answer one request: respond(CtlReply) is called once, at once or,
+        for counters, when every session has answered or STATS_TIMEOUT has
+        passed (a session that does not answer leaves its counters out)."""
+        reply = self._answer(data, uid, respond)
+        if reply is not None:
+            respond(reply)
+
+    def _answer(self, data, uid, respond):
         req = pb.CtlRequest()
         try:
             req.ParseFromString(data)
@@ -151,14 +164,15 @@ class CtlServer:
             return pb.CtlReply(error="%s: permission denied, needs root"
                                % ("log" if kind == "log_level" else kind))
         log.debug("control: %s from uid %d", kind, uid)
-        if kind in ("status", "stats"):
-            return pb.CtlReply(interfaces=[self.describe(p, kind == "stats")
-                                           for p in self.parent.ports.values()])
+        if kind == "status":
+            return pb.CtlReply(interfaces=[self.describe(p) for p in self.parent.ports.values()])
+        if kind == "stats":
+            return self._with_counters(list(self.parent.ports.values()), respond)
         if kind == "show":
             ports = [p for p in self.parent.ports.values() if p.iface.vm == req.show]
             if not ports:
                 return pb.CtlReply(error="no such VM: %s" % req.show)
-            return pb.CtlReply(interfaces=[self.describe(p, True) for p in ports])
+            return self._with_counters(ports, respond)
         if kind == "reload":
             err = self.parent.reload()
             return pb.CtlReply(error=err or "", message="" if err else "reloaded")
@@ -171,28 +185,72 @@ class CtlServer:
             return pb.CtlReply(message="log level %s" % req.log_level)
         return pb.CtlReply(error="unknown request")
 
-    def describe(self, port, with_counters):
+    def _with_counters(self, ports, respond):
+        """Statuses with counters, gathered from the sessions without
+        waiting in the loop."""
+        reply = pb.CtlReply(interfaces=[self.describe(p) for p in ports])
+        left = set(range(len(ports)))
+
+        def finish():
+            if not finished:
+                finished.append(True)
+                timer.cancel()
+                respond(reply)
+
+        def got(i, counters):
+            st = reply.interfaces[i]
+            total = {}
+            for qp, named in sorted(per_queue_pair(counters).items()):
+                q = st.queue_pairs.add(queue_pair=qp)
+                for name, value in sorted(named.items()):
+                    q.counters.add(name=name, value=value)
+                    total[name] = total.get(name, 0) + value
+            for name, value in sorted(total.items()):
+                st.counters.add(name=name, value=value)
+            left.discard(i)
+            if not left:
+                finish()
+
+        finished = []
+        timer = self.parent.loop.call_later(STATS_TIMEOUT, finish)
+        for i, port in enumerate(ports):
+            port.request_stats(lambda counters, i=i: got(i, counters))
+        if not ports:
+            finish()
+        return None
+
+    def describe(self, port):
         vmm = port.vmm_features
         st = pb.InterfaceStatus(
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
             tap=port.tap_name or "", lladdr=port.iface.lladdr or "",
             address=str(port.address.guest) if port.address else "",
-            queues=1, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
+            queues=port.queue_pairs, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
             tap_features=port.tap_caps, vmm_features=vmm, negotiated=vmm & port.offered,
             offered=port.offered, restarts=port.restarts,
-            worker_pids=[w.pid for w in port.workers.values() if w.pid],
-            lease=port.lease or "")
+            worker_pids=[pid for _, pid in sorted(port.workers.items())],
+            lease=port.lease or "", reason=port.reason,
+            session_pid=port.session_pid or 0, session_restarts=port.session_restarts,
+            retries=port.session.retries)
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"
-        if with_counters:
-            for name, value in sorted(counter_names(port.counters()).items()):
-                st.counters.add(name=name, value=value)
         return st
 
 
+def per_queue_pair(raw):
+    """A session's counters ({"PAIR/<direction>_<C name>": value}) as
+    {pair: {readable name: value}}; names without a valid pair are dropped."""
+    out = {}
+    for name, value in raw.items():
+        qp, _, rest = name.partition("/")
+        if qp.isdigit():
+            out.setdefault(int(qp), {})[rest] = value
+    return {qp: counter_names(c) for qp, c in out.items()}
+
+
 def counter_names(raw):
-    """port.counters() ({"<direction>_<C name>": value}) with readable names:
+    """A session's counters ({"<direction>_<C name>": value}) with readable names:
     "rx_rx_no_buffers" becomes "rx_no_buffers"; "tx_rx_no_buffers" (an RX
     counter in the TX worker, never counted) and the "ok" slots go."""
     out = {}

@@ -21,6 +21,10 @@ class DatapathError(ValueError):
     pass
 
 
+class RingFailed(DatapathError):
+    """The kick eventfd or the tap is in error: the ring cannot be served."""
+
+
 def _name(i):
     return ffi.string(lib.dp_counter_name(i)).decode()
 
@@ -164,7 +168,7 @@ class Datapath:
         if r == lib.DP_ERROR:
             raise OSError(ffi.errno, "data path: %s" % os.strerror(ffi.errno))
         if r == lib.DP_FD_ERROR:
-            raise OSError("data path: the tap or the kick eventfd failed")
+            raise RingFailed("the tap or the kick eventfd failed")
         return "ctl"
 
     def diverted(self):

@@ -13,7 +13,10 @@ Invariants of offer():
   - VERSION_1, MRG_RXBUF, RING_INDIRECT_DESC, RING_EVENT_IDX and
     VHOST_USER_F_PROTOCOL_FEATURES are always offered: the C core always has
     the 12-byte little-endian header and implements the split ring fully.
-  - MQ is never offered: one queue pair per interface.
+  - MQ is offered when the interface has more than one queue pair (queues
+    in vionetd.conf); QEMU's vhost-user filter passes it through, and QEMU
+    itself answers the guest's control-queue command that picks how many
+    pairs it uses, telling us with SET_VRING_ENABLE per ring.
   - MTU is always offered, and accepted in SET_FEATURES: QEMU (and so the
     guest) has it only when given host_mtu, and it lists MTU among the bits
     it passes on to the backend, so a guest's ack reaches us; the value
@@ -26,7 +29,7 @@ Invariants of offer():
     CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS to QEMU alone, so
     QEMU offers them whatever we say and handles the control queue itself.
     Bits that *are* filtered through the backend and that we leave out on
-    purpose: GUEST_ANNOUNCE (without it QEMU announces by itself), MQ,
+    purpose: GUEST_ANNOUNCE (without it QEMU announces by itself),
     RSS/HASH_REPORT/RSC_EXT, RING_PACKED, IN_ORDER, ACCESS_PLATFORM (IOMMU),
     NOTIFICATION_DATA, RING_RESET, the UFO bits (deprecated, Linux >= 4.14
     guests do not use them), CTRL_VLAN (we do no VLAN filtering).
@@ -278,7 +281,7 @@ _RX_SEG = {"tso4": ((GUEST_TSO4,), TUN_F_TSO4),
            "uso": ((GUEST_USO4, GUEST_USO6), TUN_F_USO4 | TUN_F_USO6)}
 
 
-def offer(policy, tap_offloads: int) -> int:
+def offer(policy, tap_offloads: int, queue_pairs: int = 1) -> int:
     """The virtio-net features to offer for this policy and tap.
 
     tap_offloads is the TUN_F_* mask the kernel accepts on this tap.
@@ -302,6 +305,8 @@ def offer(policy, tap_offloads: int) -> int:
             if _mode(policy.rx, key) == "passthrough" and \
                     tap_offloads & tun == tun:
                 f |= mask(*bits)
+    if queue_pairs > 1:
+        f |= bit(MQ)
     return enforce_dependencies(f)
 
 

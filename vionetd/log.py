@@ -3,10 +3,21 @@
 Two levels an operator can switch at run time (vionetctl log brief|verbose):
 brief logs what changes state (connections, workers, drops of a peer),
 verbose also what every control message does.
+
+No input may fill a disk: a line of the brief level repeated more than
+BURST times within WINDOW seconds is counted instead of written (Collapse),
+and the next time it is written it says how many were left out, as syslogd's
+"last message repeated N times" does. Verbose lines, which an operator asks
+for, are all written.
 """
 import logging
 import logging.handlers
 import os
+import time
+
+BURST = 3          # identical lines written per window
+WINDOW = 60.0      # seconds
+MAX_LINES = 4096   # distinct lines remembered
 
 log = logging.getLogger("vionetd")
 
@@ -22,6 +33,7 @@ def setup(foreground, verbose=False):
         handler = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("vionetd[%(process)d]: %(message)s"))
+    handler.addFilter(Collapse())
     log.addHandler(handler)
     log.propagate = False
     set_level("verbose" if verbose else "brief")
@@ -31,3 +43,29 @@ def set_level(level):
     if level not in ("brief", "verbose"):
         raise ValueError("log level is brief or verbose, not %r" % level)
     log.setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
+
+
+class Collapse(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen = {}      # text -> [window start, written, left out]
+
+    def filter(self, record):
+        if record.levelno < logging.INFO:
+            return True
+        text = record.getMessage()
+        now = time.monotonic()
+        entry = self.seen.get(text)
+        if entry is None or now - entry[0] > WINDOW:
+            left_out = entry[2] if entry else 0
+            if len(self.seen) >= MAX_LINES:
+                self.seen.clear()
+            self.seen[text] = [now, 1, 0]
+            if left_out:
+                record.msg, record.args = "%s (and %d more like it, not logged)", (text, left_out)
+            return True
+        entry[1] += 1
+        if entry[1] <= BURST:
+            return True
+        entry[2] += 1
+        return False

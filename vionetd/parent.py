@@ -1,29 +1,39 @@
-"""The parent process: configuration, ports, signals, the event loop.
+"""The parent process: configuration, interfaces, signals, the event loop.
 
-The parent runs as root. It never maps guest memory and never parses a guest
-frame: it opens taps, speaks vhost-user with the VMM (port.py), forks the
-workers and hands them file descriptors (worker.py, control.py), answers
-vionetctl (ctl.py) and, for local interfaces, decides DHCP leases.
+The parent runs as root and keeps only what needs privilege or the whole
+picture: the configuration and its reloads, each VM interface's tap, links,
+bridge and address, each listening socket, forking sessions and workers
+(iface.py), vionetctl (ctl.py) and DHCP leases. It never reads a byte a VMM
+or a guest wrote: the vhost-user protocol is spoken by each interface's
+unprivileged session (session.py), which sends the parent small protobuf.
 
-One thread, one selector. Everything that can block is bounded: a worker's
-synchronous answer (ring stop, counters) is waited for at most
-port.WORKER_TIMEOUT seconds, then the worker is presumed dead and replaced.
+    parent (root)
+      vhost VM/N      one session per VM interface (unprivileged, seccomp)
+        rx VM/N       its workers, forked by the parent on the session's
+        tx VM/N       request, their channels handed to the session
+
+One thread, one event loop (eventloop.py), nothing that waits on a child or
+a peer: messages from sessions are read non-blocking; vionetctl answers that
+need counters wait for the sessions' replies on a timer (ctl.py).
 
 Signals arrive through a self-pipe (signal.set_wakeup_fd) and are handled in
 the loop, never inside a signal handler: SIGHUP reloads, SIGTERM/SIGINT stop,
-SIGCHLD reaps and replaces workers.
+SIGCHLD reaps (a session that died is replaced on a timer).
 """
+import dataclasses
 import errno
 import os
-import selectors
 import signal
 import socket
 
 import setproctitle
 
-from vionetd import config
+from vionetd import config, vmmsocket
+from vionetd.eventloop import Loop
+from vionetd.iface import Interface
 from vionetd.log import log
-from vionetd.port import Port
+
+REAP_PER_TURN = 256       # children reaped per SIGCHLD turn: signals stay served
 
 
 class Parent:
@@ -31,8 +41,8 @@ class Parent:
         self.path = path
         self.conf = conf
         self.pidfile = pidfile
-        self.sel = selectors.DefaultSelector()
-        self.ports = {}          # Interface.key -> Port
+        self.loop = Loop()
+        self.ports = {}          # config.Interface.key -> iface.Interface
         self.running = True
         self.ctl = None
 
@@ -55,32 +65,16 @@ class Parent:
             self.apply(self.conf)
             log.info("started, %d interface(s)", len(self.ports))
             while self.running:
-                for key, _ in self.sel.select(timeout=1.0):
-                    # an earlier event of this turn (a reload) may have
-                    # closed this one's port: skip what is no longer watched
-                    if self.sel.get_map().get(key.fileobj) is key:
-                        self._dispatch(key.data)
+                self.loop.run_once()
         finally:
             self.shutdown()
         return 0
 
-    @staticmethod
-    def _dispatch(callback):
-        """One event. A bug met while handling it is logged and the loop goes
-        on: one VM's trouble must not stop the others."""
-        try:
-            callback()
-        except Exception:
-            log.exception("internal error")
-
     def watch(self, fileobj, callback):
-        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+        self.loop.watch(fileobj, callback)
 
     def unwatch(self, fileobj):
-        try:
-            self.sel.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        self.loop.unwatch(fileobj)
 
     def _signals(self):
         self._sig_r, self._sig_w = socket.socketpair()
@@ -107,7 +101,10 @@ class Parent:
                 self.reap()
 
     def reap(self):
-        while True:
+        """Reap what has exited, at most REAP_PER_TURN (the rest wait for the
+        next turn: SIGTERM is never starved); a session that died is replaced
+        on a timer, never here."""
+        for _ in range(REAP_PER_TURN):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -115,15 +112,16 @@ class Parent:
             if pid == 0:
                 return
             for port in list(self.ports.values()):
-                if port.worker_died(pid, status):
+                if port.child_died(pid, status):
                     break
+        os.write(self._sig_w.fileno(), bytes([signal.SIGCHLD]))   # more next turn
 
     # ---- configuration --------------------------------------------------
 
     def apply(self, conf):
         """Make the running ports match conf: start new and changed ones,
         stop removed and changed ones, leave unchanged ones alone (their
-        workers, tap and VMM connection stay: the guest sees nothing).
+        session, workers, tap and VMM connection stay: the guest sees nothing).
         Returns the errors of ports that could not start, [] if none."""
         wanted = {}
         for vm in conf.vms.values():
@@ -136,6 +134,13 @@ class Parent:
             if key in wanted and self.unchanged(port, wanted[key], conf):
                 port.conf = conf            # e.g. dns: the next DHCP answer has it
                 continue
+            if key in wanted and self.only_socket_ownership(port, wanted[key], conf):
+                new = wanted[key]
+                vmmsocket.apply_ownership(new.socket, new.socket_owner, new.socket_group,
+                                          new.socket_mode)
+                port.iface, port.conf = new, conf
+                log.info("%s: socket owner, group or mode changed", key)
+                continue
             log.info("%s: stopping (%s)", key, "removed" if key not in wanted else "changed")
             port.stop()
             del self.ports[key]
@@ -144,7 +149,7 @@ class Parent:
         for key, iface in wanted.items():
             if key in self.ports:
                 continue
-            port = Port(self, iface, conf)
+            port = Interface(self, iface, conf)
             try:
                 port.start()
             except Exception as e:          # one VM's trouble does not stop the others
@@ -159,17 +164,28 @@ class Parent:
     @staticmethod
     def unchanged(port, iface, conf):
         """True if port would be the same under conf: its own block, the
-        workers' user and chroot, its switch's bridge, and for a local
+        sessions' and workers' user and chroot, its switch's bridge, and for a local
         interface the prefix its address comes from. Other VMs, other
         switches, dns and line numbers do not count."""
         old = port.conf
         if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
+            return False
+        if conf.vms[iface.vm].user != old.vms[iface.vm].user:
             return False
         if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
             return False
         if iface.local and conf.local_prefix != old.local_prefix:
             return False
         return True
+
+    def only_socket_ownership(self, port, iface, conf):
+        """True if all that changed is the listening socket's owner, group
+        or mode: applied to the socket, the VM keeps its session."""
+        if port.client_mode or not vmmsocket.same_but_ownership(port.iface, iface):
+            return False
+        return self.unchanged(port, dataclasses.replace(
+            iface, socket_owner=port.iface.socket_owner, socket_group=port.iface.socket_group,
+            socket_mode=port.iface.socket_mode), conf)
 
     def reload(self):
         """SIGHUP or vionetctl reload. A file with an error changes nothing.

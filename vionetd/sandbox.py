@@ -1,22 +1,27 @@
-"""The workers' sandbox: what a worker gives up before it touches a guest.
+"""The sandbox: what a session or a worker gives up before it meets a peer.
 
-Applied by every worker right after the fork, before it receives guest memory,
-in this order (each step needs the privileges the next one drops):
+Applied by every session and worker right after the fork, before it reads a
+byte from a VMM or maps a guest, in this order (each step needs the
+privileges the next one drops):
 
-1. close every fd but the control channel (and stderr while -d);
+1. close every fd but those it keeps (its channels, a session's listening
+   socket, stderr while -d);
 2. chroot to an empty directory, so a path means nothing;
 3. drop to the unprivileged user and its group, with no supplementary groups;
 4. rlimits: no new processes, no core dumps, no files, few descriptors;
 5. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
-   pledge("stdio recvfd"): what the data path and the Python runtime need
-   and nothing that opens, creates sockets, connects, executes, forks,
-   traces or signals another process.
+   pledge("stdio recvfd"): nothing that opens, creates sockets, connects,
+   executes, forks, traces or signals another process; fcntl only with the
+   commands that read or set fd flags (F_SETOWN and F_SETSIG would let it
+   aim SIGIO at another process); mmap and mprotect never with PROT_EXEC.
 
-A call outside the list traps: csrc/sigsys.c reports its number to the parent
-over the control channel, then the worker dies by SIGSYS; the parent logs both
-and replaces it.
+The list is COMMON below (what the interpreter and the channels need) plus
+the calls of the process's own code, declared next to that code:
+session.SYSCALLS and worker.SYSCALLS, each call with its reason.
 
-ALLOWED below is the whole list, each call with the code that needs it.
+A call outside the list traps: csrc/sigsys.c reports its number over the
+process's channel, then the process dies by SIGSYS; the receiver logs both
+and the process is replaced.
 """
 import ctypes
 import errno
@@ -29,27 +34,20 @@ import pyseccomp as seccomp
 
 from vionetd.core import lib
 
-# name: why a worker needs it
-ALLOWED = {
-    # the data path (csrc/txpath.c, csrc/rxpath.c, csrc/virtq.c)
-    "read": "eventfd kicks; tap reads (rxpath.c)",
-    "readv": "tap frames straight into guest buffers (rxpath.c)",
-    "write": "eventfd calls to the guest (virtq.c); stderr logging with -d",
-    "writev": "frames into the tap: header + guest buffers, one call (txpath.c)",
-    "poll": "waiting on kick, tap and control channel (txpath.c, rxpath.c)",
-    "ppoll": "glibc may implement poll() with it",
-    # the control channel (control.py, sigsys.c)
-    "recvmsg": "control messages and the fds they carry (control.py)",
-    "recvfrom": "Python's socket.recv on the control channel",
-    "sendmsg": "answers to the parent (control.py)",
-    "sendto": "answers to the parent; the SIGSYS report (sigsys.c)",
-    "close": "fds replaced by newer ones (worker.py, datapath.py)",
-    "fcntl": "Python sets the control channel blocking/non-blocking",
+# name: why every confined process needs it
+COMMON = {
+    # its channel (control.py, sigsys.c)
+    "recvmsg": "messages and the fds they carry (control.recv)",
+    "sendto": "messages without fds (control.send); the SIGSYS report (sigsys.c)",
+    "recvfrom": "Python's socket.recv",
+    "close": "fds replaced by newer ones",
     "getsockopt": "Python's socket layer queries the socket type",
-    # guest memory and the interpreter's own memory
-    "mmap": "guest memory regions (virtq.c gmem_map); malloc",
-    "munmap": "a replaced memory table; free",
-    "mprotect": "glibc malloc arenas",
+    "fcntl": "Python reads and sets fd flags (only F_GETFD/F_SETFD/F_GETFL/F_SETFL)",
+    "poll": "waiting for a channel's answer with a deadline",
+    # the interpreter's memory
+    "mmap": "malloc (never PROT_EXEC)",
+    "munmap": "free",
+    "mprotect": "glibc malloc arenas (never PROT_EXEC)",
     "madvise": "glibc malloc trimming",
     "mremap": "glibc realloc of large blocks",
     "brk": "malloc",
@@ -69,16 +67,21 @@ ALLOWED = {
     "fstat": "Python checks fds it wraps",
     "newfstatat": "Python checks fds it wraps (fstat through fstatat)",
     "lseek": "Python's buffered stderr",
-    "ioctl": "Python's isatty() on stderr (TCGETS only, see below)",
+    "ioctl": "Python's isatty() on stderr (TCGETS; FIONBIO where a process allows it)",
+    "write": "stderr with -d",
     "exit": "thread exit",
-    "exit_group": "the worker's end",
+    "exit_group": "the end",
 }
 
 # tgkill is allowed only towards ourselves: raise(SIGSYS) in sigsys.c.
 TGKILL = "tgkill"
 TCGETS = 0x5401
+FIONBIO = 0x5421
+FCNTL_ALLOWED = (1, 2, 3, 4)      # F_GETFD, F_SETFD, F_GETFL, F_SETFL
+PROT_EXEC = 0x4
 
-FORBIDDEN_TESTS = ("open", "socket", "connect", "execve", "fork", "ptrace", "kill")
+FORBIDDEN_TESTS = ("open", "socket", "connect", "execve", "fork", "ptrace", "kill",
+                   "fcntl_setown", "mmap_exec")
 
 
 def syscall_name(nr):
@@ -124,38 +127,46 @@ def no_new_privs():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def seccomp_filter():
+def seccomp_filter(calls, nonblocking_ioctl=False):
+    """COMMON and calls allowed, with the argument rules above; the rest traps."""
     f = seccomp.SyscallFilter(defaction=seccomp.TRAP)
-    for name in ALLOWED:
+    for name in {**COMMON, **calls}:
         if name == "ioctl":
             f.add_rule(seccomp.ALLOW, name, seccomp.Arg(1, seccomp.EQ, TCGETS))
-            continue
-        try:
-            f.add_rule(seccomp.ALLOW, name)
-        except (RuntimeError, ValueError, OSError):
-            pass    # a call this architecture does not have
+            if nonblocking_ioctl:
+                f.add_rule(seccomp.ALLOW, name, seccomp.Arg(1, seccomp.EQ, FIONBIO))
+        elif name == "fcntl":
+            for cmd in FCNTL_ALLOWED:
+                f.add_rule(seccomp.ALLOW, name, seccomp.Arg(1, seccomp.EQ, cmd))
+        elif name in ("mmap", "mprotect"):
+            f.add_rule(seccomp.ALLOW, name, seccomp.Arg(2, seccomp.MASKED_EQ, PROT_EXEC, 0))
+        else:
+            try:
+                f.add_rule(seccomp.ALLOW, name)
+            except (RuntimeError, ValueError, OSError):
+                pass    # a call this architecture does not have
     f.add_rule(seccomp.ALLOW, TGKILL, seccomp.Arg(0, seccomp.EQ, os.getpid()))
     return f
 
 
-def enter(chan_fd, user, root, keep_stderr=True):
-    """Confine the calling worker. Raises OSError if any step fails: a
-    worker that cannot be confined must not run."""
-    keep = {chan_fd} | ({2} if keep_stderr else set())
-    close_fds(keep)
-    f = seccomp_filter()        # resolves syscall names: before chroot
+def enter(calls, keep, user, root, keep_stderr=True, nonblocking_ioctl=False):
+    """Confine the calling process to COMMON + calls. keep: the fds it keeps
+    (the first is its channel, where a forbidden call is reported). Raises
+    OSError if any step fails: a process that cannot be confined must not run."""
+    close_fds(set(keep) | ({2} if keep_stderr else set()))
+    f = seccomp_filter(calls, nonblocking_ioctl)   # resolves names: before chroot
     drop_privileges(user, root)
     limit_resources()
     no_new_privs()
-    if lib.sigsys_install(chan_fd) != 0:
+    if lib.sigsys_install(keep[0]) != 0:
         raise OSError(ctypes.get_errno(), "sigaction(SIGSYS)")
     f.load()
 
 
 def test_forbidden_call(name):
-    """Tests only: try one forbidden call. The worker reaches this only when
-    it was started with test hooks on (worker.main(test_hooks=True)), which
-    the daemon never does; no guest or VMM can send a control message."""
+    """Tests only: try one forbidden call. A worker or session reaches this
+    only when it was started with test hooks on (test_hooks=True), which the
+    daemon never does; no guest or VMM can send a control message."""
     libc = ctypes.CDLL(None, use_errno=True)
     if name == "open":
         os.open("/etc/passwd", os.O_RDONLY)
@@ -171,5 +182,9 @@ def test_forbidden_call(name):
         libc.ptrace(16, 1, 0, 0)                    # PTRACE_ATTACH to init
     elif name == "kill":
         os.kill(1, 0)
+    elif name == "fcntl_setown":
+        libc.fcntl(0, 8, 1)                         # F_SETOWN to init
+    elif name == "mmap_exec":
+        libc.mmap(None, 4096, 0x4, 0x22, -1, 0)     # PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS
     else:
         raise ValueError("unknown forbidden call %r" % name)

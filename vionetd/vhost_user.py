@@ -8,10 +8,10 @@ taps or guest memory contents: the integrator's Backend does.
 
 Wire format: u32 request, u32 flags (bits 0-1 version = 1, bit 2 reply,
 bit 3 need_reply), u32 size, then size bytes of payload; file descriptors
-ride as SCM_RIGHTS on the message's first bytes, at most 8. We read the
-12-byte header with recvmsg (with room for 8 fds) and then exactly size bytes,
-so we never read into the next message and every fd we receive belongs to the
-message being read.
+ride as SCM_RIGHTS on the message's first bytes, at most 8. We read at most
+the rest of the current message (the 12-byte header, then exactly size bytes)
+with recvmsg (with room for 8 fds), so we never read into the next message and
+every fd we receive belongs to the message being read.
 
 Handled (request number: what we do)
    1 GET_FEATURES           reply backend.get_features() | PROTOCOL_FEATURES
@@ -30,7 +30,7 @@ Handled (request number: what we do)
   14 SET_VRING_ERR          one fd, or none with bit 8
   15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK | NET_MTU
   16 SET_PROTOCOL_FEATURES  must be a subset of that
-  17 GET_QUEUE_NUM          reply 1 (queue pairs)
+  17 GET_QUEUE_NUM          reply the interface's queue pairs
   18 SET_VRING_ENABLE       num 0 or 1
   20 NET_SET_MTU            u64 in 68..65535, only with NET_MTU acked;
                             backend.set_mtu() accepts or refuses (BackendError:
@@ -70,8 +70,11 @@ Invariants
     disabled until SET_VRING_ENABLE 1; without it, it is enabled from its
     kick ("Ring states" in vhost-user.rst). A started but disabled ring
     supplies no RX and takes and discards TX, as that section asks.
-  - A message that is only partly there blocks handle_readable() for at most
-    `timeout` seconds, then is a ProtocolError.
+  - handle_readable() never blocks: the socket is non-blocking and a
+    message is reassembled across reads. One that is still incomplete
+    `timeout` seconds after its first byte makes overdue() true, and the
+    caller drops the connection. A reply that does not fit the socket at
+    once (a VMM that does not read its answers) is a ProtocolError.
 """
 from __future__ import annotations
 
@@ -81,9 +84,11 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+from vionetd import fdkind
 from vionetd import features as F
 
 log = logging.getLogger("vionetd.vhost_user")
@@ -150,8 +155,9 @@ REGION = struct.Struct("<QQQQ")       # {guest_addr, size, user_addr, mmap_offse
 
 MAX_FDS = 8                           # VHOST_MEMORY_BASELINE_NREGIONS
 MAX_REGIONS = 8
+MAX_BATCH = 64                        # messages handled per readable event
 MAX_PAYLOAD = 4096                    # larger than any message we know
-NUM_RINGS = 2                         # one queue pair: 0 RX, 1 TX
+MAX_QUEUE_PAIRS = 16                  # rings 2i (RX) and 2i+1 (TX) of pair i
 MAX_RING_SIZE = 32768                 # virtio 1.2 2.7
 VRING_F_LOG = 1                       # SET_VRING_ADDR flags bit 0
 VRING_NOFD = 0x100                    # SET_VRING_KICK/CALL/ERR bit 8
@@ -298,19 +304,29 @@ class Connection:
     """The device side of one vhost-user connection."""
 
     def __init__(self, sock: socket.socket, backend: Backend,
-                 name: str = "vhost-user", timeout: float = 2.0):
+                 name: str = "vhost-user", timeout: float = 2.0,
+                 queue_pairs: int = 1):
         self.sock = sock
         self.backend = backend
         self.name = name
-        sock.settimeout(timeout)
+        self.timeout = timeout                  # seconds a message may take
+        sock.setblocking(False)
+        self._buf = bytearray()                 # the message being read
+        self._fds: list[int] = []               # and the fds that came with it
+        self._since: Optional[float] = None     # when its first byte came
+        self._eof = False
         self.owner = False
         self.offered: Optional[int] = None      # last GET_FEATURES answer
         self.features: Optional[int] = None     # acked by SET_FEATURES
         self.protocol_features = 0              # acked by SET_PROTOCOL_FEATURES
         self.mtu: Optional[int] = None          # accepted NET_SET_MTU
         self.regions: list[MemRegion] = []
-        self.rings = [RingState() for _ in range(NUM_RINGS)]
-        self._reported = [False] * NUM_RINGS
+        if not 1 <= queue_pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"queue pairs {queue_pairs} not in 1..{MAX_QUEUE_PAIRS}")
+        self.queue_pairs = queue_pairs
+        self.nrings = 2 * queue_pairs
+        self.rings = [RingState() for _ in range(self.nrings)]
+        self._reported = [False] * self.nrings
         self.closed = False
         self.messages = 0
 
@@ -360,6 +376,10 @@ class Connection:
                 r.num is not None and r.addr_set and r.kick and r.started and
                 self.ring_layout_ok(i))
 
+    def reported_ready(self, i: int) -> bool:
+        """Ready as last reported to the backend (ring_ready_changed)."""
+        return self._reported[i]
+
     def ring_enabled(self, i: int) -> bool:
         """Whether a ready ring moves frames: with PROTOCOL_FEATURES acked
         only after SET_VRING_ENABLE 1; without, from its kick on. A ready
@@ -371,7 +391,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        for i in range(NUM_RINGS):
+        _close_all(self._fds)
+        for i in range(self.nrings):
             self.rings[i].started = False
         try:
             self._report()
@@ -382,62 +403,88 @@ class Connection:
     # ---- reading ----
 
     def handle_readable(self) -> bool:
-        """Read and handle exactly one message. False when the peer closed
-        the connection cleanly (between messages). Raises ProtocolError."""
-        fds: list[int] = []
-        try:
-            head = self._recv_exact(HDR.size, fds, eof_ok=True)
-            if head is None:
-                return False
-            req, flags, size = HDR.unpack(head)
-            if flags & FLAG_VERSION_MASK != VERSION:
-                raise ProtocolError(f"{request_name(req)}: bad version in "
-                                    f"flags 0x{flags:x}")
-            if flags & FLAG_REPLY:
-                raise ProtocolError(f"{request_name(req)}: reply flag set "
-                                    "on a request")
-            if size > MAX_PAYLOAD:
-                raise ProtocolError(f"{request_name(req)}: payload of "
-                                    f"{size} bytes is too large")
-            payload = self._recv_exact(size, fds) if size else b""
-            self.messages += 1
-            self._dispatch(req, flags, payload, fds)
-            self._report()
-            return True
-        except ProtocolError as e:
-            raise ProtocolError(f"{self.name}: {e}") from None
-        finally:
-            _close_all(fds)
-
-    def _recv_exact(self, n: int, fds: list[int], eof_ok: bool = False):
-        buf = bytearray()
-        cmsg_space = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-        while len(buf) < n:
+        """Read what the socket holds, without blocking, and handle every
+        message completed by it (at most MAX_BATCH, so that one VMM cannot
+        keep its session from its other duties). False when the peer closed
+        the connection cleanly between messages. Raises ProtocolError."""
+        for _ in range(MAX_BATCH):
             try:
-                data, anc, msg_flags, _ = self.sock.recvmsg(
-                    n - len(buf), cmsg_space, socket.MSG_CMSG_CLOEXEC)
-            except socket.timeout:
-                raise ProtocolError("message incomplete (timed out)")
-            except InterruptedError:
-                continue
-            except OSError as e:
-                if e.errno in (errno.ECONNRESET, errno.EPIPE) and \
-                        eof_ok and not buf:
-                    return None
-                raise ProtocolError(f"read failed: {e}")
-            for level, kind, cdata in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    a = array.array("i")
-                    a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
-                    fds.extend(a)
-            if msg_flags & socket.MSG_CTRUNC:
-                raise ProtocolError(f"more than {MAX_FDS} file descriptors")
-            if not data:
-                if eof_ok and not buf:
-                    return None
+                while not self._eof and len(self._buf) < self._want():
+                    if not self._fill():
+                        return True         # the rest has not come yet
+            except ProtocolError as e:
+                raise ProtocolError(f"{self.name}: {e}") from None
+            if self._eof:
+                return False
+            req, flags, _ = HDR.unpack_from(self._buf)
+            payload = bytes(self._buf[HDR.size:])
+            fds, self._fds = self._fds, []
+            self._buf.clear()
+            self._since = None
+            try:
+                self.messages += 1
+                self._dispatch(req, flags, payload, fds)
+                self._report()
+            except ProtocolError as e:
+                raise ProtocolError(f"{self.name}: {e}") from None
+            finally:
+                _close_all(fds)
+        return True
+
+    def overdue(self, now: float) -> bool:
+        """True if a message began more than `timeout` seconds before now
+        and is still incomplete: the caller drops the connection."""
+        return self._since is not None and now - self._since > self.timeout
+
+    def _want(self) -> int:
+        """Bytes of the current message we know of: the header, then the
+        header and its payload."""
+        if len(self._buf) < HDR.size:
+            return HDR.size
+        req, flags, size = HDR.unpack_from(self._buf)
+        if flags & FLAG_VERSION_MASK != VERSION:
+            raise ProtocolError(f"{request_name(req)}: bad version in "
+                                f"flags 0x{flags:x}")
+        if flags & FLAG_REPLY:
+            raise ProtocolError(f"{request_name(req)}: reply flag set "
+                                "on a request")
+        if size > MAX_PAYLOAD:
+            raise ProtocolError(f"{request_name(req)}: payload of "
+                                f"{size} bytes is too large")
+        return HDR.size + size
+
+    def _fill(self) -> bool:
+        """One non-blocking read of at most the rest of the current message
+        (never into the next one, so every fd received belongs to the
+        message being read). False if nothing was there."""
+        want = self._want()
+        cmsg_space = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+        try:
+            data, anc, msg_flags, _ = self.sock.recvmsg(
+                want - len(self._buf), cmsg_space, socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            if e.errno in (errno.ECONNRESET, errno.EPIPE) and not self._buf:
+                self._eof = True
+                return True
+            raise ProtocolError(f"read failed: {e}")
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
+                self._fds.extend(a)
+        if msg_flags & socket.MSG_CTRUNC or len(self._fds) > MAX_FDS:
+            raise ProtocolError(f"more than {MAX_FDS} file descriptors")
+        if not data:
+            if self._buf or self._fds:
                 raise ProtocolError("connection closed inside a message")
-            buf += data
-        return bytes(buf)
+            self._eof = True
+            return True
+        if self._since is None:
+            self._since = time.monotonic()
+        self._buf += data
+        return True
 
     # ---- writing ----
 
@@ -520,11 +567,11 @@ class Connection:
         if not self.owner:
             raise ProtocolError(f"{name} before SET_OWNER")
 
-    @staticmethod
-    def _index(name: str, index: int) -> int:
-        if index >= NUM_RINGS:
-            raise ProtocolError(f"{name}: ring index {index} out of range "
-                                f"(we have {NUM_RINGS} rings)")
+    def _index(self, name: str, index: int) -> int:
+        if index >= self.nrings:
+            raise ProtocolError(f"{name}: ring index {index} out of range: this "
+                                f"interface has {self.queue_pairs} queue pair(s) "
+                                f"(queues in vionetd.conf)")
         return index
 
     def _stopped(self, name: str, i: int) -> None:
@@ -539,7 +586,7 @@ class Connection:
 
     def _report(self) -> None:
         """Tell the backend about every change of ring readiness."""
-        for i in range(NUM_RINGS):
+        for i in range(self.nrings):
             ready = not self.closed and self.ring_ready(i)
             if ready != self._reported[i]:
                 self._reported[i] = ready
@@ -551,7 +598,7 @@ class Connection:
                                         f"it: {e}")
 
     def _check_running_layout(self) -> None:
-        for i in range(NUM_RINGS):
+        for i in range(self.nrings):
             r = self.rings[i]
             if r.started and r.num is not None and r.addr_set and \
                     self.regions and not self.ring_layout_ok(i):
@@ -586,6 +633,9 @@ class Connection:
         if extra:
             raise ProtocolError("SET_FEATURES: features not offered: " +
                                 ", ".join(F.names(extra)))
+        if not F.has(f, F.VERSION_1):
+            raise ProtocolError("SET_FEATURES without VERSION_1: legacy "
+                                "(pre-virtio 1.0) devices are not supported")
         if f != self.features and any(r.started for r in self.rings):
             raise ProtocolError("SET_FEATURES: features change while a ring "
                                 "is running")
@@ -606,7 +656,7 @@ class Connection:
         for r in self.rings:
             r.started = False
         self._report()
-        self.rings = [RingState() for _ in range(NUM_RINGS)]
+        self.rings = [RingState() for _ in range(self.nrings)]
         self.features = None
         self.regions = []
         self.backend.reset()
@@ -639,6 +689,9 @@ class Connection:
                 if b0 < a1:
                     raise ProtocolError(f"{name}: regions overlap in "
                                         f"{key.split('_')[0]} address space")
+        for i, (r, fd) in enumerate(zip(regions, fds)):
+            self._fd_ok(fdkind.memory, fd, r.size, r.mmap_offset,
+                        f"{name}: region {i}")
         old = self.regions
         self.regions = regions
         try:
@@ -715,7 +768,16 @@ class Connection:
         i = self._index(name, v & VRING_IDX_MASK)
         nofd = bool(v & VRING_NOFD)
         self._nfds(name, fds, 0 if nofd else 1)
+        if fds:
+            self._fd_ok(fdkind.notifier, fds[0], f"{name}: ring {i}")
         return i, nofd
+
+    @staticmethod
+    def _fd_ok(check, fd: int, *args) -> None:
+        try:
+            check(fd, *args)
+        except fdkind.FdError as e:
+            raise ProtocolError(str(e))
 
     def _set_vring_kick(self, p: bytes, fds: list[int]):
         i, nofd = self._vring_file("SET_VRING_KICK", p, fds)
@@ -771,7 +833,7 @@ class Connection:
 
     def _get_queue_num(self, p: bytes, fds: list[int]):
         self._size("GET_QUEUE_NUM", p, 0)
-        return U64.pack(NUM_RINGS // 2)
+        return U64.pack(self.queue_pairs)
 
     def _set_vring_enable(self, p: bytes, fds: list[int]):
         i, on = self._state("SET_VRING_ENABLE", p)

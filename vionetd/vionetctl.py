@@ -34,21 +34,27 @@ def request(path, req, timeout=10.0):
     return reply
 
 
-STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES")
+STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES", "DROPPED")
 
 
 def print_status(reply, out):
     """A table like vmctl status: columns as wide as their widest cell."""
-    rows = [STATUS_COLUMNS] + [(i.vm, i.state, i.socket, i.tap or "-", i.lladdr or "-",
-                                i.address or "-", str(i.queues)) for i in reply.interfaces]
+    rows = [STATUS_COLUMNS] + [(i.vm, state_cell(i), i.socket, i.tap or "-", i.lladdr or "-",
+                                i.address or "-", str(i.queues), i.reason or "-")
+                               for i in reply.interfaces]
     widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip(), file=out)
 
 
+def state_cell(i):
+    """The state, and in client mode the failed attempts: connecting(12)."""
+    return "%s(%d)" % (i.state, i.retries) if i.retries else i.state
+
+
 def print_show(reply, out):
     for i in reply.interfaces:
-        print("%s: %s, tap %s, socket %s" % (i.name, i.state, i.tap, i.socket), file=out)
+        print("%s: %s, tap %s, socket %s" % (i.name, state_cell(i), i.tap, i.socket), file=out)
         if i.lladdr:
             print("  lladdr %s" % i.lladdr, file=out)
         if i.address:
@@ -63,12 +69,17 @@ def print_show(reply, out):
                 ("negotiated", i.negotiated, features.names)):
             print("    %-10s %#018x %s" % (label, mask, " ".join(names(mask))), file=out)
         print("  path: tx %s, rx %s" % (i.tx_path, i.rx_path), file=out)
+        print("  session: %s, restarts %d" % (i.session_pid or "-", i.session_restarts),
+              file=out)
         print("  workers: %s, restarts %d" % (" ".join(map(str, i.worker_pids)) or "-",
                                              i.restarts), file=out)
-        print("  counters of queue pair 0 (not zero):", file=out)
-        for c in i.counters:
-            if c.value:
-                print("    %-32s %d" % (c.name, c.value), file=out)
+        if i.reason:
+            print("  last drop: %s" % i.reason, file=out)
+        for q in i.queue_pairs or [pb.QueueCounters()]:
+            print("  counters of queue pair %d (not zero):" % q.queue_pair, file=out)
+            for c in q.counters:
+                if c.value:
+                    print("    %-32s %d" % (c.name, c.value), file=out)
 
 
 def as_dict(reply):
@@ -78,7 +89,11 @@ def as_dict(reply):
                      "offered": i.offered, "vmm": i.vmm_features,
                      "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
-                     "counters": {c.name: c.value for c in i.counters}}
+                     "session_pid": i.session_pid, "session_restarts": i.session_restarts,
+                     "reason": i.reason, "retries": i.retries,
+                     "counters": {c.name: c.value for c in i.counters},
+                     "queue_pairs": [{c.name: c.value for c in q.counters}
+                                     for q in i.queue_pairs]}
             for i in reply.interfaces}
 
 

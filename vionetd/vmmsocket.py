@@ -112,7 +112,8 @@ def listen(path, owner=None, group=None, mode=0o660):
 
 def connect(path, timeout=5.0):
     """A stream socket connected to the VMM's listening socket at path
-    (client mode), blocking with timeout. Raises OSError (for instance
+    (client mode), blocking with timeout (0: not at all; a VMM whose
+    listen queue is full is then an error like any other). Raises OSError (for instance
     FileNotFoundError or ConnectionRefusedError while the VMM is not
     listening yet: the caller retries)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -17,9 +17,19 @@ import setproctitle
 
 from vionetd import control, dhcp, sandbox
 from vionetd import vionetd_pb2 as pb
-from vionetd.datapath import Datapath
+from vionetd.datapath import Datapath, RingFailed
 
 DEFAULT_ROOT = "/var/empty"
+
+# What the data path needs beyond sandbox.COMMON (and nothing of a session's:
+# no accept, no sendmsg, so a worker cannot pass an fd anywhere).
+SYSCALLS = {
+    "read": "eventfd kicks; tap reads (rxpath.c)",
+    "readv": "tap frames straight into guest buffers (rxpath.c)",
+    "write": "eventfd calls to the guest (virtq.c vq_notify)",
+    "writev": "frames into the tap: header + guest buffers, one call (txpath.c)",
+    "ppoll": "glibc may implement the data path's poll() with it",
+}
 
 
 class Worker:
@@ -80,7 +90,13 @@ class Worker:
         chan_fd = self.chan.fileno()
         while True:
             if self.dp is not None and self.dp.running:
-                event = self.dp.run(chan_fd)
+                try:
+                    event = self.dp.run(chan_fd)
+                except RingFailed as e:
+                    # the VMM's fd or the tap: stop, say so, and wait for orders
+                    self.dp.stop_ring()
+                    control.send(self.chan, pb.FromWorker(ring_failed=str(e)))
+                    continue
                 if event == "divert":
                     self._divert()
                     continue
@@ -98,14 +114,15 @@ class Worker:
             self.dp.count("dhcp_malformed")
 
 
-def main(chan, name, conf, test_hooks=False):
+def main(chan, name, conf, test_hooks=False, user=None):
     """Entry point in the forked child. Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.set_wakeup_fd(-1)
     setproctitle.setproctitle("vionetd: %s" % name)
     try:
-        sandbox.enter(chan.fileno(), conf.user, conf.chroot or DEFAULT_ROOT)
+        sandbox.enter(SYSCALLS, [chan.fileno()], user or conf.user,
+                      conf.chroot or DEFAULT_ROOT)
     except OSError as e:
         print("vionetd: %s: cannot confine worker: %s" % (name, e), file=sys.stderr)
         return 1

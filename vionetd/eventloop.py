@@ -1,0 +1,79 @@
+"""The event loop of the parent and of each session: one selector, timers.
+
+Everything a vionetd process waits for goes through one Loop: readable fds
+(watch) and deadlines (call_later). Nothing sleeps: a restart that must wait
+is a timer, not a time.sleep() in a handler.
+
+Invariants:
+- a callback that raises is logged and the loop goes on: one peer's trouble
+  must not stop the others;
+- an fd unwatched by an earlier callback of the same turn is not dispatched;
+- timers fire in deadline order, each at most once; a cancelled one never.
+"""
+import heapq
+import itertools
+import selectors
+import time
+
+from vionetd.log import log
+
+
+class Timer:
+    __slots__ = ("when", "fn", "cancelled")
+
+    def __init__(self, when, fn):
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self):
+        self.sel = selectors.DefaultSelector()
+        self._timers = []                 # heap of (when, seq, Timer)
+        self._seq = itertools.count()
+
+    def fileno(self):
+        """The selector's own fd (a sandbox must keep it open)."""
+        return self.sel.fileno()
+
+    def watch(self, fileobj, callback):
+        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+
+    def unwatch(self, fileobj):
+        try:
+            self.sel.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def call_later(self, delay, fn):
+        t = Timer(time.monotonic() + max(0.0, delay), fn)
+        heapq.heappush(self._timers, (t.when, next(self._seq), t))
+        return t
+
+    def run_once(self, max_wait=1.0):
+        """Wait for one round of events (at most max_wait seconds, less if a
+        timer is due) and dispatch them, then every timer that is due."""
+        wait = max_wait
+        if self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
+        for key, _ in self.sel.select(timeout=wait):
+            if self.sel.get_map().get(key.fileobj) is key:
+                dispatch(key.data)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                dispatch(t.fn)
+
+
+def dispatch(callback):
+    try:
+        callback()
+    except Exception as e:
+        # the type and text in the message: a session's log handler sends
+        # the message alone (formatting a traceback would open source files)
+        log.error("internal error: %s: %s", type(e).__name__, e, exc_info=True)
