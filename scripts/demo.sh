@@ -37,7 +37,8 @@ ip netns add "$NS"
 ip -n "$NS" link set lo up
 ip -n "$NS" link add vbr0 type bridge      # the switch "uplink" of the example
 ip -n "$NS" link set vbr0 up
-ip netns exec "$NS" $PY -m vionetd.main -d -f etc/vionetd.conf -p "$PIDFILE" \
+# The demo's DHCP leases stay in its own directory, removed at the end.
+VIONETD_LEASES=$RUN/leases ip netns exec "$NS" $PY -m vionetd.main -d -f etc/vionetd.conf -p "$PIDFILE" \
 	2> "$RUN/vionetd.log" &
 for _ in $(seq 50); do [ -S /run/vionetd/local1.sock ] && break; sleep 0.2; done
 [ -S /run/vionetd/local1.sock ] || { cat "$RUN/vionetd.log"; exit 1; }
@@ -47,10 +48,13 @@ $PY -m vionetd.vionetctl -s $CTL status
 ip netns exec "$NS" iperf3 -s -D --logfile "$RUN/iperf3.log"
 
 # In the guest, after DHCP: the router it was given is the host's side.
-# Each plan runs in a subshell: a plan ends with exit.
+# Each plan runs in a subshell: a plan ends with exit. The result
+# demo.show_now tells the host to run vionetctl show: the guest is then
+# connected, and busy with iperf3 for 8 more seconds.
 SNIPPET='H=$(ip route | awk "/^default/ { print \$3; exit }")
 (VIONET_HOST=$H; . /plans/ping.sh)
-(VIONET_HOST=$H; VIONET_IPERF_SECS=5; . /plans/iperf.sh)'
+result demo.show_now 1
+(VIONET_HOST=$H; VIONET_IPERF_SECS=8; . /plans/iperf.sh)'
 
 step "booting a guest on vionetd (QEMU $($PY -c 'from tests import guest; print(guest.accel())'))"
 $PY - "$SNIPPET" "$PY -m vionetd.vionetctl -s $CTL show local1" <<'EOF'
@@ -59,14 +63,21 @@ from tests import guest
 g = guest.Guest(kernel="6.12", qemu="10", netdev=guest.VhostUser("/run/vionetd/local1.sock"),
                 plan=["dhcp"], snippet=sys.argv[1], timeout=600)
 with g:
-    g.wait_for(r"iperf\.mbps=", 600)
+    g.wait_for(r"demo\.show_now=", 600)
     print("\n==> vionetctl show local1, while the guest runs")
-    subprocess.run(sys.argv[2].split(), check=False)
+    show = subprocess.run(sys.argv[2].split(), capture_output=True, text=True, timeout=30)
+    print(show.stdout + show.stderr, end="")
     res = g.wait_done()
 print("\n==> what the guest saw")
 for key in ("dhcp.ip", "dhcp.router", "dhcp.lease", "dhcp.hostname", "ping.sent",
             "ping.received", "iperf.mbps"):
     print("  %-14s %s" % (key, res.get(key)))
+# what show printed must be the connected guest: running, features negotiated
+first = show.stdout.splitlines()[0] if show.stdout else ""
+negotiated = [l for l in show.stdout.splitlines() if l.split()[:1] == ["negotiated"]]
+if ": running," not in first or not negotiated or int(negotiated[0].split()[1], 16) == 0:
+    print("demo: vionetctl show did not see the guest running with negotiated features")
+    sys.exit(1)
 sys.exit(0 if res["rc"] == 0 else 1)
 EOF
 
