@@ -285,9 +285,10 @@ def run_domain(d, ns, sock, mode):
     os.chown(workdir, uid, gid)                 # QEMU writes the serial log here
     serial = os.path.join(workdir, "serial.log")
     params = {"ip": GUEST_IP + "/24", "host": HOST_IP, "xfer_bytes": XFER_BYTES}
-    # the snippet keeps the guest up while the host pings it
+    # the snippet keeps the guest up while the host pings it, restarts
+    # vionetd under it and pings it again
     cmdline = guest.Guest(plan=["ping", "xfer"], params=params,
-                          snippet="sleep 8").cmdline()
+                          snippet="note held; sleep 40").cmdline()
     xml = domain_xml(name, workdir, sock, mode, cmdline)
     xml_path = os.path.join(workdir, "domain.xml")
     with open(xml_path, "w") as f:
@@ -308,11 +309,21 @@ def run_domain(d, ns, sock, mode):
         wait_serial(serial, r"plan\.ping\.rc=", deadline, name)
         host_ping = N.ns_run(ns, "ping", "-c", "3", "-W", "2", GUEST_IP, check=False).stdout
         show = d.ctl("show", "lv1").stdout
+        wait_serial(serial, r"VIONET-NOTE held", deadline, name)
+        restarted_at = time.monotonic()
+        d.stop()                               # as rc.d/vionetd restart does
+        d.start()
+        after_restart = ""
+        while time.monotonic() < restarted_at + 25 and " 0% packet loss" not in after_restart:
+            after_restart = N.ns_run(ns, "ping", "-c", "2", "-W", "1", GUEST_IP,
+                                     check=False).stdout
+        resumed_s = time.monotonic() - restarted_at
         m, text = wait_serial(serial, guest.DONE_RE.pattern, deadline, name)
         res = dict(guest.RESULT_RE.findall(text))
         res["rc"] = int(m.group(1))
         xfer_out, _ = peers.finish(xfer)
         return dict(res=res, serial=text, host_ping=host_ping, xfer=xfer_out, show=show,
+                    after_restart=after_restart, resumed_s=resumed_s,
                     qemu_ids=(quid, qgroups), xml=xml, log=d.log())
     finally:
         peers.close()
@@ -339,6 +350,9 @@ def check_run(out, name_absent=True):
     quid, qgroups = out["qemu_ids"]
     assert quid == uid != 0 and kvm in qgroups and 0 not in qgroups, out["qemu_ids"]
     assert "running" in out["show"], out["show"]
+    # vionetd restarted under the running guest: pings answered again
+    print("\ntraffic resumed %.1f s after the restart began" % out["resumed_s"])
+    assert " 0% packet loss" in out["after_restart"], out["after_restart"] + "\n" + log
 
 
 def test_snippet_is_what_the_manual_says():
