@@ -268,3 +268,24 @@ def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
     show = d.ctl("show", "t1").stdout
     assert "session: %d, restarts 1" % new[0] in show, show
     assert "killed by SIGKILL" in d.log()
+
+
+def test_per_vm_user_separates_two_vms():
+    """vm "b" { user nobody }: b's session and workers run as nobody, a's as
+    the daemon's user, so neither VM's processes can signal or trace the
+    other's even outside seccomp."""
+    conf = ('socket "@CTL@"\n'
+            'vm "a" { interface { socket "@DIR@/a.sock" } }\n'
+            'vm "b" {\n    user "nobody"\n    interface { socket "@DIR@/b.sock" } }\n')
+    with wire() as (dns, _wns, _bridge, _veth):
+        with daemon(conf, dns) as d:
+            d.wait_socket(d.dir + "/b.sock")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(titles(d.proc.pid)) < 7:
+                time.sleep(0.1)
+            uids = {t: uid for t, uid in titles(d.proc.pid).values()}
+    default = pwd.getpwnam(config.DEFAULT_USER).pw_uid
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for role in ("vhost", "rx", "tx"):
+        assert uids["vionetd: %s a/0" % role] == default, uids
+        assert uids["vionetd: %s b/0" % role] == nobody, uids
