@@ -315,6 +315,8 @@ def run_domain(d, ns, sock, mode):
         d.start()
         after_restart = ""
         while time.monotonic() < restarted_at + 25 and " 0% packet loss" not in after_restart:
+            # the new tap has no address of the test's until the test gives it
+            N.ns_run(ns, "ip", "addr", "replace", HOST_IP + "/24", "dev", "vlv0", check=False)
             after_restart = N.ns_run(ns, "ping", "-c", "2", "-W", "1", GUEST_IP,
                                      check=False).stdout
         resumed_s = time.monotonic() - restarted_at
