@@ -90,12 +90,13 @@ static inline void rm_unmap(struct ringmem *r)
 	r->mem = NULL;
 }
 
-/* Empty the kernel's end of the tap (frames the path wrote, or left unread). */
+/* Empty one end of the tap (frames the path wrote, or left unread). A
+ * zero-length datagram reads as 0, an empty queue as -1 (EAGAIN). */
 static inline void rm_drain(int fd)
 {
 	static uint8_t buf[1 << 17];
 
-	while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+	while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) >= 0)
 		;
 }
 

@@ -84,7 +84,7 @@ static inline unsigned tx_collect(const struct tx_ctx *c, int fd)
 	unsigned k = 0;
 	ssize_t n;
 
-	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
 		tx_check_out(c, buf, (size_t)n);
 		k++;
 	}
