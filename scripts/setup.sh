@@ -2,9 +2,10 @@
 # setup.sh: install everything vionetd and its tests need, from nothing.
 #
 # Idempotent and non-interactive: Debian packages (QEMU, iproute2, tools for
-# the guest image), QEMU 10 from bookworm-backports (it knows USO), and a
-# Python virtual environment in .venv with the package installed editable,
-# which builds the C core through cffi.
+# the guest image, clang with libFuzzer and llvm-cov for fuzz/), QEMU 10 from
+# bookworm-backports (it knows USO), and a Python virtual environment in .venv
+# with the package installed editable, which builds the C core through cffi
+# (the test extras include atheris, for fuzz/py/).
 #
 # The backports entry is derived from the machine's own Debian sources file:
 # same URIs and keyring, suite bookworm-backports. No host name is written here.
@@ -18,7 +19,8 @@ debian_packages() {
 	need=""
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
-	    kmod tcpdump procps psmisc; do
+	    kmod tcpdump procps psmisc \
+	    clang llvm libclang-rt-14-dev; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then

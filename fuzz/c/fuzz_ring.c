@@ -17,7 +17,9 @@
  * is < num; used->idx is our count after publishing and every used entry we
  * wrote names a head < num; pending never exceeds num.
  */
+#define _GNU_SOURCE
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "fuzz.h"
@@ -59,19 +61,52 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		r->size = (uint64_t)u16(&in) + 1;
 		r->uva = u64(&in);
 	}
-	/* What gmem_map() guarantees: no wrap, no overlap in either space. */
-	for (unsigned i = 0; i < nreg; i++) {
-		const struct gmem_region *a = &m.r[i];
+	/* What gmem_map() must refuse: a region that wraps, or overlaps an
+	 * earlier one in either space. gmem_map() itself (on a memfd, so the
+	 * mappings are real) must agree region by region; the table used
+	 * below is the one it accepted in full. */
+	{
+		static int mfd = -1;
+		struct guest_mem mapped;
+		int bad = 0;
 
-		if (a->gpa > UINT64_MAX - (a->size - 1) || a->uva > UINT64_MAX - (a->size - 1))
-			return 0;
-		for (unsigned j = 0; j < i; j++) {
-			const struct gmem_region *b = &m.r[j];
+		if (mfd < 0 && ((mfd = memfd_create("fuzz_ring", MFD_CLOEXEC)) < 0 ||
+				ftruncate(mfd, 1 << 17)))
+			abort();
+		memset(&mapped, 0, sizeof(mapped));
+		for (unsigned i = 0; i < nreg; i++) {
+			const struct gmem_region *a = &m.r[i];
+			uint64_t moff = (a->gpa & 1) ? (a->uva & 0xffff) : 0;
+			int want = GM_OK, got;
 
-			if ((a->gpa <= b->gpa + (b->size - 1) && b->gpa <= a->gpa + (a->size - 1)) ||
-			    (a->uva <= b->uva + (b->size - 1) && b->uva <= a->uva + (a->size - 1)))
-				return 0;
+			if (a->gpa > UINT64_MAX - (a->size - 1) || a->uva > UINT64_MAX - (a->size - 1))
+				want = GM_RANGE;
+			for (unsigned j = 0; j < i && want == GM_OK; j++) {
+				const struct gmem_region *b = &m.r[j];
+
+				if ((a->gpa <= b->gpa + (b->size - 1) && b->gpa <= a->gpa + (a->size - 1)) ||
+				    (a->uva <= b->uva + (b->size - 1) && b->uva <= a->uva + (a->size - 1)))
+					want = GM_OVERLAP;
+			}
+			if (bad)
+				break;  /* the reference stops at the first refusal */
+			got = gmem_map(&mapped, mfd, a->gpa, a->size, a->uva, moff);
+			if (got != want)
+				FAIL("gmem_map region %u: %d, expected %d", i, got, want);
+			if (got == GM_OK) {
+				uint8_t *p = gmem_gpa(&mapped, a->gpa, a->size);
+
+				if (p != mapped.r[mapped.nregions - 1].host ||
+				    gmem_uva(&mapped, a->uva + a->size - 1, 1) != p + a->size - 1 ||
+				    gmem_gpa(&mapped, a->gpa, a->size + 1) != NULL)
+					FAIL("gmem translation of region %u", i);
+				(void)*(volatile uint8_t *)(p + a->size - 1);
+			}
+			bad = got != GM_OK;
 		}
+		gmem_unmap_all(&mapped);
+		if (bad)
+			return 0;
 	}
 	num = 1u << (u8(&in) % 7);
 	mode = u8(&in);
