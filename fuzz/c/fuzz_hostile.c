@@ -21,6 +21,7 @@
  * return with no chain held.
  */
 #include <pthread.h>
+#include <sched.h>
 
 #include "txcheck.h"
 
@@ -32,7 +33,7 @@ struct guest {
 	uint64_t rng;
 	unsigned what;
 	int stop;
-	unsigned long writes;
+	unsigned long writes;   /* loop turns, written or not */
 };
 
 static uint64_t xs(uint64_t *s)
@@ -89,7 +90,7 @@ static void *guest_thread(void *arg)
 
 			wr(g->mem + RM_USED + (x % (6 + 8 * NUM)), &b, 1);
 		}
-		g->writes++;
+		__atomic_fetch_add(&g->writes, 1, __ATOMIC_RELAXED);
 	}
 	return NULL;
 }
@@ -156,6 +157,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (pthread_create(&t, NULL, guest_thread, &g))
 		abort();
+	/* The guest is running before the device looks at the ring. */
+	while (__atomic_load_n(&g.writes, __ATOMIC_RELAXED) < 8)
+		sched_yield();
 	for (int k = 0; k < 6; k++) {
 		if (mode & 1) {
 			if (rx_run(rx, r.ctl[0]) != DP_CTL || rx->nbufs)
