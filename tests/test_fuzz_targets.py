@@ -1,7 +1,8 @@
 """Smoke run of every fuzz target (fuzz/): each is built (libFuzzer + ASan +
 UBSan for fuzz/c/, atheris for fuzz/py/), replays its whole committed
 corpus (fuzz/corpus/TARGET, regression inputs of fixed crashes included)
-and fuzzes for a few seconds, all targets at once through fuzz/run.sh.
+and fuzzes for a few seconds, all targets at once through fuzz/run.sh,
+with a fresh work directory (what the run finds is thrown away).
 A target passes if it ran, executed inputs and crashed on none.
 Long runs: make fuzz (fuzz/run.sh --seconds N)."""
 import os
@@ -28,8 +29,14 @@ LINE = re.compile(r"^(\S+)\s+executions (\d+)\s+coverage (\d+) edges (\d+) featu
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    p = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), "--seconds", str(SECONDS)],
+def work(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fuzz-work"))
+
+
+@pytest.fixture(scope="module")
+def smoke(work):
+    p = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), "--seconds", str(SECONDS),
+                        "--work", work],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     results = {}
     for line in p.stdout.splitlines():
@@ -41,8 +48,8 @@ def smoke():
     return p, results
 
 
-def _log(target):
-    path = os.path.join(ROOT, "fuzz", "logs", target + ".log")
+def _log(work, target):
+    path = os.path.join(work, "logs", target + ".log")
     try:
         with open(path) as f:
             return f.read()[-4000:]
@@ -51,12 +58,12 @@ def _log(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_fuzz_target_smoke(smoke, target):
+def test_fuzz_target_smoke(smoke, work, target):
     p, results = smoke
     assert target in results, p.stdout + p.stderr
     r = results[target]
-    assert r["crashes"] == 0 and not r["note"], _log(target)
-    assert r["execs"] > 0 and r["edges"] > 0, _log(target)
+    assert r["crashes"] == 0 and not r["note"], _log(work, target)
+    assert r["execs"] > 0 and r["edges"] > 0, _log(work, target)
 
 
 def test_every_target_has_a_committed_corpus():
