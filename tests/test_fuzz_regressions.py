@@ -56,3 +56,77 @@ def test_dhcp_well_formed_request_still_answered():
     assert reply is not None and reply.message_type == dhcp.ACK
     frame = dhcp.build(reply)
     assert lib.rx_csum_verify(ffi.from_buffer(frame), len(frame)) == 1
+
+
+# py_vhost_user: Connection.close() reports the rings stopped through
+# _report(), which turns a BackendError of ring_ready_changed(i, False)
+# into a ProtocolError; it escapes close() and backend.disconnected() is
+# never called (the daemon's Port never refuses a stop, so not reachable
+# today). vhost_user.py is being restructured: reported, not fixed here.
+@pytest.mark.xfail(strict=True, reason="Connection.close() lets a refused ring stop escape")
+def test_vhost_user_close_tells_the_backend_even_if_a_stop_is_refused():
+    import os
+    import socket
+    import struct
+
+    from vionetd import vhost_user as vu
+
+    class Refusing(vu.Backend):
+        disconnected_called = False
+
+        def get_features(self):
+            return 1 << 32
+
+        def set_features(self, f):
+            pass
+
+        def set_mem_table(self, regions, fds):
+            self.fds = fds
+
+        def set_vring_kick(self, i, fd):
+            os.close(fd)
+
+        def set_vring_call(self, i, fd):
+            pass
+
+        def ring_ready_changed(self, i, ready):
+            if not ready:
+                raise vu.BackendError("cannot stop")
+
+        def disconnected(self):
+            self.disconnected_called = True
+
+    def msg(req, payload=b""):
+        return struct.pack("<III", req, 1, len(payload)) + payload
+
+    ours, vmm = socket.socketpair()
+    backend = Refusing()
+    conn = vu.Connection(ours, backend, name="t")
+    mfd = os.memfd_create("t")
+    os.ftruncate(mfd, 65536)
+    efd = os.eventfd(0)
+    base = 0x7F0000000000
+    try:
+        for m, fds in ((msg(vu.SET_OWNER), []),
+                       (msg(vu.SET_FEATURES, struct.pack("<Q", 1 << 32)), []),
+                       (msg(vu.SET_MEM_TABLE, struct.pack("<II", 1, 0) +
+                            struct.pack("<QQQQ", 0, 65536, base, 0)), [mfd]),
+                       (msg(vu.SET_VRING_NUM, struct.pack("<II", 0, 16)), []),
+                       (msg(vu.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, base, base + 0x2000,
+                                                           base + 0x1000, 0)), []),
+                       (msg(vu.SET_VRING_KICK, struct.pack("<Q", 0)), [efd])):
+            vmm.sendmsg([m], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               struct.pack("%di" % len(fds), *fds))] if fds else [])
+            assert conn.handle_readable()
+        assert conn.ring_ready(0)
+        try:
+            conn.close()
+        except vu.ProtocolError:
+            pass
+        assert backend.disconnected_called
+    finally:
+        vmm.close()
+        os.close(mfd)
+        os.close(efd)
+        for fd in getattr(backend, "fds", []):
+            os.close(fd)

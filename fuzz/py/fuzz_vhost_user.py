@@ -3,9 +3,10 @@
 
 A Connection is made over one end of a socketpair with a fake Backend; the
 other end plays the VMM. Input: u8 backend behaviour (bits: which Backend
-methods refuse with BackendError; bit 7: get_vring_base answers 70000),
-then records of u8 fd plan + u16 length + bytes: the bytes are sent as one
-chunk of the byte stream (a message may span chunks or share one), with
+methods refuse with BackendError, bit 6 for starting a ring (stopping is
+never refused); bit 7: get_vring_base answers 70000), then records of u8
+fd plan + u16 length + bytes: the bytes are sent as one chunk of the byte
+stream (a message may span chunks or share one), with
 the planned file descriptors (0-3 of them, each an eventfd, a memfd or a
 pipe end) attached as SCM_RIGHTS. The VMM's end is then shut for writing
 and the Connection is driven only through its surface: handle_readable()
@@ -73,7 +74,11 @@ class FakeBackend(vu.Backend):
         self._keep(fd)
 
     def ring_ready_changed(self, index, ready):
-        self._maybe(6)
+        # Starting may be refused; stopping is not (as the daemon's Port):
+        # Connection.close() lets the ProtocolError of a refused stop escape
+        # (tests/test_fuzz_regressions.py, xfail until it is decided).
+        if ready:
+            self._maybe(6)
 
     def close_all(self):
         for fd in self.fds:
