@@ -8,8 +8,9 @@
  * Input: u64 features, u32 TXF_* flags, u8 log2(num) (1..16), u8 mode
  * (bit 0 EVENT_IDX, bits 1-7 base), u8 batch (bits 0-2; bit 3: serve through
  * tx_run() with a kick eventfd instead of tx_poll_once(); bit 4: a tap with
- * a small send buffer that the "kernel" reads only between calls, so
- * writes meet EAGAIN: frames handed back, segments left waiting), then guest
+ * the smallest send buffer, read by the "kernel" only every other call, so
+ * writes meet EAGAIN (frames handed back, segments left waiting) or
+ * EMSGSIZE (a write error)), then guest
  * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56.
  * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
  * a DHCP request of at most DIVERT_MAX bytes; used entries name valid heads;
@@ -32,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int tap_k;
 
 	if (!c) {
-		int buf = 16384;
+		int buf = 1;            /* the kernel's minimum: a few KiB */
 
 		c = calloc(1, sizeof(*c));
 		if (!c || tx_init(c))
@@ -74,8 +75,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		} else {
 			ret = tx_poll_once(c);
 		}
-		tx_collect(c, tap_k);
-		c->waiting_out = 0;     /* the kernel has read: writable again */
+		if (!(b & 16) || (k & 1)) {
+			tx_collect(c, tap_k);
+			c->waiting_out = 0;     /* the kernel has read: writable again */
+		}
 		if (ret == DP_DIVERT)
 			tx_check_divert(c);
 		else if (ret != DP_CTL)
