@@ -9,7 +9,8 @@
 # starting from its corpus in fuzz/corpus/TARGET and keeping what it finds
 # in fuzz/work/TARGET (not in git; --work names another directory, where
 # logs and crashes go too). --merge then minimises work and corpus together
-# back into fuzz/corpus/TARGET (libFuzzer -merge=1).
+# back into fuzz/corpus/TARGET (libFuzzer -merge=1, on edges without hit
+# counts, -use_counters=0, which keeps the corpus small).
 # Crashes, leaks and timeouts are written to fuzz/crashes/TARGET-*, logs to
 # fuzz/logs/TARGET.log.
 # One line per target: executions, coverage (edges and features as
@@ -19,6 +20,10 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PY:-$ROOT/.venv/bin/python}
+# libFuzzer's -merge re-runs argv[0]: for atheris that is the script itself,
+# whose "#!/usr/bin/env python3" must find the virtualenv's python.
+PATH=$(dirname "$PY"):$PATH
+export PATH
 SECONDS_EACH=60
 JOBS=0
 MERGE=0
@@ -87,9 +92,10 @@ run_one() {
 		# Keep the crash-* regression inputs whatever the merge picks.
 		mkdir -p "$WORK/$t.min"
 		rm -f "$WORK/$t.min"/*
-		nice -n 19 $(command_of "$t") -merge=1 -max_len="$(max_len "$t")" -timeout=60 \
+		nice -n 19 $(command_of "$t") -merge=1 -use_counters=0 -max_len="$(max_len "$t")" -timeout=60 \
 			-rss_limit_mb=2560 "$WORK/$t.min" "fuzz/corpus/$t" "$WORK/$t" \
 			>"$LOGS/$t.merge.log" 2>&1 &&
+		[ -n "$(ls "$WORK/$t.min")" ] &&
 		find "fuzz/corpus/$t" -type f ! -name 'crash-*' -delete &&
 		cp "$WORK/$t.min"/* "fuzz/corpus/$t"/ &&
 		corpus=$(ls "fuzz/corpus/$t" | wc -l)

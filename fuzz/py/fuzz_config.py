@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the configuration parser (vionetd/config.py).
 
 Input: the bytes of a vionetd.conf. As config.load() does, bytes that are

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the worker -> parent control channel (vionetd/control.py
 recv) and the checks the parent makes of what it got.
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: vionetctl request handling (vionetd/ctl.py CtlServer.answer).
 
 Input: u8 (bit 0: the client is root; bit 1: reload fails), then the

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the DHCP code (vionetd/dhcp.py), all three steps.
 
 Input: u8 mode, then bytes. Mode even: the bytes are an Ethernet frame the

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """atheris target: the vhost-user message decoder and request handlers
 (vionetd/vhost_user.py Connection), driven as the daemon drives it.
 
