@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite
 PY = .venv/bin/python
 
-.PHONY: setup test test-fast demo proto bench clean
+.PHONY: setup test test-fast demo proto bench fuzz clean
 
 setup:
 	sh scripts/setup.sh
@@ -14,6 +14,12 @@ test: setup
 # The fast tests only (no real guest), while working.
 test-fast:
 	$(PY) -m pytest -q -m 'not guest'
+
+# Long fuzz runs of every target (fuzz/run.sh; after make setup):
+# make fuzz FUZZ_SECONDS=1800
+FUZZ_SECONDS ?= 600
+fuzz:
+	fuzz/run.sh --seconds $(FUZZ_SECONDS)
 
 demo: setup
 	sh scripts/demo.sh

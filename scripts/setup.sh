@@ -3,9 +3,10 @@
 #
 # Idempotent and non-interactive: Debian packages (QEMU, iproute2, tools for
 # the guest image, systemd-analyze for the unit's test, libvirt through
-# scripts/libvirt.sh), QEMU 10 from bookworm-backports (it knows USO), and a
-# Python virtual environment in .venv with the package installed editable,
-# which builds the C core through cffi.
+# scripts/libvirt.sh, clang with libFuzzer and llvm-cov for fuzz/), QEMU 10
+# from bookworm-backports (it knows USO), and a Python virtual environment in
+# .venv with the package installed editable, which builds the C core through
+# cffi (the test extras include atheris, for fuzz/py/).
 #
 # The backports entry is derived from the machine's own Debian sources file:
 # same URIs and keyring, suite bookworm-backports. No host name is written here.
@@ -19,7 +20,8 @@ debian_packages() {
 	need=""
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
-	    kmod tcpdump procps psmisc systemd util-linux; do
+	    kmod tcpdump procps psmisc systemd util-linux \
+	    clang llvm libclang-rt-14-dev; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then

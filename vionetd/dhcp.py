@@ -107,10 +107,19 @@ def options(data):
 
 # ---- parent: the decision ----------------------------------------------------
 
+def well_formed(req):
+    """What fields() guarantees of a request, checked again by the parent,
+    which gets it from the tx worker as protobuf, whose fields are wider than
+    DHCP's: 16-bit flags, a 6-byte chaddr, 4-byte addresses."""
+    return (req.flags <= 0xFFFF and len(req.chaddr) == 6 and len(req.ciaddr) == 4
+            and len(req.requested_addr) in (0, 4) and len(req.server_id) in (0, 4))
+
+
 def decide(port, req):
-    """The DhcpReply for req from port's guest, or None when there is none to give."""
+    """The DhcpReply for req from port's guest, or None when there is none to give
+    (also for a request fields() could not have made)."""
     addr = port.address
-    if addr is None or req.op != BOOTREQUEST:
+    if addr is None or req.op != BOOTREQUEST or not well_formed(req):
         return None
     guest = addr.guest.packed
     host = addr.host.packed

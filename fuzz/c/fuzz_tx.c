@@ -1,0 +1,95 @@
+/*
+ * fuzz_tx: the TX data path (txpath.c) over a fuzzed ring and fuzzed
+ * frames: header copy and validation, the locked-address and ARP checks, the
+ * DHCP diversion (is_dhcp_request, the field extraction that picks frames
+ * for the parent), passthrough with the rebuilt header, software checksum
+ * and software segmentation, with a nonblocking tap.
+ *
+ * Input: u64 features, u32 TXF_* flags, u8 log2(num) (1..16), u8 mode
+ * (bit 0 EVENT_IDX, bits 1-7 base), u8 batch (bits 0-2; bit 3: serve through
+ * tx_run() with a kick eventfd instead of tx_poll_once(); bit 4: a tap with
+ * the smallest send buffer, read by the "kernel" only every other call, so
+ * writes meet EAGAIN (frames handed back, segments left waiting) or
+ * EMSGSIZE (a write error)), then guest
+ * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56.
+ * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
+ * a DHCP request of at most DIVERT_MAX bytes; used entries name valid heads;
+ * the ring is consistent after tx_reset (nothing held).
+ */
+#include <sys/eventfd.h>
+
+#include "txcheck.h"
+
+static const uint8_t LOCKED[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static struct tx_ctx *c;
+	static struct ringmem r;
+	static int small[2], kick;
+	struct in in = { data, size };
+	unsigned num, mode, b;
+	uint16_t used_start;
+	int tap_k;
+
+	if (!c) {
+		int buf = 1;            /* the kernel's minimum: a few KiB */
+
+		c = calloc(1, sizeof(*c));
+		if (!c || tx_init(c))
+			abort();
+		rm_init(&r);
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, small) ||
+		    setsockopt(small[0], SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf)) ||
+		    (kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+			abort();
+		for (int i = -1; i <= DC_MAX; i++)      /* every counter has a name */
+			if (!dp_counter_name(i) || !*dp_counter_name(i))
+				abort();
+	}
+	c->features = u64(&in);
+	c->flags = u32(&in);
+	num = 1u << (u8(&in) % 5);
+	mode = u8(&in);
+	b = u8(&in);
+	c->batch = b % 8;
+	memcpy(c->locked_mac, LOCKED, 6);
+	c->kick_fd = (b & 8) ? kick : -1;
+	c->tap_fd = (b & 16) ? small[0] : r.tap[0];
+	tap_k = (b & 16) ? small[1] : r.tap[1];
+	c->waiting_out = 0;
+	memset(c->cnt, 0, sizeof(c->cnt));
+	rm_map(&r, &in);
+	if (rm_setup(&r, &c->q, num, (uint16_t)(mode >> 1) * 0x200, mode & 1) != GM_OK)
+		abort();
+	used_start = c->q.used_idx;
+	for (int k = 0; k < 8; k++) {
+		int ret;
+
+		if (b & 8) {
+			uint64_t one = 1;
+
+			if (write(kick, &one, sizeof(one)) != sizeof(one))
+				abort();
+			ret = tx_run(c, r.ctl[0]);
+		} else {
+			ret = tx_poll_once(c);
+		}
+		if (!(b & 16) || (k & 1)) {
+			tx_collect(c, tap_k);
+			c->waiting_out = 0;     /* the kernel has read: writable again */
+		}
+		if (ret == DP_DIVERT)
+			tx_check_divert(c);
+		else if (ret != DP_CTL)
+			FAIL("tx_poll_once returned %d", ret);
+		if (!vq_pending(&c->q) && !c->seg_count)
+			break;
+	}
+	tx_reset(c);
+	rm_check_used(&r, num, used_start);
+	rm_drain(tap_k);
+	eventfd_drain(kick);
+	rm_unmap(&r);
+	return 0;
+}

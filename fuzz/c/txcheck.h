@@ -1,0 +1,94 @@
+/*
+ * txcheck.h: what fuzz_tx and fuzz_hostile check of every frame the TX path
+ * wrote to the tap (the bytes the "kernel" got), and of a diverted frame.
+ */
+#ifndef VIONETD_FUZZ_TXCHECK_H
+#define VIONETD_FUZZ_TXCHECK_H
+
+#include "ringmem.h"
+
+static inline int is_dhcp_frame(const uint8_t *f, size_t len)
+{
+	struct frame_info fi;
+	size_t hl = len < HEAD_MAX ? len : HEAD_MAX;
+
+	return frame_parse(f, hl, len, &fi) == PARSE_OK && fi.ip_version == 4 &&
+	       fi.l4_proto == 17 && !fi.fragment && fi.l4_off && fi.l4_off + 4 <= hl &&
+	       f[fi.l4_off] == 0 && f[fi.l4_off + 1] == 68 &&
+	       f[fi.l4_off + 2] == 0 && f[fi.l4_off + 3] == 67;
+}
+
+static inline uint32_t sw_flag_for(uint8_t gso_type)
+{
+	switch (gso_type & 0x7f) {
+	case VNET_GSO_TCPV4: return TXF_SW_TSO4;
+	case VNET_GSO_TCPV6: return TXF_SW_TSO6;
+	case VNET_GSO_UDP_L4: return TXF_SW_USO;
+	}
+	return 0;
+}
+
+/*
+ * One frame as written: [vnet header][frame]. It must pass validation as
+ * it is (the header we rebuilt, the head we copied), carry only what the
+ * policy lets through to the kernel, and respect the locked address and
+ * the DHCP diversion.
+ */
+static inline void tx_check_out(const struct tx_ctx *c, const uint8_t *buf, size_t n)
+{
+	struct vnet_hdr h;
+	struct frame_info fi;
+	size_t len, hl;
+	uint8_t *head;
+	int vr;
+
+	if (n < VNET_HDR_LEN + 14)
+		FAIL("tap got a frame of %zu bytes", n);
+	memcpy(&h, buf, VNET_HDR_LEN);
+	len = n - VNET_HDR_LEN;
+	hl = len < HEAD_MAX ? len : HEAD_MAX;
+	head = exact_copy(buf + VNET_HDR_LEN, hl);
+	vr = vnet_validate(&h, head, hl, len, c->features, &fi);
+	if (vr != VR_OK)
+		FAIL("frame written to the tap fails validation: %s", vnet_reason_name(vr));
+	if (h.flags & ~VNET_F_NEEDS_CSUM || h.num_buffers)
+		FAIL("tap header flags 0x%x num_buffers %u", h.flags, h.num_buffers);
+	if (h.gso_type && (c->flags & sw_flag_for(h.gso_type)))
+		FAIL("GSO type %u passed to the tap though cut in software", h.gso_type);
+	if (!h.gso_type && (h.flags & VNET_F_NEEDS_CSUM) && (c->flags & TXF_SW_CSUM))
+		FAIL("partial checksum passed to the tap though done in software");
+	if ((c->flags & TXF_LOCKED_MAC) && memcmp(head + 6, c->locked_mac, 6))
+		FAIL("frame from another MAC passed the lock");
+	if ((c->flags & TXF_DHCP_DIVERT) && is_dhcp_frame(head, len < hl ? len : hl) &&
+	    len <= DIVERT_MAX)
+		FAIL("DHCP request went to the tap instead of the parent");
+	free(head);
+}
+
+static inline void tx_check_divert(const struct tx_ctx *c)
+{
+	uint8_t *f;
+
+	if (c->divert_len > DIVERT_MAX || c->divert_len < 14)
+		FAIL("divert_len %u", c->divert_len);
+	f = exact_copy(c->divert, c->divert_len);
+	if (!is_dhcp_frame(f, c->divert_len))
+		FAIL("diverted frame is not a DHCP request");
+	free(f);
+}
+
+/* Read every frame the path wrote and check it. */
+static inline unsigned tx_collect(const struct tx_ctx *c, int fd)
+{
+	static uint8_t buf[1 << 17];
+	unsigned k = 0;
+	ssize_t n;
+
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
+		tx_check_out(c, buf, (size_t)n);
+		k++;
+	}
+	return k;
+}
+
+#endif

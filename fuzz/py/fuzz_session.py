@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""atheris target: what the parent does with a message from a session
+(vionetd/iface.py Interface._session_message, after control.recv).
+
+A session is unprivileged and reads everything a VMM sends; a compromised
+one can send the parent any FromSession. Input: one datagram, parsed as
+FromSession by control.recv over a SOCK_SEQPACKET pair, then handed to an
+Interface whose privileged actions are recorded instead of done (tap
+ioctls, links, forks, connects).
+Contract: _session_message returns None or the reason to kill the session;
+it never raises; features outside the offer and unknown roles or queue
+pairs are refused; nothing is forked for a refused spawn.
+"""
+import logging
+import socket
+import sys
+from types import SimpleNamespace
+
+import atheris
+
+with atheris.instrument_imports():
+    from vionetd import config, control, features, iface, links, tap
+    from vionetd import vionetd_pb2 as pb
+
+CONF = config.parse('vm "a" { interface { socket "/run/a.sock"\n queues 2 } }\n'
+                    'vm "b" { local interface { socket "/run/b.sock" } }')
+DONE = []
+
+
+def interface(vm):
+    p = iface.Interface(SimpleNamespace(loop=SimpleNamespace(call_later=lambda d, f: None),
+                                        ports={}, watch=lambda *a: None,
+                                        unwatch=lambda *a: None),
+                        CONF.vms[vm].interfaces[0], CONF)
+    p.offered = features.offer(p.iface.offload, 0x7f, p.queue_pairs)
+    p.tap_fds, p.tap_name, p.tap_mac = [-1], "vtap", b"\xfe\0\0\0\0\1"
+    p._send = lambda fds=(), **kw: DONE.append(("send", kw))
+    p._spawn_worker = lambda role, qp: DONE.append(("spawn", role, qp))
+    p._dial = lambda: DONE.append(("dial",))
+    return p
+
+
+IFACES = (interface("a"), interface("b"))
+tap.set_offload = lambda fd, mask: DONE.append(("offload", mask))
+links.set_mtu = lambda name, mtu: DONE.append(("mtu", mtu))
+PARENT, SESSION = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    p = IFACES[data[0] & 1]
+    SESSION.send(data[1:])
+    try:
+        msg, fds = control.recv(PARENT, pb.FromSession)
+    except control.ChannelError:
+        return
+    control.close_fds(fds)
+    if msg is None:
+        return
+    DONE.clear()
+    why = p._session_message(msg)
+    assert why is None or isinstance(why, str), why
+    kind = msg.WhichOneof("msg")
+    allowed = p.offered | features.bit(features.VHOST_USER_F_PROTOCOL_FEATURES)
+    if kind == "features" and msg.features & ~allowed:
+        assert why and not DONE, (why, DONE)
+    if kind == "spawn" and (msg.spawn.role not in iface.ROLE_NAME or
+                            msg.spawn.queue_pair >= p.queue_pairs):
+        assert why and not DONE, (why, DONE)
+    if kind == "state" and why is None:
+        assert p.session.state in iface.STATES
+
+
+def main() -> None:
+    logging.disable(logging.CRITICAL)
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
