@@ -10,6 +10,12 @@
  * consistent: every chain taken is completed or handed back, so
  * vq_last_avail(&ctx->q) is the vhost-user GET_VRING_BASE answer.
  *
+ * Notifications: a batch publishes what it completed at once (the guest
+ * may reap it without an interrupt) and keeps kicks off; the signal and
+ * the re-enabling of kicks wait for the worker to go idle for linger_us
+ * (see tx_ctx.linger_us), so a guest producing or consuming at a steady
+ * pace neither kicks nor takes an interrupt per frame.
+ *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
  * VQE_*), then one per refused header (DC_VR_BASE + VR_*).
@@ -54,6 +60,11 @@ enum dp_counter {
 	DC_RX_BOUNCED,        /* RX: read via the private buffer, the guest was short of buffers */
 	DC_RX_INJECTED,
 	DC_RX_INJECT_NOBUF,
+	DC_LINGER_FOUND,      /* work found while kicks were still off after the
+				 ring ran dry (TX) or the tap did (RX): a kick
+				 or an interrupt the guest did not have to take */
+	DC_NOTIFY_DEFERRED,   /* batches whose completions were signalled later,
+				 together with a later batch's */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -87,6 +98,8 @@ enum {
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
 	DP_BATCH = 64,        /* default frames per wake-up */
+	DP_LINGER_US = 100,   /* default linger_us */
+	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile */
 	DIVERT_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,
@@ -107,12 +120,21 @@ struct tx_ctx {
 	uint64_t features;    /* negotiated */
 	uint32_t flags;       /* TXF_* */
 	unsigned batch;       /* 0: DP_BATCH */
+	/* After the ring runs dry, kicks stay off and the ring is looked at
+	 * every DP_LINGER_STEP_US for this long before kicks are asked for
+	 * again; completions are signalled when the worker goes idle, when a
+	 * batch is full, or this long after the first unsignalled one.
+	 * 0: DP_LINGER_US; negative: none (kicks on and a signal at once). */
+	int linger_us;
 	uint8_t locked_mac[6];
 	uint64_t cnt[DC_MAX];
 	uint32_t divert_len;
 	uint8_t divert[2048];
 	/* private below */
 	int waiting_out;
+	int armed;            /* kicks asked for (vq_enable_notify) since the last batch */
+	uint64_t linger_until;  /* dp_now_ns() until which we look without kicks */
+	uint64_t unsignalled_since; /* 0: every completion signalled */
 	unsigned seg_next, seg_count;
 	size_t seg_off;
 	struct vnet_hdr hdr;
@@ -137,10 +159,16 @@ struct rx_ctx {
 	uint64_t features;
 	uint32_t flags;       /* RXF_* */
 	unsigned batch;
+	/* Completions are signalled when the tap has stayed empty this long
+	 * (or a batch is full, or the guest is out of buffers), so frames
+	 * arriving meanwhile share one interrupt. 0: DP_LINGER_US; negative:
+	 * none (a signal after every batch). */
+	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
 	uint64_t cnt[DC_MAX];
 	/* private below */
 	int waiting_bufs;
+	uint64_t unsignalled_since; /* 0: every completion signalled */
 	unsigned nbufs, niov;
 	uint32_t total;
 	struct vnet_hdr hdr;
@@ -175,5 +203,17 @@ int rx_run(struct rx_ctx *c, int ctl_fd);
 int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
 
 /* CDEF END */
+
+/* Shared by the paths (not exported to Python). */
+uint64_t dp_now_ns(void);
+/* linger_us as nanoseconds: 0 means DP_LINGER_US, negative none. */
+uint64_t dp_linger_ns(int linger_us);
+/* Publish what was completed and signal it now, or, when the guest may
+ * wait (force 0), leave it published and unsignalled until
+ * *since + window: *since is set on the first deferral. Returns the
+ * signals written (0 or 1). */
+int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, int force);
+/* True when the deferred signal is due at now. */
+int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
 
 #endif
