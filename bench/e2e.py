@@ -619,7 +619,7 @@ def uso_summary(good):
 def run(rounds, seconds, only=(), uso_secs=5, log=None):
     acc = G.accel()
     backends = [b for b in BACKENDS if (not only or b in only) and not unavailable(b)]
-    t0 = time.monotonic()
+    t0, load0 = time.monotonic(), list(os.getloadavg())
     runs = []
     for r in range(rounds):
         for b in backends:         # round-robin: drift hits every backend alike
@@ -640,7 +640,7 @@ def run(rounds, seconds, only=(), uso_secs=5, log=None):
     out = {"accel": acc, "kernel": KERNEL, "qemu": QEMU, "rounds": rounds,
            "seconds": seconds, "uso_seconds": uso_secs, "cpus": os.cpu_count(),
            "guest": guest_config(acc), "device_props": device_props(acc),
-           "loadavg_start": list(os.getloadavg())}
+           "loadavg_start": load0}
     out.update(summarize(backends, runs, only))
     out["loadavg_end"] = list(os.getloadavg())
     out["wall_s"] = round(time.monotonic() - t0, 1)

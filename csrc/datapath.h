@@ -98,7 +98,7 @@ enum {
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
 	DP_BATCH = 64,        /* default frames per wake-up */
-	DP_LINGER_US = 100,   /* default linger_us */
+	DP_LINGER_US = 250,   /* default linger_us */
 	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile */
 	DIVERT_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
