@@ -11,10 +11,12 @@
  * vq_last_avail(&ctx->q) is the vhost-user GET_VRING_BASE answer.
  *
  * Notifications: a batch publishes what it completed at once (the guest
- * may reap it without an interrupt) and keeps kicks off; the signal and
- * the re-enabling of kicks wait for the worker to go idle for linger_us
- * (see tx_ctx.linger_us), so a guest producing or consuming at a steady
- * pace neither kicks nor takes an interrupt per frame.
+ * may reap it without an interrupt) and turns kicks off. TX asks for kicks
+ * again only after the ring has stayed dry for linger_us, looking at it
+ * meanwhile; RX asks for kicks only when the guest is out of buffers (as
+ * it always did). The signal (call eventfd) waits at most linger_us after
+ * the first unsignalled completion, so frames close together share one
+ * kick and one interrupt (see tx_ctx.linger_us, rx_ctx.linger_us).
  *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
@@ -60,9 +62,10 @@ enum dp_counter {
 	DC_RX_BOUNCED,        /* RX: read via the private buffer, the guest was short of buffers */
 	DC_RX_INJECTED,
 	DC_RX_INJECT_NOBUF,
-	DC_LINGER_FOUND,      /* work found while kicks were still off after the
-				 ring ran dry (TX) or the tap did (RX): a kick
-				 or an interrupt the guest did not have to take */
+	DC_LINGER_FOUND,      /* TX: chains found by looking while kicks were
+				 off after the ring ran dry (kicks the guest
+				 did not send); RX: frames that came from the
+				 tap while a signal was pending (they share it) */
 	DC_NOTIFY_DEFERRED,   /* batches whose completions were signalled later,
 				 together with a later batch's */
 	DC_FIXED_MAX
@@ -99,7 +102,8 @@ enum {
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
 	DP_BATCH = 64,        /* default frames per wake-up */
 	DP_LINGER_US = 250,   /* default linger_us */
-	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile */
+	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile
+				   (plus the kernel's timer slack, 50 us by default) */
 	DIVERT_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,
@@ -159,8 +163,9 @@ struct rx_ctx {
 	uint64_t features;
 	uint32_t flags;       /* RXF_* */
 	unsigned batch;
-	/* Completions are signalled when the tap has stayed empty this long
-	 * (or a batch is full, or the guest is out of buffers), so frames
+	/* Completions are published after every batch and signalled at most
+	 * this long after the first unsignalled one (at once when a batch is
+	 * full, the guest is out of buffers or rx_run() returns), so frames
 	 * arriving meanwhile share one interrupt. 0: DP_LINGER_US; negative:
 	 * none (a signal after every batch). */
 	int linger_us;
@@ -208,10 +213,10 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
 uint64_t dp_now_ns(void);
 /* linger_us as nanoseconds: 0 means DP_LINGER_US, negative none. */
 uint64_t dp_linger_ns(int linger_us);
-/* Publish what was completed and signal it now, or, when the guest may
- * wait (force 0), leave it published and unsignalled until
- * *since + window: *since is set on the first deferral. Returns the
- * signals written (0 or 1). */
+/* Publish what was completed and signal it now (force), or leave it
+ * published and unsignalled: *since is set to dp_now_ns() on the first
+ * deferral and cleared by the signal; the caller signals once
+ * dp_signal_due(). Returns the signals written (0 or 1). */
 int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, int force);
 /* True when the deferred signal is due at now. */
 int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
