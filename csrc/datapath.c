@@ -59,25 +59,34 @@ uint64_t dp_linger_ns(int linger_us)
 	return (uint64_t)(linger_us ? linger_us : DP_LINGER_US) * 1000u;
 }
 
-int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, int force)
+int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
+		uint64_t window, int force)
 {
+	uint64_t now;
+	int sent;
+
 	vq_publish(q);
 	if (q->used_idx == q->signalled_used && *since == 0)
 		return 0;               /* nothing completed since the last signal */
-	if (!force) {
+	now = dp_now_ns();
+	if (!force && window && now - *last < window) {
 		if (*since == 0)
-			*since = dp_now_ns();
+			*since = now;
 		cnt[DC_NOTIFY_DEFERRED]++;
 		return 0;
 	}
 	*since = 0;
-	return vq_notify(q);
+	sent = vq_notify(q);
+	if (sent)
+		*last = now;    /* only an interrupt the guest took starts a window */
+	return sent;
 }
 
-int dp_signal_due(uint64_t since, uint64_t window, uint64_t now)
+int dp_signal_due(uint64_t since, uint64_t last, uint64_t window, uint64_t now)
 {
-	return since && now - since >= window;
+	return since && now - last >= window;
 }
+
 
 const char *dp_counter_name(int i)
 {

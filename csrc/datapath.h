@@ -14,9 +14,11 @@
  * may reap it without an interrupt) and turns kicks off. TX asks for kicks
  * again only after the ring has stayed dry for linger_us, looking at it
  * meanwhile; RX asks for kicks only when the guest is out of buffers (as
- * it always did). The signal (call eventfd) waits at most linger_us after
- * the first unsignalled completion, so frames close together share one
- * kick and one interrupt (see tx_ctx.linger_us, rx_ctx.linger_us).
+ * it always did). Signals (call eventfd) are throttled: one comes at once
+ * unless the last one is less than linger_us old, then it waits until
+ * linger_us after the last one, so frames close together share one kick
+ * and one interrupt and a lone frame waits for nothing (see
+ * tx_ctx.linger_us, rx_ctx.linger_us).
  *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
@@ -66,8 +68,8 @@ enum dp_counter {
 				 off after the ring ran dry (kicks the guest
 				 did not send); RX: frames that came from the
 				 tap while a signal was pending (they share it) */
-	DC_NOTIFY_DEFERRED,   /* batches whose completions were signalled later,
-				 together with a later batch's */
+	DC_NOTIFY_DEFERRED,   /* batches whose completions were not signalled at
+				 once (the last signal was too recent) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -126,9 +128,11 @@ struct tx_ctx {
 	unsigned batch;       /* 0: DP_BATCH */
 	/* After the ring runs dry, kicks stay off and the ring is looked at
 	 * every DP_LINGER_STEP_US for this long before kicks are asked for
-	 * again; completions are signalled when the worker goes idle, when a
-	 * batch is full, or this long after the first unsignalled one.
-	 * 0: DP_LINGER_US; negative: none (kicks on and a signal at once). */
+	 * again; completions are published after every batch and signalled
+	 * at once unless the last signal is less than this old (then when
+	 * the worker goes idle, a batch is full, or this long after the last
+	 * signal). 0: DP_LINGER_US; negative: none (kicks on and a signal
+	 * after every batch). */
 	int linger_us;
 	uint8_t locked_mac[6];
 	uint64_t cnt[DC_MAX];
@@ -139,6 +143,7 @@ struct tx_ctx {
 	int armed;            /* kicks asked for (vq_enable_notify) since the last batch */
 	uint64_t linger_until;  /* dp_now_ns() until which we look without kicks */
 	uint64_t unsignalled_since; /* 0: every completion signalled */
+	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned seg_next, seg_count;
 	size_t seg_off;
 	struct vnet_hdr hdr;
@@ -163,17 +168,19 @@ struct rx_ctx {
 	uint64_t features;
 	uint32_t flags;       /* RXF_* */
 	unsigned batch;
-	/* Completions are published after every batch and signalled at most
-	 * this long after the first unsignalled one (at once when a batch is
-	 * full, the guest is out of buffers or rx_run() returns), so frames
-	 * arriving meanwhile share one interrupt. 0: DP_LINGER_US; negative:
-	 * none (a signal after every batch). */
+	/* Completions are published after every batch and signalled at once
+	 * unless the last signal is less than this old; then this long after
+	 * the last one (at once when a batch is full, the guest is out of
+	 * buffers or rx_run() returns), so frames arriving meanwhile share
+	 * one interrupt. 0: DP_LINGER_US; negative: none (a signal after
+	 * every batch). */
 	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
 	uint64_t cnt[DC_MAX];
 	/* private below */
 	int waiting_bufs;
 	uint64_t unsignalled_since; /* 0: every completion signalled */
+	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
 	uint32_t total;
 	struct vnet_hdr hdr;
@@ -213,12 +220,16 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
 uint64_t dp_now_ns(void);
 /* linger_us as nanoseconds: 0 means DP_LINGER_US, negative none. */
 uint64_t dp_linger_ns(int linger_us);
-/* Publish what was completed and signal it now (force), or leave it
- * published and unsignalled: *since is set to dp_now_ns() on the first
- * deferral and cleared by the signal; the caller signals once
- * dp_signal_due(). Returns the signals written (0 or 1). */
-int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, int force);
-/* True when the deferred signal is due at now. */
-int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
+/* Publish what was completed, then signal it now unless the last signal
+ * (*last, dp_now_ns() of the last call written) is less than window ago
+ * and not force: then it stays published and unsignalled, *since is set
+ * on the first such deferral and cleared by the signal, and the caller
+ * signals (force) once dp_signal_due(). window 0: always now. Returns the
+ * signals written (0 or 1). A lone completion after a quiet spell is thus
+ * signalled at once; in a stream the guest takes at most one interrupt
+ * per window. */
+int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
+		uint64_t window, int force);
+int dp_signal_due(uint64_t since, uint64_t last, uint64_t window, uint64_t now);
 
 #endif

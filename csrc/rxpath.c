@@ -57,6 +57,7 @@ void rx_reset(struct rx_ctx *c)
 		c->cnt[DC_RX_TOO_BIG]++;        /* the ring stops: the held frame is lost */
 	c->held_len = 0;
 	c->unsignalled_since = 0;
+	c->last_signal = 0;
 	rx_init(c);
 }
 
@@ -347,9 +348,9 @@ static enum rx_res rx_frame(struct rx_ctx *c)
 }
 
 /* Serve up to a batch. Completions are published; they are signalled at
- * once when force, the batch is full or the guest is out of buffers, else
- * deferred (dp_complete). Returns the frames handled. */
-static unsigned rx_batch(struct rx_ctx *c, int *more, int force)
+ * once when the batch is full or the guest is out of buffers, else as
+ * dp_complete() throttles. Returns the frames handled. */
+static unsigned rx_batch(struct rx_ctx *c, int *more)
 {
 	unsigned limit = c->batch ? c->batch : DP_BATCH, i;
 
@@ -371,7 +372,8 @@ static unsigned rx_batch(struct rx_ctx *c, int *more, int force)
 		*more = 1;
 	rx_release(c);          /* chains gathered for a frame that did not come */
 	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
-						force || *more || c->waiting_bufs);
+						&c->last_signal, dp_linger_ns(c->linger_us),
+						*more || c->waiting_bufs);
 	return i;
 }
 
@@ -394,11 +396,13 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 			tsp = NULL;
 			if (c->unsignalled_since) {
 				/* Wait for the tap no longer than the signal may wait. */
-				uint64_t now = dp_now_ns(), end = c->unsignalled_since + linger;
+				uint64_t now = dp_now_ns(), end = c->last_signal + linger;
 
-				if (now >= end) {
+				if (dp_signal_due(c->unsignalled_since, c->last_signal,
+						  linger, now)) {
 					c->cnt[DC_NOTIFICATIONS] += dp_complete(
-						&c->q, c->cnt, &c->unsignalled_since, 1);
+						&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
 				} else {
 					ts.tv_nsec = (long)(end - now);
 					tsp = &ts;
@@ -425,18 +429,15 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 			more = 1;
 		}
 		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
-		if (more && tap_on) {
-			int force = linger == 0 ||
-				dp_signal_due(c->unsignalled_since, linger, dp_now_ns());
-
-			rx_batch(c, &more, force);
-		} else {
+		if (more && tap_on)
+			rx_batch(c, &more);
+		else
 			more = 0;
-		}
 		if (p[0].revents) {
 			/* Python gets a ring with every completion signalled. */
 			c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt,
-								&c->unsignalled_since, 1);
+								&c->unsignalled_since,
+								&c->last_signal, 0, 1);
 			return DP_CTL;
 		}
 	}
@@ -459,6 +460,7 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len)
 	rx_complete(c, VNET_HDR_LEN + len);
 	rx_release(c);
 	c->cnt[DC_RX_INJECTED]++;
-	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since, 1);
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
 	return 0;
 }

@@ -67,6 +67,7 @@ void tx_reset(struct tx_ctx *c)
 	c->armed = 0;
 	c->linger_until = 0;
 	c->unsignalled_since = 0;
+	c->last_signal = 0;
 }
 
 /* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
@@ -327,7 +328,7 @@ static enum tx_res tx_frame(struct tx_ctx *c)
  * Take and serve up to a batch; kicks are off from here until tx_arm().
  * *more: stopped with work left. Returns DP_CTL or DP_DIVERT; *done: the
  * chains taken. What was completed is published; it is signalled at once
- * when force_signal, else deferred (dp_complete).
+ * when force_signal, else as dp_complete() throttles.
  */
 static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_signal)
 {
@@ -381,8 +382,9 @@ out:
 	if (done)
 		c->cnt[DC_BATCHES]++;
 	/* A full batch, a wait for the tap or a divert: signal now (the
-	 * guest may be waiting for room); else the linger decides. */
+	 * guest may be waiting for room); else throttled. */
 	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, dp_linger_ns(c->linger_us),
 						force_signal || *more || c->waiting_out);
 	*done_out = done;
 	return ret;
@@ -395,7 +397,8 @@ out:
  */
 static int tx_arm(struct tx_ctx *c)
 {
-	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since, 1);
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
 	c->armed = 1;
 	return vq_enable_notify(&c->q) > 0;
 }
@@ -466,10 +469,7 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 		if (more && !c->waiting_out) {
 			unsigned done;
 
-			int force = linger == 0 ||
-				dp_signal_due(c->unsignalled_since, linger, dp_now_ns());
-
-			if (tx_batch(c, &more, &done, force) == DP_DIVERT)
+			if (tx_batch(c, &more, &done, 0) == DP_DIVERT)
 				return DP_DIVERT;
 			if (done)
 				c->linger_until = dp_now_ns() + linger;
