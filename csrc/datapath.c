@@ -69,7 +69,8 @@ int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
 	if (q->used_idx == q->signalled_used && *since == 0)
 		return 0;               /* nothing completed since the last signal */
 	now = dp_now_ns();
-	if (!force && window && now - *last < window) {
+	if (!force && window && now - *last < DP_QUIET_WINDOWS * window &&
+	    !dp_signal_due(*since, window, now)) {
 		if (*since == 0)
 			*since = now;
 		cnt[DC_NOTIFY_DEFERRED]++;
@@ -78,14 +79,15 @@ int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
 	*since = 0;
 	sent = vq_notify(q);
 	if (sent)
-		*last = now;    /* only an interrupt the guest took starts a window */
+		*last = now;    /* only a signal written counts */
 	return sent;
 }
 
-int dp_signal_due(uint64_t since, uint64_t last, uint64_t window, uint64_t now)
+int dp_signal_due(uint64_t since, uint64_t window, uint64_t now)
 {
-	return since && now - last >= window;
+	return since && now - since >= window;
 }
+
 
 
 const char *dp_counter_name(int i)

@@ -14,11 +14,11 @@
  * may reap it without an interrupt) and turns kicks off. TX asks for kicks
  * again only after the ring has stayed dry for linger_us, looking at it
  * meanwhile; RX asks for kicks only when the guest is out of buffers (as
- * it always did). Signals (call eventfd) are throttled: one comes at once
- * unless the last one is less than linger_us old, then it waits until
- * linger_us after the last one, so frames close together share one kick
- * and one interrupt and a lone frame waits for nothing (see
- * tx_ctx.linger_us, rx_ctx.linger_us).
+ * it always did). Signals (call eventfd): a completion after a quiet spell
+ * (no signal for DP_QUIET_WINDOWS x linger_us) is signalled at once;
+ * otherwise the signal waits up to linger_us after the first unsignalled
+ * completion, so frames of a stream share kicks and interrupts while a
+ * lone frame waits for nothing (see tx_ctx.linger_us, rx_ctx.linger_us).
  *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
@@ -69,7 +69,7 @@ enum dp_counter {
 				 did not send); RX: frames that came from the
 				 tap while a signal was pending (they share it) */
 	DC_NOTIFY_DEFERRED,   /* batches whose completions were not signalled at
-				 once (the last signal was too recent) */
+				 once (the last signal was recent) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -104,6 +104,7 @@ enum {
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
 	DP_BATCH = 64,        /* default frames per wake-up */
 	DP_LINGER_US = 250,   /* default linger_us */
+	DP_QUIET_WINDOWS = 4, /* no signal for this many linger_us: signal at once */
 	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile
 				   (plus the kernel's timer slack, 50 us by default) */
 	DIVERT_MAX = 2048,
@@ -129,10 +130,10 @@ struct tx_ctx {
 	/* After the ring runs dry, kicks stay off and the ring is looked at
 	 * every DP_LINGER_STEP_US for this long before kicks are asked for
 	 * again; completions are published after every batch and signalled
-	 * at once unless the last signal is less than this old (then when
-	 * the worker goes idle, a batch is full, or this long after the last
-	 * signal). 0: DP_LINGER_US; negative: none (kicks on and a signal
-	 * after every batch). */
+	 * at once after a quiet spell, else when the worker goes idle, a
+	 * batch is full, or this long after the first unsignalled one.
+	 * 0: DP_LINGER_US; negative: none (kicks on and a signal after
+	 * every batch). */
 	int linger_us;
 	uint8_t locked_mac[6];
 	uint64_t cnt[DC_MAX];
@@ -169,11 +170,11 @@ struct rx_ctx {
 	uint32_t flags;       /* RXF_* */
 	unsigned batch;
 	/* Completions are published after every batch and signalled at once
-	 * unless the last signal is less than this old; then this long after
-	 * the last one (at once when a batch is full, the guest is out of
-	 * buffers or rx_run() returns), so frames arriving meanwhile share
-	 * one interrupt. 0: DP_LINGER_US; negative: none (a signal after
-	 * every batch). */
+	 * after a quiet spell, else this long after the first unsignalled one
+	 * (at once when a batch is full, the guest is out of buffers or
+	 * rx_run() returns), so frames arriving meanwhile share one
+	 * interrupt. 0: DP_LINGER_US; negative: none (a signal after every
+	 * batch). */
 	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
 	uint64_t cnt[DC_MAX];
@@ -220,16 +221,16 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
 uint64_t dp_now_ns(void);
 /* linger_us as nanoseconds: 0 means DP_LINGER_US, negative none. */
 uint64_t dp_linger_ns(int linger_us);
-/* Publish what was completed, then signal it now unless the last signal
- * (*last, dp_now_ns() of the last call written) is less than window ago
- * and not force: then it stays published and unsignalled, *since is set
- * on the first such deferral and cleared by the signal, and the caller
- * signals (force) once dp_signal_due(). window 0: always now. Returns the
- * signals written (0 or 1). A lone completion after a quiet spell is thus
- * signalled at once; in a stream the guest takes at most one interrupt
- * per window. */
+/* Publish what was completed, then signal it now, unless not force and
+ * the last signal written (*last) is less than DP_QUIET_WINDOWS windows
+ * old: then it stays published and unsignalled, *since is set on the
+ * first such deferral, and it is signalled by the first call after
+ * dp_signal_due() (window after *since) or a forced one. window 0: always
+ * now. Returns the signals written (0 or 1). So in a stream the guest
+ * takes about one interrupt per window, while a completion after a quiet
+ * spell (a ping reply) is signalled at once. */
 int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
 		uint64_t window, int force);
-int dp_signal_due(uint64_t since, uint64_t last, uint64_t window, uint64_t now);
+int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
 
 #endif

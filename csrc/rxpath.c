@@ -396,10 +396,9 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 			tsp = NULL;
 			if (c->unsignalled_since) {
 				/* Wait for the tap no longer than the signal may wait. */
-				uint64_t now = dp_now_ns(), end = c->last_signal + linger;
+				uint64_t now = dp_now_ns(), end = c->unsignalled_since + linger;
 
-				if (dp_signal_due(c->unsignalled_since, c->last_signal,
-						  linger, now)) {
+				if (dp_signal_due(c->unsignalled_since, linger, now)) {
 					c->cnt[DC_NOTIFICATIONS] += dp_complete(
 						&c->q, c->cnt, &c->unsignalled_since,
 						&c->last_signal, 0, 1);

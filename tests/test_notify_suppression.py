@@ -7,8 +7,8 @@ plays the guest on the ring, following the guest's side of virtio 1.2
 in [old avail idx, new avail idx), the vring_need_event rule of 2.7.10.1).
 Checked: while the worker lingers after the ring ran dry the guest is not
 asked to kick, a chain added then is served all the same, what was
-completed is published at once, a lone completion signalled at once and
-later ones held while the last signal is recent; and no chain is ever left
+completed is published at once, a completion after a quiet spell
+signalled at once and later ones held while the last signal is recent; and no chain is ever left
 unserved whatever moment the guest picks (a chain added just as the worker
 stops lingering must get a kick or be found by the worker's look after its
 offer).
@@ -179,9 +179,10 @@ def test_tx_linger_off_is_a_signal_per_batch(rigs):
     assert counters(r.c)["kicks"] == 2
 
 
-def test_rx_signals_are_throttled_not_delayed(rigs):
-    """A lone frame is signalled at once; frames within linger_us of that
-    signal share the next one, sent linger_us after it."""
+def test_rx_lone_frame_at_once_stream_frames_share_a_signal(rigs):
+    """A frame after a quiet spell is signalled at once; frames soon after
+    that signal share the next one, sent linger_us after the first of
+    them."""
     r = rigs("rx", features=RX_FEATS)
     r.c.frame_max = 1518
     r.c.linger_us = 400_000
