@@ -4,6 +4,7 @@
  * i < DC_MAX: fixed names, "ring_<vq_err>", "refused_<vnet_reason>").
  */
 #include <stdio.h>
+#include <time.h>
 
 #include "core.h"
 #include "virtq.h"
@@ -39,7 +40,55 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_CSUM_IN] = "partial_csum_frames",
 	[DC_RX_INJECTED] = "rx_injected",
 	[DC_RX_INJECT_NOBUF] = "rx_inject_nobuf",
+	[DC_LINGER_FOUND] = "linger_found",
+	[DC_NOTIFY_DEFERRED] = "notify_deferred",
 };
+
+uint64_t dp_now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);   /* the vDSO: no system call */
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+uint64_t dp_linger_ns(int linger_us)
+{
+	if (linger_us < 0)
+		return 0;
+	return (uint64_t)(linger_us ? linger_us : DP_LINGER_US) * 1000u;
+}
+
+int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
+		uint64_t window, int force)
+{
+	uint64_t now;
+	int sent;
+
+	vq_publish(q);
+	if (q->used_idx == q->signalled_used && *since == 0)
+		return 0;               /* nothing completed since the last signal */
+	now = dp_now_ns();
+	if (!force && window && now - *last < DP_QUIET_WINDOWS * window &&
+	    !dp_signal_due(*since, window, now)) {
+		if (*since == 0)
+			*since = now;
+		cnt[DC_NOTIFY_DEFERRED]++;
+		return 0;
+	}
+	*since = 0;
+	sent = vq_notify(q);
+	if (sent)
+		*last = now;    /* only a signal written counts */
+	return sent;
+}
+
+int dp_signal_due(uint64_t since, uint64_t window, uint64_t now)
+{
+	return since && now - since >= window;
+}
+
+
 
 const char *dp_counter_name(int i)
 {

@@ -10,6 +10,16 @@
  * consistent: every chain taken is completed or handed back, so
  * vq_last_avail(&ctx->q) is the vhost-user GET_VRING_BASE answer.
  *
+ * Notifications: a batch publishes what it completed at once (the guest
+ * may reap it without an interrupt) and turns kicks off. TX asks for kicks
+ * again only after the ring has stayed dry for linger_us, looking at it
+ * meanwhile; RX asks for kicks only when the guest is out of buffers (as
+ * it always did). Signals (call eventfd): a completion after a quiet spell
+ * (no signal for DP_QUIET_WINDOWS x linger_us) is signalled at once;
+ * otherwise the signal waits up to linger_us after the first unsignalled
+ * completion, so frames of a stream share kicks and interrupts while a
+ * lone frame waits for nothing (see tx_ctx.linger_us, rx_ctx.linger_us).
+ *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
  * VQE_*), then one per refused header (DC_VR_BASE + VR_*).
@@ -54,6 +64,12 @@ enum dp_counter {
 	DC_RX_BOUNCED,        /* RX: read via the private buffer, the guest was short of buffers */
 	DC_RX_INJECTED,
 	DC_RX_INJECT_NOBUF,
+	DC_LINGER_FOUND,      /* TX: chains found by looking while kicks were
+				 off after the ring ran dry (kicks the guest
+				 did not send); RX: frames that came from the
+				 tap while a signal was pending (they share it) */
+	DC_NOTIFY_DEFERRED,   /* batches whose completions were not signalled at
+				 once (the last signal was recent) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -87,6 +103,10 @@ enum {
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
 	DP_BATCH = 64,        /* default frames per wake-up */
+	DP_LINGER_US = 250,   /* default linger_us */
+	DP_QUIET_WINDOWS = 4, /* no signal for this many linger_us: signal at once */
+	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile
+				   (plus the kernel's timer slack, 50 us by default) */
 	DIVERT_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,
@@ -107,12 +127,24 @@ struct tx_ctx {
 	uint64_t features;    /* negotiated */
 	uint32_t flags;       /* TXF_* */
 	unsigned batch;       /* 0: DP_BATCH */
+	/* After the ring runs dry, kicks stay off and the ring is looked at
+	 * every DP_LINGER_STEP_US for this long before kicks are asked for
+	 * again; completions are published after every batch and signalled
+	 * at once after a quiet spell, else when the worker goes idle, a
+	 * batch is full, or this long after the first unsignalled one.
+	 * 0: DP_LINGER_US; negative: none (kicks on and a signal after
+	 * every batch). */
+	int linger_us;
 	uint8_t locked_mac[6];
 	uint64_t cnt[DC_MAX];
 	uint32_t divert_len;
 	uint8_t divert[2048];
 	/* private below */
 	int waiting_out;
+	int armed;            /* kicks asked for (vq_enable_notify) since the last batch */
+	uint64_t linger_until;  /* dp_now_ns() until which we look without kicks */
+	uint64_t unsignalled_since; /* 0: every completion signalled */
+	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned seg_next, seg_count;
 	size_t seg_off;
 	struct vnet_hdr hdr;
@@ -137,10 +169,19 @@ struct rx_ctx {
 	uint64_t features;
 	uint32_t flags;       /* RXF_* */
 	unsigned batch;
+	/* Completions are published after every batch and signalled at once
+	 * after a quiet spell, else this long after the first unsignalled one
+	 * (at once when a batch is full, the guest is out of buffers or
+	 * rx_run() returns), so frames arriving meanwhile share one
+	 * interrupt. 0: DP_LINGER_US; negative: none (a signal after every
+	 * batch). */
+	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
 	uint64_t cnt[DC_MAX];
 	/* private below */
 	int waiting_bufs;
+	uint64_t unsignalled_since; /* 0: every completion signalled */
+	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
 	uint32_t total;
 	struct vnet_hdr hdr;
@@ -175,5 +216,21 @@ int rx_run(struct rx_ctx *c, int ctl_fd);
 int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len);
 
 /* CDEF END */
+
+/* Shared by the paths (not exported to Python). */
+uint64_t dp_now_ns(void);
+/* linger_us as nanoseconds: 0 means DP_LINGER_US, negative none. */
+uint64_t dp_linger_ns(int linger_us);
+/* Publish what was completed, then signal it now, unless not force and
+ * the last signal written (*last) is less than DP_QUIET_WINDOWS windows
+ * old: then it stays published and unsignalled, *since is set on the
+ * first such deferral, and it is signalled by the first call after
+ * dp_signal_due() (window after *since) or a forced one. window 0: always
+ * now. Returns the signals written (0 or 1). So in a stream the guest
+ * takes about one interrupt per window, while a completion after a quiet
+ * spell (a ping reply) is signalled at once. */
+int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
+		uint64_t window, int force);
+int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
 
 #endif

@@ -25,6 +25,7 @@
  * guest buffers when the policy asks or when the guest lacks GUEST_CSUM,
  * which also forbids any flag (virtio 1.2, 5.1.6.4).
  */
+#define _GNU_SOURCE             /* ppoll */
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -55,6 +56,8 @@ void rx_reset(struct rx_ctx *c)
 	if (c->held_len)
 		c->cnt[DC_RX_TOO_BIG]++;        /* the ring stops: the held frame is lost */
 	c->held_len = 0;
+	c->unsignalled_since = 0;
+	c->last_signal = 0;
 	rx_init(c);
 }
 
@@ -344,7 +347,10 @@ static enum rx_res rx_frame(struct rx_ctx *c)
 	return rx_finish(c, (size_t)n);
 }
 
-static void rx_batch(struct rx_ctx *c, int *more)
+/* Serve up to a batch. Completions are published; they are signalled at
+ * once when the batch is full or the guest is out of buffers, else as
+ * dp_complete() throttles. Returns the frames handled. */
+static unsigned rx_batch(struct rx_ctx *c, int *more)
 {
 	unsigned limit = c->batch ? c->batch : DP_BATCH, i;
 
@@ -365,11 +371,15 @@ static void rx_batch(struct rx_ctx *c, int *more)
 	if (i == limit)
 		*more = 1;
 	rx_release(c);          /* chains gathered for a frame that did not come */
-	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, dp_linger_ns(c->linger_us),
+						*more || c->waiting_bufs);
+	return i;
 }
 
 int rx_run(struct rx_ctx *c, int ctl_fd)
 {
+	uint64_t linger = dp_linger_ns(c->linger_us);
 	int more = 1;
 
 	for (;;) {
@@ -379,8 +389,26 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 			{ .fd = c->kick_fd, .events = POLLIN },
 			{ .fd = tap_on ? c->tap_fd : -1, .events = POLLIN },
 		};
-		int n = poll(p, 3, more && tap_on ? 0 : -1);
+		struct timespec ts = { 0, 0 }, *tsp = &ts;
+		int n;
 
+		if (!(more && tap_on)) {
+			tsp = NULL;
+			if (c->unsignalled_since) {
+				/* Wait for the tap no longer than the signal may wait. */
+				uint64_t now = dp_now_ns(), end = c->unsignalled_since + linger;
+
+				if (dp_signal_due(c->unsignalled_since, linger, now)) {
+					c->cnt[DC_NOTIFICATIONS] += dp_complete(
+						&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
+				} else {
+					ts.tv_nsec = (long)(end - now);
+					tsp = &ts;
+				}
+			}
+		}
+		n = ppoll(p, 3, tsp, NULL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -394,15 +422,23 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 			c->waiting_bufs = 0;
 			more = 1;
 		}
-		if (p[2].revents)
+		if (p[2].revents) {
+			if (c->unsignalled_since && !more)
+				c->cnt[DC_LINGER_FOUND]++;  /* shares the pending signal */
 			more = 1;
+		}
 		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
 		if (more && tap_on)
 			rx_batch(c, &more);
 		else
 			more = 0;
-		if (p[0].revents)
+		if (p[0].revents) {
+			/* Python gets a ring with every completion signalled. */
+			c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt,
+								&c->unsignalled_since,
+								&c->last_signal, 0, 1);
 			return DP_CTL;
+		}
 	}
 }
 
@@ -423,6 +459,7 @@ int rx_inject(struct rx_ctx *c, const uint8_t *frame, size_t len)
 	rx_complete(c, VNET_HDR_LEN + len);
 	rx_release(c);
 	c->cnt[DC_RX_INJECTED]++;
-	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
 	return 0;
 }

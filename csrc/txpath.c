@@ -19,6 +19,7 @@
  * once; the remaining segments wait in scratch. Either way the ring is
  * consistent whenever tx_run() returns.
  */
+#define _GNU_SOURCE             /* ppoll */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -63,6 +64,10 @@ void tx_reset(struct tx_ctx *c)
 	c->seg_next = c->seg_count = 0;
 	c->seg_off = 0;
 	c->waiting_out = 0;
+	c->armed = 0;
+	c->linger_until = 0;
+	c->unsignalled_since = 0;
+	c->last_signal = 0;
 }
 
 /* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
@@ -319,31 +324,32 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	return tx_passthrough(c, hlen);
 }
 
-/* Take and serve up to a batch. *more: stopped with work left. */
-static int tx_batch(struct tx_ctx *c, int *more)
+/*
+ * Take and serve up to a batch; kicks are off from here until tx_arm().
+ * *more: stopped with work left. Returns DP_CTL or DP_DIVERT; *done: the
+ * chains taken. What was completed is published; it is signalled at once
+ * when force_signal, else as dp_complete() throttles.
+ */
+static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_signal)
 {
 	unsigned limit = c->batch ? c->batch : DP_BATCH, done = 0;
 	int ret = DP_CTL;
 
 	*more = 0;
 	vq_disable_notify(&c->q);
+	c->armed = 0;
 	if (c->seg_count && tx_flush_segments(c))
 		goto out;
 	while (done < limit) {
 		enum tx_res res;
 		int r = vq_pop(&c->q, &c->chain, 0, VNET_HDR_LEN + FRAME_MAX);
 
-		if (r == 0) {
-			if (vq_enable_notify(&c->q))
-				continue;       /* raced with the guest: go on */
-			goto out;
-		}
+		if (r == 0)
+			goto out;               /* dry: the caller lingers or arms */
 		if (r < 0) {
 			c->cnt[DC_RING_BASE - r]++;
-			if (r == -VQE_AVAIL_IDX) {
-				vq_enable_notify(&c->q);
+			if (r == -VQE_AVAIL_IDX)
 				goto out;       /* broken ring: wait for a reset */
-			}
 			done++;
 			continue;
 		}
@@ -375,19 +381,41 @@ static int tx_batch(struct tx_ctx *c, int *more)
 out:
 	if (done)
 		c->cnt[DC_BATCHES]++;
-	c->cnt[DC_NOTIFICATIONS] += vq_notify(&c->q);
+	/* A full batch, a wait for the tap or a divert: signal now (the
+	 * guest may be waiting for room); else throttled. */
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, dp_linger_ns(c->linger_us),
+						force_signal || *more || c->waiting_out);
+	*done_out = done;
 	return ret;
+}
+
+/*
+ * Going idle: signal what is unsignalled, ask for kicks, then look again
+ * (a chain added before our offer was seen would get no kick). Returns 1
+ * when the ring is not empty after all: do not sleep.
+ */
+static int tx_arm(struct tx_ctx *c)
+{
+	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
+						&c->last_signal, 0, 1);
+	c->armed = 1;
+	return vq_enable_notify(&c->q) > 0;
 }
 
 int tx_poll_once(struct tx_ctx *c)
 {
-	int more;
+	unsigned done;
+	int more, ret = tx_batch(c, &more, &done, 1);
 
-	return tx_batch(c, &more);
+	if (!more && !c->waiting_out)
+		tx_arm(c);
+	return ret;
 }
 
 int tx_run(struct tx_ctx *c, int ctl_fd)
 {
+	uint64_t linger = dp_linger_ns(c->linger_us);
 	int more = 1;   /* kicks may have come while Python had control */
 
 	for (;;) {
@@ -396,8 +424,28 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 			{ .fd = c->kick_fd, .events = POLLIN },
 			{ .fd = c->waiting_out ? c->tap_fd : -1, .events = POLLOUT },
 		};
-		int n = poll(p, 3, more && !c->waiting_out ? 0 : -1);
+		struct timespec ts = { 0, 0 }, *tsp = &ts;
+		int n, look = 0;
 
+		if (!more || c->waiting_out) {
+			uint64_t now = dp_now_ns();
+
+			if (c->waiting_out || c->armed) {
+				tsp = NULL;                     /* a kick, the tap or ctl */
+			} else if (now < c->linger_until) {
+				/* Kicks off: look at the ring again shortly. */
+				uint64_t left = c->linger_until - now;
+				uint64_t step = (uint64_t)DP_LINGER_STEP_US * 1000u;
+
+				ts.tv_nsec = (long)(left < step ? left : step);
+				look = 1;
+			} else if (tx_arm(c)) {
+				more = 1;                       /* raced with the guest */
+			} else {
+				tsp = NULL;
+			}
+		}
+		n = ppoll(p, 3, tsp, NULL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -414,13 +462,25 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 			c->waiting_out = 0;
 			more = 1;
 		}
+		if (look && !more && vq_pending(&c->q)) {
+			c->cnt[DC_LINGER_FOUND]++;      /* the guest did not kick for it */
+			more = 1;
+		}
 		if (more && !c->waiting_out) {
-			if (tx_batch(c, &more) == DP_DIVERT)
+			unsigned done;
+
+			if (tx_batch(c, &more, &done, 0) == DP_DIVERT)
 				return DP_DIVERT;
+			if (done)
+				c->linger_until = dp_now_ns() + linger;
 		} else if (c->waiting_out) {
 			more = 0;
 		}
-		if (p[0].revents)
+		if (p[0].revents) {
+			/* Python gets a ring that asks for kicks, all signalled. */
+			if (!more && !c->waiting_out && !c->armed)
+				tx_arm(c);
 			return DP_CTL;
+		}
 	}
 }

@@ -71,3 +71,9 @@ def test_table_output():
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert "tx_64" in p.stdout and "Gb/s" in p.stdout
+
+
+def test_cpus_and_every_row_has_a_ratio(result):
+    assert result["cpus"] == os.cpu_count()
+    for kind in ("tx_1514", "rx_1514"):
+        assert "ratio_vs_limit" in result[kind]
