@@ -65,6 +65,7 @@ FAILURE_WINDOW = 30.0
 SHORT_CONNECTION = 1.0        # a VMM connection shorter than this counts for ACCEPT_BACKOFF
 ACCEPT_BACKOFF = (0.05, 5.0)  # first and largest delay before the next accept
 DIAL_BACKOFF = (0.1, 2.0)     # client mode: first and largest delay between attempts
+MESSAGE_RATE = (2000, 2000)   # VMM messages per second, and the burst, before reading pauses
 TICK = 0.25                   # how often deadlines are checked
 LOG_TEXT_MAX = 300
 
@@ -271,6 +272,7 @@ class Session(vhost_user.Backend):
                                           queue_pairs=self.queue_pairs)
         self.connected_at = time.monotonic()
         self.ran = False                       # a ring of this connection started
+        self.tokens, self.tokens_at, self.counted = MESSAGE_RATE[1], self.connected_at, 0
         self.loop.watch(sock, self._readable)
         log.info("%s: VMM connected", self.name)
         self._report_state()
@@ -298,6 +300,23 @@ class Session(vhost_user.Backend):
             self._disconnect(why, quiet=why == "VMM disconnected")
         else:
             self._report_state()
+            self._pace()
+
+    def _pace(self):
+        """A VMM that floods requests gets MESSAGE_RATE answered per second
+        and its socket is left unread for the rest: its session, not the
+        host's CPUs, absorbs the flood. (A handshake is a few hundred
+        messages, well inside the burst.)"""
+        rate, burst = MESSAGE_RATE
+        now = time.monotonic()
+        self.tokens = min(burst, self.tokens + (now - self.tokens_at) * rate)
+        self.tokens -= self.conn.messages - self.counted
+        self.tokens_at, self.counted = now, self.conn.messages
+        if self.tokens < 0:
+            conn = self.conn
+            self.loop.unwatch(conn.sock)
+            self.loop.call_later(-self.tokens / rate, lambda: self.conn is conn and
+                                 self.loop.watch(conn.sock, self._readable))
 
     def _disconnect(self, why, quiet=False):
         if self.conn is None:
