@@ -134,18 +134,28 @@ def test_forbidden_call_kills_the_worker(call):
         control.send(chan, pb.ToWorker(test_forbidden_call=call))
         report, _ = control.recv(chan, pb.FromWorker)
         assert report is not None and report.WhichOneof("msg") == "forbidden_syscall"
-        name = sandbox.syscall_name(report.forbidden_syscall)
-        expect = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat"),
-                  "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",)}
-        assert name in expect.get(call, (call,))
-        _, st = os.waitpid(pid, 0)
+        died_of(pid, report.forbidden_syscall, call)
         pid = None
-        assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGSYS
     finally:
-        chan.close()
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        end(pid, chan)
+
+
+SYSCALL_OF = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat"),
+              "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",)}
+
+
+def died_of(pid, nr, call):
+    """The reported call is the one tried, and the process died by SIGSYS."""
+    assert sandbox.syscall_name(nr) in SYSCALL_OF.get(call, (call,))
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGSYS
+
+
+def end(pid, chan):
+    chan.close()
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def test_hook_is_off_in_daemon_workers():
@@ -194,18 +204,10 @@ def test_forbidden_call_kills_the_session(call):
             assert msg is not None, "the session died without reporting the call"
             if msg.WhichOneof("msg") == "forbidden_syscall":
                 break
-        name = sandbox.syscall_name(msg.forbidden_syscall)
-        expect = {"open": ("open", "openat"), "fcntl_setown": ("fcntl",),
-                  "mmap_exec": ("mmap",)}
-        assert name in expect.get(call, (call,))
-        _, st = os.waitpid(pid, 0)
+        died_of(pid, msg.forbidden_syscall, call)
         pid = None
-        assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGSYS
     finally:
-        chan.close()
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        end(pid, chan)
 
 
 def titles(root_pid):
