@@ -15,19 +15,22 @@ every fd we receive belongs to the message being read.
 
 Handled (request number: what we do)
    1 GET_FEATURES           reply backend.get_features() | PROTOCOL_FEATURES
-   2 SET_FEATURES           must be a subset of the offer; fixed while a ring runs
+   2 SET_FEATURES           must be a subset of the offer and have VERSION_1
+                            (legacy devices refused); fixed while a ring runs
    3 SET_OWNER              required before memory and ring messages
    4 RESET_OWNER            deprecated; treated as a device reset
    5 SET_MEM_TABLE          1..8 regions, size > 0, no wrap, no overlap in guest
-                            or user space, exactly one fd per region
+                            or user space, exactly one fd per region, each a
+                            regular file covering its region from a
+                            page-aligned offset (fdkind.py)
    8 SET_VRING_NUM          power of 2 in 1..32768; ring stopped
    9 SET_VRING_ADDR         log flag refused; desc/avail/used aligned 16/2/4
   10 SET_VRING_BASE         < 65536 (split ring); ring stopped
   11 GET_VRING_BASE         stops the ring; reply {index, next avail index}
-  12 SET_VRING_KICK         exactly one fd (polling mode, bit 8, is refused);
-                            starts the ring
-  13 SET_VRING_CALL         one fd, or none with bit 8 (no notification)
-  14 SET_VRING_ERR          one fd, or none with bit 8
+  12 SET_VRING_KICK         exactly one eventfd (polling mode, bit 8, is
+                            refused); starts the ring
+  13 SET_VRING_CALL         one eventfd, or none with bit 8 (no notification)
+  14 SET_VRING_ERR          one eventfd, or none with bit 8
   15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK | NET_MTU
   16 SET_PROTOCOL_FEATURES  must be a subset of that
   17 GET_QUEUE_NUM          reply the interface's queue pairs
