@@ -128,7 +128,9 @@ def test_dhcp_ack_and_release_go_to_the_file(tmp_path):
                                iface=SimpleNamespace(mtu=None, hostname=None),
                                conf=SimpleNamespace(dns=[]))
         from vionetd import vionetd_pb2 as pb
+        # as dhcp.fields() makes them: ciaddr always 4 bytes
         req = pb.DhcpRequest(op=dhcp.BOOTREQUEST, xid=1, message_type=dhcp.REQUEST,
+                             ciaddr=bytes(4),
                              requested_addr=addr.guest.packed, chaddr=MAC)
         assert dhcp.decide(port, req).message_type == dhcp.ACK
         on_disk = json.load(open(s.path))["leases"]["vm1/0"]
