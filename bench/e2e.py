@@ -134,7 +134,7 @@ KERNEL, QEMU = "6.12", "10"
 HOST_IP, GUEST_IP = "10.0.0.1", "10.0.0.2"
 MAC = "52:54:00:12:34:56"
 IPERF_PORT, USO_PORTS = 5201, {"on": 5401, "off": 5402}
-HOST_USO = 56                     # virtio feature bit (REFERENCE.md)
+HOST_USO = 56                     # virtio feature bit (virtio 1.3, 5.1.3)
 NO_OFFLOAD = "tx:off,tso:off,gso:off"
 USO_WHY = ("QEMU (7.2 and 10) never offers USO to a guest over vhost-user: "
            "net/vhost-user.c has no has_uso callback, so virtio-net clears "

@@ -1,7 +1,7 @@
 """Reload (SIGHUP and vionetctl reload) against the real daemon, in a network
 namespace of the test's own.
 
-The promise (vionetd.conf(5), DESIGN.md "Configuration"):
+The promise (vionetd.conf(5), vionetd(8) SIGNALS):
 - VMs added are started, VMs removed are torn down (tap deleted, socket
   removed, workers gone), changed ones are restarted;
 - unchanged ones are not touched, so their guests see nothing: a test VMM

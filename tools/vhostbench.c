@@ -58,7 +58,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 
-/* ---- numbers (REFERENCE.md; QEMU docs/interop/vhost-user.rst) ---------- */
+/* ---- numbers (virtio 1.2; QEMU docs/interop/vhost-user.rst) ----------- */
 
 enum {
 	VU_GET_FEATURES = 1, VU_SET_FEATURES = 2, VU_SET_OWNER = 3,

@@ -1,6 +1,6 @@
 """Feature bits: what vionetd offers a guest, and what follows from its answer.
 
-Three sets meet here (DESIGN.md, "Offload policy"): the operator's policy per
+Three sets meet here (vionetd(8), "Offloads"): the operator's policy per
 direction, what the kernel's tap accepts (a TUN_F_* mask probed at start with
 TUNSETOFFLOAD), and what the guest acks (SET_FEATURES). This module turns them
 into

@@ -75,7 +75,7 @@ class FakeBackend(vu.Backend):
         self._keep(fd)
 
     def ring_ready_changed(self, index, ready):
-        # Starting may be refused; stopping is not (as the daemon's Port):
+        # Starting may be refused; stopping is not (as the daemon's session):
         # Connection.close() lets the ProtocolError of a refused stop escape
         # (tests/test_fuzz_regressions.py, xfail until it is decided).
         if ready:
