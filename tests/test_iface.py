@@ -54,3 +54,30 @@ def test_session_messages_that_break_the_rules(make, msg, why):
     p = make("")
     p.offered = 1 << 32
     assert why in p._session_message(pb.FromSession(**msg))
+
+
+def test_fds_a_session_sends_are_closed_at_once(make):
+    """A (compromised) session cannot make the root parent hold fds: any
+    that come with its messages are closed as they arrive, 200 times over."""
+    import os
+    import socket
+    from vionetd import control
+    from vionetd import vionetd_pb2 as pb
+    p = make("")
+    p.offered = 1 << 32
+    p.parent = type("P", (), {"watch": lambda *a: None, "unwatch": lambda *a: None})()
+    p.chan, theirs = control.pair()
+    p.chan.setblocking(False)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            fds = [os.eventfd(0) for _ in range(3)]
+            control.send(theirs, pb.FromSession(state=pb.SessionState(state="waiting")), fds)
+            for fd in fds:
+                os.close(fd)
+            p._from_session()
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert p.session.state == "waiting"
+    finally:
+        theirs.close()
+        p.chan.close()
