@@ -148,16 +148,7 @@ def attack_crash_loop(path, end):
 
 
 def attack_reconnect_loop(path, end):
-    ops = 0
-    while time.monotonic() < end:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-        except OSError:
-            pass
-        s.close()
-        ops += 1
-    return ops
+    return H.reconnect_loop(path, seconds=end - time.monotonic())
 
 
 ATTACKS = {"flood": attack_flood, "trickle": attack_trickle,

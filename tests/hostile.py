@@ -589,3 +589,18 @@ def bad_region_frontend(path, mmap_offset=0, shrink_to=None, size=1 << 20):
         os.close(fd)
         raise
     return fe, fd
+
+
+def reconnect_loop(path, count=None, seconds=60.0):
+    """connect/close as fast as possible, count times or for seconds."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end and (count is None or n < count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            pass
+        s.close()
+        n += 1
+    return n

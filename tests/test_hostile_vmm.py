@@ -44,7 +44,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -437,22 +436,7 @@ def _(h):
 
 @case("reconnect_500_times", hold=0)
 def _(h):
-    reconnect_loop(h.path, count=500, seconds=20)
-
-
-def reconnect_loop(path, count=None, seconds=60.0):
-    """connect/close as fast as possible, count times or for seconds."""
-    end = time.monotonic() + seconds
-    n = 0
-    while time.monotonic() < end and (count is None or n < count):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-        except OSError:
-            pass
-        s.close()
-        n += 1
-    return n
+    H.reconnect_loop(h.path, count=500, seconds=20)
 
 
 @case("second_connection")

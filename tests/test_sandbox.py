@@ -22,6 +22,7 @@ import pytest
 
 from tests import frames as F
 from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
+from tests.hostile import proc_status
 from tests.testvm import TestVM
 import socket
 
@@ -29,16 +30,6 @@ from vionetd import config, control, sandbox, session, worker
 from vionetd import vionetd_pb2 as pb
 
 pytestmark = pytest.mark.root
-
-
-
-def status(pid):
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.split()
-    return out
 
 
 def worker_pids(d):
@@ -73,7 +64,7 @@ def test_workers_are_confined_and_still_move_frames(running):
         pids = worker_pids(d)
         assert len(pids) == 2
         for pid in pids:
-            st = status(pid)
+            st = proc_status(pid)
             assert st["Uid"] == [str(user.pw_uid)] * 4
             assert st["Gid"] == [str(user.pw_gid)] * 4
             assert st.get("Groups", []) == []
@@ -217,7 +208,7 @@ def titles(root_pid):
         if not name.isdigit():
             continue
         try:
-            st = status(int(name))
+            st = proc_status(int(name))
             with open("/proc/%s/cmdline" % name) as f:
                 title = f.read().replace("\0", " ").strip()
         except OSError:
@@ -242,10 +233,9 @@ def test_process_tree_and_only_the_parent_is_root(running):
         for title, uid in ps.values():
             assert (uid == 0) == (title == "vionetd: parent"), (title, uid)
         sess = [p for p, (t, _) in ps.items() if t.startswith("vionetd: vhost")][0]
-        st = status(sess)
+        st = proc_status(sess)
         assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"]
         assert os.readlink("/proc/%d/root" % sess) == config.DEFAULT_CHROOT
-
 
 
 def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
