@@ -88,8 +88,6 @@ int dp_signal_due(uint64_t since, uint64_t window, uint64_t now)
 	return since && now - since >= window;
 }
 
-
-
 const char *dp_counter_name(int i)
 {
 	/* Built once, then constant: the worker is single-threaded. */
