@@ -29,8 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Daemon:
-    def __init__(self, conf_text, ns, tmpdir):
+    def __init__(self, conf_text, ns, tmpdir, env=None):
         self.ns = ns
+        self.env = dict(env or {})     # added to the daemon's environment
         self.dir = tmpdir
         self.conf = os.path.join(tmpdir, "vionetd.conf")
         self.ctl_socket = os.path.join(tmpdir, "ctl.sock")
@@ -42,7 +43,7 @@ class Daemon:
     def start(self):
         cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "vionetd.main",
                "-d", "-v", "-f", self.conf]
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = dict(os.environ, PYTHONPATH=ROOT, **self.env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=ROOT)
@@ -96,10 +97,12 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(conf_text, ns):
+def daemon(conf_text, ns, env=None):
+    """A started Daemon in a temporary directory; env: more environment
+    variables for it (e.g. a test-only switch)."""
     with tempfile.TemporaryDirectory(prefix="vionetd-test-") as tmp:
         os.chmod(tmp, 0o755)
-        d = Daemon(conf_text, ns, tmp)
+        d = Daemon(conf_text, ns, tmp, env)
         try:
             yield d.start()
         finally:
