@@ -196,12 +196,16 @@ class Guest:
     timeout     seconds from start() to VIONET-DONE
     kernel_args more kernel command line words, verbatim (e.g. "loglevel=7"
                 to see the kernel's messages, which "quiet" hides)
+    qmp         open a QMP socket (qmp.sock beside the serial log; its
+                path is self.qmp_path once started)
+    incoming    a migration URI ("unix:PATH"): QEMU waits for the state
+                of a migrating VM there instead of booting
     """
 
     def __init__(self, kernel="6.12", qemu="10", netdev=None,
                  device_props=None, plan=(), params=None, snippet=None,
                  netns=None, timeout=300.0, accel=None, mem_mb=512, smp=2,
-                 extra_args=(), kernel_args=()):
+                 extra_args=(), kernel_args=(), qmp=False, incoming=None):
         self.kernel, self.qemu, self.netdev = kernel, qemu, netdev
         self.device_props = dict(device_props or {})
         self.plan, self.params = list(plan), dict(params or {})
@@ -209,6 +213,8 @@ class Guest:
         self._accel, self.mem_mb, self.smp = accel, mem_mb, smp
         self.extra_args = list(extra_args)
         self.kernel_args = list(kernel_args)
+        self.qmp, self.incoming = qmp, incoming
+        self.qmp_path = None
         self.proc = None
         self.dir = None
         self.serial = ""
@@ -269,6 +275,12 @@ class Guest:
                            if v is not None)
             argv += self.netdev.args(self.qemu)
             argv += ["-device", "virtio-net-pci," + dev]
+        if self.qmp:
+            self.qmp_path = os.path.join(os.path.dirname(serial_path),
+                                         "qmp.sock")
+            argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        if self.incoming:
+            argv += ["-incoming", self.incoming]
         argv += self.extra_args
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns] + argv

@@ -105,6 +105,16 @@ def test_device_props_follow_the_known_quirks():
     assert "romfile" not in dev and "vhost=off" in " ".join(a)
 
 
+def test_qmp_socket_and_incoming_migration():
+    g = guest.Guest(accel="tcg", qmp=True, incoming="unix:/tmp/in.sock")
+    a = g.argv("/tmp/run/serial.log")
+    assert a[a.index("-qmp") + 1] == "unix:/tmp/run/qmp.sock,server=on,wait=off"
+    assert g.qmp_path == "/tmp/run/qmp.sock"
+    assert a[a.index("-incoming") + 1] == "unix:/tmp/in.sock"
+    plain = guest.Guest(accel="tcg").argv("/tmp/s")
+    assert "-qmp" not in plain and "-incoming" not in plain
+
+
 # -- host-side fixtures ------------------------------------------------------
 
 def sh(*argv, check=True):
