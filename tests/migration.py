@@ -428,6 +428,7 @@ class Run:
         self.peer = {}             # the peer's view of every stream
         self.ping = {}
         self.log = ""
+        self.seconds = None        # the whole run's wall time
 
     def failures(self):
         """Why the run did not succeed, as sentences; empty if it did."""
@@ -499,7 +500,7 @@ class Run:
             "b_migration": self.migration_b,
             "a_state_after_quit": self.state_a_after,
             "status_a": self.status_a, "status_b": self.status_b,
-            "run_seconds": round(getattr(self, "seconds", 0), 1),
+            "run_seconds": round(self.seconds, 1) if self.seconds else None,
             "failures": self.failures(),
         }
 
