@@ -49,13 +49,13 @@ VM = "mig"
 PORT = 5501               # guest upload; downloads on PORT+1+I; the word on PORT+99
 NO_DIRTY_LOG = "VIONETD_TEST_NO_DIRTY_LOG"
 # The load and the migration that the test runs, with and without dirty
-# logging: four streams of 32 MiB to the guest (and one from it), and QEMU
-# limited to 20 MiB/s, as over a 160 Mbit/s link.  Over the local socket
-# at QEMU's default (128 MiB/s) the migration is one pass of about a
-# second; the guest's own writes then cover nearly every page vionetd
+# logging: eight streams of 16 MiB to the guest (and one from it), and
+# QEMU limited to 20 MiB/s, as over a 160 Mbit/s link.  Over the local
+# socket at QEMU's default (128 MiB/s) the migration is one pass of about
+# a second; the guest's own writes then cover nearly every page vionetd
 # wrote, and the negative control passed (see test_migration.py).
-STREAMS = 4
-STREAM_BYTES = 32 << 20
+STREAMS = 8
+STREAM_BYTES = 16 << 20
 MIG_PARAMS = {"max-bandwidth": 20 << 20}
 # Offset of tcpi_bytes_acked in Linux's struct tcp_info (uapi/linux/tcp.h):
 # 8 one-byte fields, 24 u32 fields, then u64 pacing_rate, max_pacing_rate,

@@ -32,9 +32,11 @@ migrations (QMP pmemsave, B started with -S) found no page differing:
 what vionetd wrote had been sent again anyway, most likely because the
 guest itself writes those pages (which QEMU tracks) before the end.  With
 QEMU limited to 20 MiB/s (migrate-set-parameters max-bandwidth), the
-migration takes 5 to 6 seconds over several dirty-page rounds while four
-32 MiB streams run to the guest; without dirty logging two or three of the
-four then arrive corrupted, run after run, and with it all arrive whole.
+migration takes 5 to 12 seconds over several dirty-page rounds.  With four
+32 MiB streams to the guest, the control failed in 7 runs of 8 (two to
+four streams corrupted) and passed once; with eight of 16 MiB, what the
+test runs, it failed in each of 8 runs, 5 to 8 of the 8 streams
+corrupted, while with dirty logging every stream arrived whole (6 runs).
 
 Each run prints its figures (the issue's note takes the downtime, hashes
 and bytes moved during the migration from them).
