@@ -191,8 +191,8 @@ class Tool:
         r, _, _ = select.select([self.p.stdout], [], [], timeout)
         line = self.p.stdout.readline() if r else ""
         if line.strip() != "ready":
-            self.kill()
-            raise RuntimeError("%s: not ready: %r %s" % (self.cmd, line, self.p.stderr.read()))
+            err = self.kill()
+            raise RuntimeError("%s: not ready: %r %s" % (self.cmd, line, err.strip()))
 
     def result(self, timeout):
         try:
@@ -205,12 +205,13 @@ class Tool:
         return json.loads(out.strip().splitlines()[-1])
 
     def kill(self):
+        """Kill it if it still runs; returns what it wrote to stderr."""
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGKILL)     # this process only, by its pid
         try:
-            self.p.communicate(timeout=5)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
+            return self.p.communicate(timeout=5)[1] or ""
+        except (subprocess.TimeoutExpired, ValueError):   # ValueError: already collected
+            return ""
 
 
 @contextlib.contextmanager
