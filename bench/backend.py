@@ -62,6 +62,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,14 @@ if ROOT not in sys.path:
 from tests import netns as N            # noqa: E402
 from tests.daemon import Daemon         # noqa: E402
 
-KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
+BASE_KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
+LOG_KINDS = ("tx_64k_log", "rx_64k_log", "rx_1514_log", "rx_64_log")
+Q2_KINDS = tuple(k + "_q2" for k in BASE_KINDS)
+# The order rows run in: each _log row right after its non-log row (the
+# ratio between them is taken in the same run, so keep them close in time).
+KINDS = tuple(x for k in BASE_KINDS for x in (k, k + "_log") if x in BASE_KINDS + LOG_KINDS) \
+    + Q2_KINDS
+FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
 BUILD_DIR = os.path.join(ROOT, "build", "bench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,10 +89,16 @@ CONF = """socket "@CTL@"
 vm "bench" {
     interface "%(tap)s" {
         socket "@DIR@/bench.sock"
-        lladdr %(mac)s
+        lladdr %(mac)s%(queues)s
     }
 }
 """
+
+
+def parse_kind(kind):
+    """"rx_1514_q2" -> ("rx", "1514", 2, False); "tx_64k_log" -> ("tx", "64k", 1, True)."""
+    parts = kind.split("_")
+    return parts[0], parts[1], 2 if "q2" in parts[2:] else 1, "log" in parts[2:]
 
 
 def build_tool(build_dir=BUILD_DIR):
@@ -93,7 +107,7 @@ def build_tool(build_dir=BUILD_DIR):
     out = os.path.join(build_dir, "vhostbench")
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(TOOL_SRC):
         return out
-    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", out + ".tmp", TOOL_SRC]
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", out + ".tmp", TOOL_SRC]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError("building vhostbench failed:\n" + p.stderr)
@@ -128,8 +142,9 @@ def proc_cpu(pid):
 
 
 def workers(daemon_pid):
-    """{"rx"|"tx": pid} of the daemon's worker processes (its children,
-    named "vionetd: rx VM/0" and "vionetd: tx VM/0" by setproctitle)."""
+    """{"rx"|"tx"|"rx.N"|"tx.N": pid} of the daemon's worker processes (its
+    children, named "vionetd: rx VM/0" and "vionetd: tx VM/0" by
+    setproctitle, "vionetd: rx VM/0.N" for queue pair N > 0)."""
     out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -145,22 +160,65 @@ def workers(daemon_pid):
             continue
         for role in ("rx", "tx"):
             if title.startswith("vionetd: %s " % role):
-                out[role] = int(d)
+                name = title.split()[2] if len(title.split()) > 2 else ""
+                qp = name.rsplit("/", 1)[-1].partition(".")[2]
+                out[role + ("." + qp if qp else "")] = int(d)
     return out
 
 
 def wait_workers(daemon_pid, timeout=10.0):
-    """workers(), once both have named themselves (bounded)."""
+    """workers(), once pair 0's two have named themselves (bounded; the
+    workers of other pairs start when the VMM first uses their rings)."""
     deadline = time.monotonic() + timeout
     while True:
         w = workers(daemon_pid)
-        if len(w) == 2 or time.monotonic() > deadline:
+        if {"rx", "tx"} <= set(w) or time.monotonic() > deadline:
             return w
         time.sleep(0.05)
 
 
-def workers_cpu(pids):
-    return {role: proc_cpu(pid) or 0.0 for role, pid in pids.items()}
+class WorkerCpu:
+    """CPU time of the daemon's workers over a run, including those born
+    during it (pair 1's) and those gone at its end: a thread samples them
+    every 0.2 s (and looks for new ones every 0.6 s); the figure of each is
+    its last sample minus its first (0 for one born during the run)."""
+
+    def __init__(self, daemon_pid):
+        self.daemon_pid = daemon_pid
+        self.pids = wait_workers(daemon_pid)
+        self.first = {k: proc_cpu(pid) or 0.0 for k, pid in self.pids.items()}
+        self.last = dict(self.first)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        for k, pid in list(self.pids.items()):
+            c = proc_cpu(pid)
+            if c is not None:
+                self.last[k] = c
+
+    def _run(self):
+        n = 0
+        while not self.done.wait(0.2):
+            n += 1
+            if n % 3 == 0:
+                for k, pid in workers(self.daemon_pid).items():
+                    if self.pids.get(k) != pid:
+                        self.pids[k] = pid
+                        self.first.setdefault(k, 0.0)
+            self._sample()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        self._sample()
+        return {k: round(self.last[k] - self.first.get(k, 0.0), 3) for k in self.last}
+
+
+def direction_cpu(cpu, direction):
+    """Sum of one direction's workers ("tx", "tx.1", ...) in WorkerCpu.stop()."""
+    return round(sum(v for k, v in cpu.items() if k.split(".")[0] == direction), 3)
 
 
 def tap_stats(ns, tap):
@@ -238,25 +296,40 @@ def rates(res):
 
 
 class Bench:
-    def __init__(self, exe, ns, daemon, tap, seconds, ring_tx=256, ring_rx=4096):
+    def __init__(self, exe, ns, daemon, tap, seconds, ring_tx=256, ring_rx=4096,
+                 pairs=1, log=False):
         self.exe, self.ns, self.d, self.tap, self.seconds = exe, ns, daemon, tap, seconds
         self.ring_tx, self.ring_rx = ring_tx, ring_rx
+        self.pairs, self.log = pairs, log
         self.sock = os.path.join(daemon.dir, "bench.sock")
 
     def counters(self):
-        return self.d.stats()["bench/0"]["counters"]
+        """(summed counters, [counters of each queue pair])"""
+        st = self.d.stats()["bench/0"]
+        return st["counters"], st.get("queue_pairs", [])
+
+    def frontend_args(self):
+        return ["-Q", str(self.pairs)] + (["-L"] if self.log else [])
+
+    def source_args(self):
+        return ["-F", str(FLOWS)] if self.pairs > 1 else []
 
     def measure(self, kind, run):
         """run() -> tool result; everything around it sampled before/after."""
-        pids = wait_workers(self.d.proc.pid)
-        c0, t0, k0, m0 = workers_cpu(pids), tap_stats(self.ns, self.tap), \
-            self.counters(), cpu_times()
-        res = run()
-        m1 = cpu_times()
-        c1, t1, k1 = workers_cpu(pids), tap_stats(self.ns, self.tap), self.counters()
-        cpu = {r: round(c1[r] - c0[r], 3) for r in c0}
-        return res, {"worker_cpu_s": cpu, "machine_busy": busy_between(m0, m1),
-                     "counters": delta(k0, k1), "tap": delta(t0, t1)}
+        cpu = WorkerCpu(self.d.proc.pid)
+        t0, (k0, q0), m0 = tap_stats(self.ns, self.tap), self.counters(), cpu_times()
+        try:
+            res = run()
+        finally:
+            m1 = cpu_times()
+            cpu_s = cpu.stop()
+        t1, (k1, q1) = tap_stats(self.ns, self.tap), self.counters()
+        info = {"worker_cpu_s": cpu_s, "machine_busy": busy_between(m0, m1),
+                "counters": delta(k0, k1), "tap": delta(t0, t1)}
+        if self.pairs > 1:
+            info["counters_per_pair"] = [delta(q0[i] if i < len(q0) else {}, q)
+                                         for i, q in enumerate(q1)]
+        return res, info
 
     def limit_tap(self):
         return N.unique("vbl")
@@ -265,12 +338,12 @@ class Bench:
         s = self.seconds
         res, info = self.measure("tx", lambda: Tool(
             self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
-                             "-q", str(self.ring_tx)]).result(s + 30))
+                       "-q", str(self.ring_tx)] + self.frontend_args()).result(s + 30))
         m0 = cpu_times()
-        lim = Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size, "-t", str(s)],
-                   ns=self.ns).result(s + 30)
+        lim = Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size, "-t", str(s),
+                              "-Q", str(self.pairs)], ns=self.ns).result(s + 30)
         info["limit_machine_busy"] = busy_between(m0, cpu_times())
-        return self.figures(res, lim, info["worker_cpu_s"].get("tx", 0.0), info)
+        return self.figures(res, lim, direction_cpu(info["worker_cpu_s"], "tx"), info)
 
     def rx(self, size):
         s = self.seconds
@@ -278,10 +351,10 @@ class Bench:
         def run_vionetd():
             with tools() as start:
                 fe = start(self.exe, ["rx", "-s", self.sock, "-t", str(s),
-                                       "-q", str(self.ring_rx)])
+                                      "-q", str(self.ring_rx)] + self.frontend_args())
                 fe.wait_ready()
                 src = start(self.exe, ["source", "-i", self.tap, "-k", size,
-                                       "-t", str(s + 0.5)], ns=self.ns)
+                                       "-t", str(s + 0.5)] + self.source_args(), ns=self.ns)
                 res = fe.result(s + 30)
                 res["source"] = src.result(15)
                 return res
@@ -289,14 +362,15 @@ class Bench:
         m0 = cpu_times()
         with tools() as start:
             name = self.limit_tap()
-            rd = start(self.exe, ["tapread", "-i", name, "-t", str(s)], ns=self.ns)
+            rd = start(self.exe, ["tapread", "-i", name, "-t", str(s), "-Q", str(self.pairs)],
+                       ns=self.ns)
             rd.wait_ready()
-            src = start(self.exe, ["source", "-i", name, "-k", size, "-t", str(s + 0.5)],
-                        ns=self.ns)
+            src = start(self.exe, ["source", "-i", name, "-k", size, "-t", str(s + 0.5)]
+                        + self.source_args(), ns=self.ns)
             lim = rd.result(s + 30)
             lim["source"] = src.result(15)
         info["limit_machine_busy"] = busy_between(m0, cpu_times())
-        return self.figures(res, lim, info["worker_cpu_s"].get("rx", 0.0), info)
+        return self.figures(res, lim, direction_cpu(info["worker_cpu_s"], "rx"), info)
 
     @staticmethod
     def figures(res, lim, cpu, info):
@@ -326,8 +400,25 @@ def run(kinds, seconds, ring_tx=256, ring_rx=4096):
                 out[k] = run_kind(exe, ns, tmp, k, seconds, ring_tx, ring_rx)
             except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
                 out[k] = {"ratio_vs_limit": None, "error": str(e)[:2000]}
+    for k in kinds:
+        if parse_kind(k)[3]:
+            add_nolog(out, k)
     out["loadavg_end"] = os.getloadavg()[0]
     return out
+
+
+def add_nolog(out, kind):
+    """A _log row's ratio_vs_nolog (its vionetd_gbit_s over the non-log row's
+    of the same size, in this run; null, with a reason, without both) and its
+    log_pages (pages the frontend found marked in the dirty log)."""
+    r, base = out[kind], out.get(kind[: -len("_log")])
+    r["log_pages"] = r.get("frontend", {}).get("log_pages")
+    g, g0 = r.get("vionetd_gbit_s"), (base or {}).get("vionetd_gbit_s")
+    r["ratio_vs_nolog"] = round(g / g0, 3) if g is not None and g0 else None
+    if r["ratio_vs_nolog"] is None:
+        r["ratio_vs_nolog_missing"] = ("this row failed" if g is None else
+                                       "no %s row in this run" % kind[: -len("_log")]
+                                       if base is None else "the non-log row failed")
 
 
 def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
@@ -338,12 +429,13 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
     os.mkdir(d_dir)
     os.chmod(d_dir, 0o755)
     tap = N.unique("vbt")
-    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC), ns, d_dir)
+    direction, size, pairs, log = parse_kind(kind)
+    queues = "\n        queues %d" % pairs if pairs > 1 else ""
+    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC, queues=queues), ns, d_dir)
     try:
         d.start()
         d.wait_socket(os.path.join(d_dir, "bench.sock"))
-        b = Bench(exe, ns, d, tap, seconds, ring_tx, ring_rx)
-        direction, size = kind.split("_")
+        b = Bench(exe, ns, d, tap, seconds, ring_tx, ring_rx, pairs, log)
         r = b.tx(size) if direction == "tx" else b.rx(size)
         r["daemon_alive"] = d.proc.poll() is None
         return r
@@ -352,19 +444,22 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
 
 
 def table(out, f):
-    fmt = "%-8s %10s %9s %10s %7s %8s %6s"
-    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "cpu_s", "busy"), file=f)
+    fmt = "%-11s %11s %9s %11s %7s %8s %6s %6s"
+    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "cpu_s", "busy", "nolog"),
+          file=f)
     for k in KINDS:
         if k not in out:
             continue
         r = out[k]
         if "error" in r:
-            print("%-8s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
+            print("%-11s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
             continue
+        nolog = r.get("ratio_vs_nolog")
         print(fmt % (k, "%.2f Gb/s" % r["vionetd_gbit_s"], "%.3f" % r["vionetd_mpps"],
                      "%.2f Gb/s" % r["limit_gbit_s"],
                      "-" if r["ratio_vs_limit"] is None else "%.2f" % r["ratio_vs_limit"],
-                     "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"])),
+                     "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"]),
+                     "-" if nolog is None else "%.2f" % nolog),
               file=f)
     print("%g s per figure, %d CPUs, machine busy before start %.0f%%, load %.2f -> %.2f"
           % (out["seconds"], out["cpus"], 100 * out["background_busy"],
