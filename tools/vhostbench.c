@@ -803,6 +803,7 @@ struct txq {
 	uint16_t *freelist;
 	unsigned nfree, chains;
 	int indirect;
+	int running;            /* the device has completed a chain (atomic) */
 	struct share s;
 };
 
@@ -855,7 +856,7 @@ static void txq_init(struct txq *q, struct dev *d, struct ring *r, const struct 
 }
 
 /*
- * One TX ring: keep it full; sleep until half of it came back. Frames
+ * One TX ring: keep it full; sleep until 3/4 of it came back. Frames
  * complete from the moment the rings run; they count from the start
  * instant on (main sets it once logging, if any, is on).
  */
@@ -877,6 +878,8 @@ static void *tx_thread(void *arg)
 		}
 		t = now();
 		if (!counting) {
+			if (f)
+				__atomic_store_n(&q->running, 1, __ATOMIC_RELEASE);
 			double s = start_time();
 
 			if (s && t >= s) {
@@ -895,8 +898,11 @@ static void *tx_thread(void *arg)
 		while (q->nfree)
 			AVAIL_RING(r, r->avail_idx++) = q->freelist[--q->nfree];
 		ring_publish(r, old);
-		/* the ring is full now: sleep until half of it came back */
-		ring_wait(r, q->chains / 2);
+		/* The ring is full now: sleep until 3/4 of it came back, as
+		 * Linux's virtio-net asks when its TX ring is full
+		 * (virtqueue_enable_cb_delayed()); each call costs the device
+		 * a wakeup of this thread. */
+		ring_wait(r, q->chains * 3 / 4);
 	}
 	q->s.t1 = t;
 	q->s.frames = f;
@@ -921,7 +927,18 @@ static int run_tx(const struct opts *o)
 	dev_start(&d);
 	for (i = 0; i < d.pairs; i++)
 		spawn(&q[i].th, tx_thread, &q[i]);
-	/* the rings run (the threads fill them): now logging, as a migration would */
+	/* Start once every ring runs (the device's worker of a second pair
+	 * may start later than the first's); with -L, turn logging on first,
+	 * while the rings run, as a migration would. */
+	for (i = 0; i < d.pairs; i++) {
+		double give_up = now() + 10;
+
+		while (!__atomic_load_n(&q[i].running, __ATOMIC_ACQUIRE)) {
+			if (now() > give_up)
+				die("tx: ring %u: no chain completed within 10 s", 2 * i + 1);
+			poll(NULL, 0, 1);
+		}
+	}
 	if (o->log)
 		log_start(&d);
 	start_at(now());
