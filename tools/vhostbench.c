@@ -576,6 +576,7 @@ struct opts {
 	const char *sock, *kind, *ifname;
 	double seconds;
 	unsigned num, pairs, flows;
+	size_t piece;           /* tx: payload bytes per descriptor */
 	int log;
 	uint64_t refuse;
 };
@@ -773,19 +774,23 @@ static void supervise(struct dev *d, unsigned nthreads, double deadline)
 /* ---- tx: guest to tap --------------------------------------------------- */
 
 /*
- * Lay out one chain as Linux's virtio-net start_xmit does: [vnet header +
- * L2-L4 headers] then the payload in page-sized pieces. Returns the number
- * of pieces written to out (addresses are guest physical).
+ * Lay out one chain as Linux's virtio-net start_xmit does for a TCP skb:
+ * [vnet header + L2-L4 headers] (the header pushed in front of the skb's
+ * head), then the payload in pieces of `piece` bytes: TCP fills an skb's
+ * frags from the socket's page_frag, 32 KiB compound pages
+ * (SKB_FRAG_PAGE_ORDER), so a 64 KiB TSO frame is 3 descriptors; -P 4096
+ * gives one per page, as a guest without high-order pages would. Returns
+ * the number of pieces written to out (addresses are guest physical).
  */
 static int chain_pieces(const struct mem *m, const uint8_t *buf, size_t total,
-			struct desc *out)
+			size_t piece, struct desc *out)
 {
 	size_t off = VNET_LEN + 54 < total ? VNET_LEN + 54 : total;
 	int n = 0;
 
 	out[n++] = (struct desc){ gpa(m, buf), (uint32_t)off, 0, 0 };
 	while (off < total && n < MAX_PIECES) {
-		size_t l = total - off < PAGE ? total - off : PAGE;
+		size_t l = total - off < piece ? total - off : piece;
 
 		out[n++] = (struct desc){ gpa(m, buf + off), (uint32_t)l, 0, 0 };
 		off += l;
@@ -823,7 +828,7 @@ static void txq_init(struct txq *q, struct dev *d, struct ring *r, const struct 
 	buf = mem_alloc(&d->mem, VNET_LEN + q->flen, PAGE);
 	build_frame(buf + VNET_LEN, q->flen, PEER_MAC, GUEST_MAC, &h);
 	memcpy(buf, &h, sizeof(h));
-	np = chain_pieces(&d->mem, buf, VNET_LEN + q->flen, pieces);
+	np = chain_pieces(&d->mem, buf, VNET_LEN + q->flen, o->piece, pieces);
 	q->indirect = HAS(d->features, F_INDIRECT) && np > 1;
 	per = q->indirect ? 1 : (unsigned)np;
 	q->chains = r->num / per;
@@ -1391,18 +1396,19 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vhostbench tx|rx -s SOCK [-k KIND] [-t SEC] [-q NUM] [-Q PAIRS] [-L]"
-		" [-n BIT]...\n"
+		" [-P BYTES] [-n BIT]...\n"
 		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES]\n"
 		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES]\n"
 		"       vhostbench source -i IFNAME -k KIND [-t SEC] [-F FLOWS]\n"
 		"  KIND: 64k | 1514 | 64; -q: ring size; -Q: queue pairs, a thread each;\n"
-		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT\n");
+		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT;\n"
+		"  -P: tx payload bytes per descriptor (default 32768)\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .seconds = 5, .num = 256, .pairs = 1, .flows = 1 };
+	struct opts o = { .seconds = 5, .num = 256, .pairs = 1, .flows = 1, .piece = 32768 };
 	const char *mode;
 	int c;
 
@@ -1410,7 +1416,7 @@ int main(int argc, char **argv)
 		usage();
 	mode = argv[1];
 	optind = 2;
-	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:L")) != -1) {
+	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LP:")) != -1) {
 		switch (c) {
 		case 's': o.sock = optarg; break;
 		case 'k': o.kind = optarg; break;
@@ -1421,6 +1427,7 @@ int main(int argc, char **argv)
 		case 'Q': o.pairs = (unsigned)atoi(optarg); break;
 		case 'F': o.flows = (unsigned)atoi(optarg); break;
 		case 'L': o.log = 1; break;
+		case 'P': o.piece = (size_t)atol(optarg); break;
 		default: usage();
 		}
 	}
@@ -1432,6 +1439,8 @@ int main(int argc, char **argv)
 		die("queue pairs must be in 1..%d", MAX_PAIRS);
 	if (o.flows < 1 || o.flows > 60000)
 		die("flows must be in 1..60000");
+	if (o.piece < 64 || o.piece > 65536)
+		die("piece size must be in 64..65536");
 	if (!strcmp(mode, "tx") || !strcmp(mode, "rx")) {
 		if (!o.sock)
 			usage();
