@@ -79,7 +79,17 @@ Q2_KINDS = tuple(k + "_q2" for k in BASE_KINDS)
 # ratio between them is taken in the same run, so keep them close in time).
 KINDS = tuple(x for k in BASE_KINDS for x in (k, k + "_log") if x in BASE_KINDS + LOG_KINDS) \
     + Q2_KINDS
-RING_TX, RING_RX = 256, 4096    # see main()
+# Ring sizes: 1024 both ways, the most QEMU allows (tx_queue_size above 256
+# only with vhost-user) and what a VMM tuned for throughput sets (libvirt:
+# <driver rx_queue_size='1024' tx_queue_size='1024'/>). QEMU's default, 256,
+# makes the TX worker wake the frontend 4 times as often (each wakeup an IPI
+# the worker pays for), and an RX ring of 4096 page buffers (this
+# benchmark's earlier default, beyond QEMU's maximum; chosen against an
+# rx_gather() livelock with small rings that vionetd no longer has: rings of
+# 256 and 512 run rx_64k and leave the worker idle after) spreads the
+# worker's copies over 16 MiB: it cost the RX worker about 25% more CPU per
+# frame than 1024 (rx_64k 12.8-13.4 against 10.0-10.6 us).
+RING_TX, RING_RX = 1024, 1024
 ROUNDS = 3              # alternations of vionetd and the limit per row (Bench.alternate)
 FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
@@ -217,6 +227,14 @@ class WorkerCpu:
         self.thread.join(5)
         self._sample()
         return {k: round(self.last[k] - self.first.get(k, 0.0), 3) for k in self.last}
+
+
+def us_per_frame(cpu, counters, direction):
+    """CPU microseconds the direction's workers spent per frame they moved
+    (their CPU over the whole measurement, lingering and waiting for the
+    frontend included; frames from the daemon's own counters)."""
+    frames = counters.get(direction + "_frames", 0)
+    return direction_cpu(cpu, direction) * 1e6 / frames if frames else float("inf")
 
 
 def direction_cpu(cpu, direction):
@@ -395,6 +413,10 @@ class Bench:
             lim["machine_busy"] = busy_between(m0, cpu_times())
             rounds.append((res, info, lim))
         mid = len(rounds) // 2
+        us = sorted(us_per_frame(i["worker_cpu_s"], i["counters"], direction)
+                    for _, i, _ in rounds)[mid]
+        lus = sorted(x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf")
+                     for _, _, x in rounds)[mid]
         by_fe = sorted(rounds, key=lambda r: rates(r[0])[0])
         by_lim = sorted(rounds, key=lambda r: rates(r[2])[0])
         res, info, _ = by_fe[mid]
@@ -409,6 +431,10 @@ class Bench:
                 "limit_gbit_s": round(lg, 3), "limit_mpps": round(lmpps, 4),
                 "ratio_vs_limit": round(g / lg, 3) if lg > 0 else None,
                 "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
+                "vionetd_us_per_frame": round(us, 3) if us != float("inf") else None,
+                "limit_us_per_frame": round(lus, 3) if lus != float("inf") else None,
+                "cpu_ratio": round(lus / us, 3) if us and us != float("inf")
+                and lus != float("inf") else None,
                 "rounds": per, "limit_machine_busy": lim["machine_busy"],
                 "frontend": res, "limit": lim, **info}
 
@@ -503,11 +529,7 @@ def main(argv=None):
     p.add_argument("--only", action="append", choices=KINDS, metavar="KIND",
                    help="one of %s (repeatable)" % ", ".join(KINDS))
     p.add_argument("--json", action="store_true")
-    # QEMU's default ring is 256. RX: vionetd takes 17 page-sized mergeable
-    # buffers per 64 KiB frame and publishes only after a batch of 64 frames
-    # (1088 buffers); with a ring smaller than that its rx_gather() spins
-    # forever once the ring runs dry mid-batch (see the report). 4096 keeps
-    # the benchmark clear of that; --ring-rx 1024 (QEMU's maximum) shows it.
+    # Ring sizes: see RING_TX, RING_RX.
     p.add_argument("--ring-tx", type=int, default=RING_TX)
     p.add_argument("--ring-rx", type=int, default=RING_RX)
     p.add_argument("--rounds", type=int, default=ROUNDS,
