@@ -146,6 +146,7 @@ static unsigned rx_complete(struct rx_ctx *c, size_t n)
 {
 	unsigned i, used = 0, used_iov = 0;
 
+	vq_log_write(&c->q, c->iov, c->niov, n);   /* what we wrote, when migrating */
 	for (i = 0; i < c->nbufs && n; i++) {
 		uint32_t l = c->bufs[i].len < n ? c->bufs[i].len : (uint32_t)n;
 

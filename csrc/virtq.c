@@ -33,46 +33,57 @@ static int ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 	return a <= b + (blen - 1) && b <= a + (alen - 1);
 }
 
+/*
+ * mmap size bytes of fd from offset, shared and writable. mmap wants a
+ * page-aligned offset, so the mapping starts up to a page early; *host is
+ * the byte at offset. Touching a mapping past the end of its file is
+ * SIGBUS: a regular file shorter than offset + size is refused first.
+ */
+static int map_file(int fd, uint64_t size, uint64_t offset, void **base,
+		    uint64_t *len, uint8_t **host)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	uint64_t delta = offset & (uint64_t)(page - 1), off = offset - delta;
+	struct stat st;
+	void *p;
+
+	if (size == 0 || offset > UINT64_MAX - (size - 1) || size > UINT64_MAX - delta ||
+	    size + delta > (uint64_t)SIZE_MAX || off > (uint64_t)INT64_MAX)
+		return GM_RANGE;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (uint64_t)st.st_size < offset + size)
+		return GM_FILE;
+	p = mmap(NULL, (size_t)(size + delta), PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_NORESERVE, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		return GM_MMAP;
+	*base = p;
+	*len = size + delta;
+	*host = (uint8_t *)p + delta;
+	return GM_OK;
+}
+
 int gmem_map(struct guest_mem *m, int fd, uint64_t gpa, uint64_t size,
 	     uint64_t uva, uint64_t mmap_offset)
 {
-	long page = sysconf(_SC_PAGESIZE);
-	uint64_t delta, off, len;
-	struct stat st;
+	struct gmem_region r = { .gpa = gpa, .size = size, .uva = uva };
 	unsigned i;
-	void *p;
+	int err;
 
 	if (m->nregions >= GMEM_MAX_REGIONS)
 		return GM_FULL;
 	/* size - 1 <= MAX - x  is "x + size does not wrap" (size > 0). */
-	if (size == 0 || gpa > UINT64_MAX - (size - 1) ||
-	    uva > UINT64_MAX - (size - 1) || mmap_offset > UINT64_MAX - (size - 1))
+	if (size == 0 || gpa > UINT64_MAX - (size - 1) || uva > UINT64_MAX - (size - 1))
 		return GM_RANGE;
-	delta = mmap_offset & (uint64_t)(page - 1);
-	off = mmap_offset - delta;
-	if (size > UINT64_MAX - delta || size + delta > (uint64_t)SIZE_MAX ||
-	    off > (uint64_t)INT64_MAX)
-		return GM_RANGE;
-	len = size + delta;
 	for (i = 0; i < m->nregions; i++) {
-		const struct gmem_region *r = &m->r[i];
-		if (ranges_overlap(gpa, size, r->gpa, r->size) ||
-		    ranges_overlap(uva, size, r->uva, r->size))
+		if (ranges_overlap(gpa, size, m->r[i].gpa, m->r[i].size) ||
+		    ranges_overlap(uva, size, m->r[i].uva, m->r[i].size))
 			return GM_OVERLAP;
 	}
-	/* Touching a mapping past the end of its file is SIGBUS: refuse it now. */
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    (uint64_t)st.st_size < mmap_offset + size)
-		return GM_FILE;
-	p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-		 fd, (off_t)off);
-	if (p == MAP_FAILED)
-		return GM_MMAP;
-	m->r[m->nregions] = (struct gmem_region){
-		.gpa = gpa, .size = size, .uva = uva,
-		.host = (uint8_t *)p + delta, .map_base = p, .map_len = len,
-	};
-	m->nregions++;
+	err = map_file(fd, size, mmap_offset, &r.map_base, &r.map_len, &r.host);
+	if (err)
+		return err;
+	m->r[m->nregions++] = r;
 	return GM_OK;
 }
 
@@ -116,6 +127,78 @@ void *gmem_gpa(const struct guest_mem *m, uint64_t gpa, uint64_t len)
 void *gmem_uva(const struct guest_mem *m, uint64_t uva, uint64_t len)
 {
 	return gmem_find(m, 1, uva, len);
+}
+
+/* ---- dirty log ---------------------------------------------------------- */
+
+int dlog_map(struct dirty_log *l, int fd, uint64_t size, uint64_t offset)
+{
+	int err;
+
+	dlog_unmap(l);
+	err = map_file(fd, size, offset, &l->map_base, &l->map_len, &l->bits);
+	if (err == GM_OK)
+		l->size = size;
+	return err;
+}
+
+void dlog_unmap(struct dirty_log *l)
+{
+	if (l->map_base)
+		munmap(l->map_base, (size_t)l->map_len);
+	l->bits = NULL;
+	l->map_base = NULL;
+	l->size = l->map_len = 0;
+}
+
+/*
+ * Set the bit of every page in [gpa, gpa + len): bit (page % 8) of byte
+ * (page / 8), page = gpa / VHOST_LOG_PAGE (vhost-user.rst, "Migration").
+ * The frontend takes bits away concurrently (atomic exchange), so bits are
+ * set atomically; release orders our writes to the page before its bit.
+ */
+void dlog_mark(struct dirty_log *l, uint64_t gpa, uint64_t len)
+{
+	uint64_t page, last;
+
+	if (len == 0)
+		return;
+	if (gpa > UINT64_MAX - (len - 1)) {
+		l->outside++;
+		return;
+	}
+	last = (gpa + len - 1) / VHOST_LOG_PAGE;
+	for (page = gpa / VHOST_LOG_PAGE; page <= last; page++) {
+		uint8_t bit = (uint8_t)(1u << (page % 8)), *byte;
+
+		if (page / 8 >= l->size) {
+			l->outside++;
+			return;
+		}
+		byte = l->bits + page / 8;
+		if (!(__atomic_fetch_or(byte, bit, __ATOMIC_RELEASE) & bit))
+			l->marked++;
+	}
+}
+
+/* Mark the guest pages under host buffer [p, p + len), which gmem_gpa()
+ * gave out, so it lies in one region. */
+static void dlog_mark_host(struct dirty_log *l, const struct guest_mem *m,
+			   const uint8_t *p, uint64_t len)
+{
+	unsigned i;
+
+	for (i = 0; i < m->nregions && i < GMEM_MAX_REGIONS; i++) {
+		const struct gmem_region *r = &m->r[i];
+		uint64_t off = (uint64_t)((uintptr_t)p - (uintptr_t)r->host);
+
+		if ((uintptr_t)p >= (uintptr_t)r->host && off < r->size &&
+		    len <= r->size - off) {
+			dlog_mark(l, r->gpa + off, len);
+			return;
+		}
+	}
+	l->outside++;
 }
 
 /* ---- ring field access -------------------------------------------------- */
@@ -350,12 +433,26 @@ void vq_unpop(struct vq *q, unsigned n)
 
 /* ---- completing --------------------------------------------------------- */
 
+/* We stored len bytes at p in the used ring: mark them while logging. */
+static inline void log_used(struct vq *q, const uint8_t *p, uint64_t len)
+{
+	uint64_t off = (uint64_t)(p - q->used);
+
+	if (!q->log || !q->log_used)
+		return;
+	if (q->log_used_gpa > UINT64_MAX - off)
+		q->log->outside++;
+	else
+		dlog_mark(q->log, q->log_used_gpa + off, len);
+}
+
 void vq_push(struct vq *q, uint16_t head, uint32_t len)
 {
 	uint8_t *e = USED_ELEM(q, q->used_idx & (q->num - 1));
 
 	st32(e, head);
 	st32(e + 4, len);
+	log_used(q, e, 8);
 	q->used_idx++;
 }
 
@@ -364,6 +461,27 @@ void vq_publish(struct vq *q)
 	if (!q->ready)
 		return;
 	__atomic_store_n((uint16_t *)(void *)USED_IDX(q), q->used_idx, __ATOMIC_RELEASE);
+	log_used(q, USED_IDX(q), 2);
+	if (q->log && q->log->notify_fd >= 0 && q->log->notified != q->log->marked) {
+		uint64_t one = 1;
+
+		q->log->notified = q->log->marked;
+		if (write(q->log->notify_fd, &one, sizeof(one)) != sizeof(one)) {
+			/* full or closed: the frontend reads the log anyway */
+		}
+	}
+}
+
+void vq_log_write(struct vq *q, const struct iovec *iov, unsigned n, size_t len)
+{
+	unsigned i;
+
+	for (i = 0; q->log && i < n && len; i++) {
+		size_t l = iov[i].iov_len < len ? iov[i].iov_len : len;
+
+		dlog_mark_host(q->log, q->mem, iov[i].iov_base, l);
+		len -= l;
+	}
 }
 
 /* virtio 2.7.7.2: with EVENT_IDX, signal if used_event is in (old, new]. */
@@ -409,10 +527,13 @@ unsigned vq_enable_notify(struct vq *q)
 	 * have seen: after vq_unpop() those may be ahead of last_avail, and
 	 * an avail_event the guest is already past would never fire. */
 	seen = ld16_acq(AVAIL_IDX(q));
-	if (q->event_idx)
+	if (q->event_idx) {
 		st16(AVAIL_EVENT(q), seen);
-	else
+		log_used(q, AVAIL_EVENT(q), 2);
+	} else {
 		st16(USED_FLAGS(q), 0);
+		log_used(q, USED_FLAGS(q), 2);
+	}
 	/* Offer before looking again, or a kick in between is lost. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return vq_pending(q);
@@ -422,8 +543,10 @@ void vq_disable_notify(struct vq *q)
 {
 	/* With EVENT_IDX, avail_event simply stays behind: no kicks until we
 	 * move it again. */
-	if (q->ready && !q->event_idx)
+	if (q->ready && !q->event_idx) {
 		st16(USED_FLAGS(q), VRING_USED_F_NO_NOTIFY);
+		log_used(q, USED_FLAGS(q), 2);
+	}
 }
 
 /* ---- iovec helpers ------------------------------------------------------ */

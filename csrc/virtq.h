@@ -16,6 +16,16 @@
  * release store of used->idx) and signalled with vq_notify(), which follows
  * NO_INTERRUPT or, with EVENT_IDX, used_event.
  *
+ * Dirty logging (vhost-user live migration): while the frontend migrates
+ * the guest's memory it hands us a bitmap, one bit per VHOST_LOG_PAGE of
+ * guest-physical memory. A ring with q->log set marks every page the device
+ * writes: the data paths call vq_log_write() for guest buffers they filled,
+ * and with q->log_used the ring itself marks its used-ring stores (by
+ * q->log_used_gpa, the frontend's log_guest_addr). A page is marked after
+ * it was written, so the frontend's next pass over the log copies it again.
+ * dlog_mark() is the only place a bit is set; it is bounded by the log's
+ * size and counts, never marks, what lies beyond it.
+ *
  * Invariant: between calls the ring is consistent: every chain vq_pop() gave
  * out has been pushed, or handed back with vq_unpop(), before the owner
  * returns to Python.
@@ -39,7 +49,8 @@ enum {
 	VRING_DESC_F_WRITE = 2,
 	VRING_DESC_F_INDIRECT = 4,
 	VRING_AVAIL_F_NO_INTERRUPT = 1,
-	VRING_USED_F_NO_NOTIFY = 1
+	VRING_USED_F_NO_NOTIFY = 1,
+	VHOST_LOG_PAGE = 4096
 };
 
 /* gmem_map() and vq_setup() results. */
@@ -68,6 +79,19 @@ struct gmem_region {
 struct guest_mem {
 	unsigned nregions;
 	struct gmem_region r[8];
+};
+
+/* The frontend's dirty bitmap (SET_LOG_BASE), mapped by dlog_map(). */
+struct dirty_log {
+	uint8_t *bits;
+	uint64_t size;       /* bytes of bitmap: it covers size * 8 pages */
+	void *map_base;
+	uint64_t map_len;
+	uint64_t marked;     /* bits we set that were clear */
+	uint64_t outside;    /* writes to pages beyond the bitmap (not marked) */
+	int notify_fd;       /* -1, or an eventfd signalled after a batch that
+				marked pages (SET_LOG_FD) */
+	uint64_t notified;   /* marked when it was last signalled */
 };
 
 /* Why a chain was refused; each is a counter. Names: vq_err_name(). */
@@ -107,6 +131,10 @@ struct vq {
 	uint8_t ready;
 	int call_fd;         /* -1: no call fd (the frontend polls) */
 	uint64_t calls;      /* signals written to call_fd */
+	/* Set by the owner after vq_setup(): NULL while not logging. */
+	struct dirty_log *log;
+	uint8_t log_used;    /* mark used-ring stores too (VHOST_VRING_F_LOG) */
+	uint64_t log_used_gpa; /* guest-physical address of the used ring */
 };
 
 /* One chain as host buffers. */
@@ -123,6 +151,12 @@ int gmem_map(struct guest_mem *m, int fd, uint64_t gpa, uint64_t size,
 void gmem_unmap_all(struct guest_mem *m);
 void *gmem_gpa(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 void *gmem_uva(const struct guest_mem *m, uint64_t uva, uint64_t len);
+
+/* The dirty log: map size bytes of fd from offset (0 or GM_MMAP/GM_FILE/
+ * GM_RANGE), unmap, mark guest-physical [gpa, gpa + len). */
+int dlog_map(struct dirty_log *l, int fd, uint64_t size, uint64_t offset);
+void dlog_unmap(struct dirty_log *l);
+void dlog_mark(struct dirty_log *l, uint64_t gpa, uint64_t len);
 
 /*
  * The ring. Addresses are frontend virtual addresses (vhost-user
@@ -157,6 +191,9 @@ int vq_notify(struct vq *q);
  * a caller that finds more than it knew about must not sleep. */
 unsigned vq_enable_notify(struct vq *q);
 void vq_disable_notify(struct vq *q);
+/* The device wrote the first len bytes of iov (guest buffers of this ring's
+ * memory): mark their pages if the ring is logging. */
+void vq_log_write(struct vq *q, const struct iovec *iov, unsigned n, size_t len);
 
 /* CDEF END */
 

@@ -20,9 +20,10 @@ vm "t1" {
 }
 """
 B = F.bit
-# MTU: QEMU offers it to the guest only with host_mtu, and tells us the value
+# MTU: QEMU offers it to the guest only with host_mtu, and tells us the value;
+# LOG_ALL: dirty logging for live migration, whatever the policy
 ALWAYS = B(F.VERSION_1) | B(F.MRG_RXBUF) | B(F.RING_INDIRECT_DESC) | B(F.RING_EVENT_IDX) | \
-    B(F.VHOST_USER_F_PROTOCOL_FEATURES) | B(F.MTU)
+    B(F.VHOST_USER_F_PROTOCOL_FEATURES) | B(F.MTU) | B(F.LOG_ALL)
 TX_ALL = B(F.CSUM) | B(F.HOST_TSO4) | B(F.HOST_TSO6) | B(F.HOST_ECN) | B(F.HOST_USO)
 RX_ALL = B(F.GUEST_CSUM) | B(F.GUEST_TSO4) | B(F.GUEST_TSO6) | B(F.GUEST_ECN) | \
     B(F.GUEST_USO4) | B(F.GUEST_USO6)

@@ -155,7 +155,8 @@ def test_software_mode():
 def test_names():
     assert F.names(0) == []
     assert F.names(F.bit(63)) == ["bit63"]
-    assert F.protocol_names(F.PROTOCOL_OFFER) == ["MQ", "REPLY_ACK", "NET_MTU"]
+    assert F.protocol_names(F.PROTOCOL_OFFER) == ["MQ", "LOG_SHMFD", "RARP",
+                                                   "REPLY_ACK", "NET_MTU"]
     assert F.tun_names(F.TUN_F_CSUM | F.TUN_F_USO6) == ["CSUM", "USO6"]
 
 

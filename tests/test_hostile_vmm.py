@@ -567,6 +567,78 @@ def shrink_running(h):
     return vm
 
 
+# ---- migration: the dirty log ----
+
+
+def logging_vm(h, log_size=None, log_addrs=None, file_size=None):
+    """A running TestVM on the victim that has started a migration with a
+    log of log_size bytes (default: its memory's) in a memfd of file_size,
+    the used rings logged at log_addrs; then RX and TX traffic, so that the
+    workers mark pages."""
+    vm = h.vm()
+    size = vm.log_size() if log_size is None else log_size
+    fd = h.memfd(size if file_size is None else file_size, "hostile-log")
+    vm.start_logging(fd, size, log_addrs)
+    return vm, fd
+
+
+def log_traffic(h, vm, tag):
+    vm.post_rx(8, 2048, kick=False)
+    for i in range(4):
+        vm.post_tx(H.tagged(b"HVT:%s:%d:" % (tag, i), H.VIC_MAC), kick=False)
+    vm.fe.kick_ring(0)
+    vm.fe.kick_ring(1)
+    h.rig.peer.send(H.tagged(b"HVT:to-%s:" % tag, H.PEER_MAC, H.BROADCAST))
+
+
+@case("log_smaller_than_guest_memory", hold=2.0)
+def _(h):
+    vm, _ = logging_vm(h, log_size=8)         # 64 pages: the rings lie beyond
+    log_traffic(h, vm, b"small-log")
+
+
+@case("log_guest_addr_at_the_top", hold=2.0)
+def _(h):
+    vm, _ = logging_vm(h, log_addrs=(2**64 - 8, 2**64 - 8))
+    log_traffic(h, vm, b"top-log")
+
+
+@case("log_memfd_shrunk_while_logging", hold=4.0)
+def _(h):
+    vm, fd = logging_vm(h)
+    os.ftruncate(fd, 0)                       # marking a page now is SIGBUS
+    log_traffic(h, vm, b"shrunk-log")
+
+
+@case("log_larger_than_its_file")
+def _(h):
+    vm = h.vm()
+    fd = h.memfd(4096, "hostile-log")
+    vm.fe.send(V.SET_LOG_BASE, V.LOG.pack(8192, 0), [fd])
+    assert refused(h, vm.fe, V.SET_LOG_BASE)
+
+
+@case("log_base_without_fd")
+def _(h):
+    vm = h.vm()
+    vm.fe.send(V.SET_LOG_BASE, V.LOG.pack(4096, 0))
+    assert refused(h, vm.fe, V.SET_LOG_BASE)
+
+
+@case("log_all_while_running_without_log", hold=1.0)
+def _(h):
+    vm = h.vm()
+    vm.fe.set_features(vm.features | 1 << 26)   # LOG_ALL, but no SET_LOG_BASE
+    log_traffic(h, vm, b"no-log")
+
+
+@case("send_rarp_flood")
+def _(h):
+    vm = h.vm()
+    for _ in range(500):
+        vm.fe.send(V.SEND_RARP, H.VIC_MAC + b"\0\0")
+
+
 @case("get_features_with_3_fds")
 def _(h):
     fe = h.connect()

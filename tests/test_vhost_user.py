@@ -80,8 +80,19 @@ class RecBackend(V.Backend):
     def set_vring_num(self, i, n):
         self._rec("set_vring_num", i, n)
 
-    def set_vring_addr(self, i, desc, used, avail, flags):
-        self._rec("set_vring_addr", i, desc, used, avail, flags)
+    def set_vring_addr(self, i, desc, used, avail, log):
+        self._rec("set_vring_addr", i, desc, used, avail, log)
+
+    def set_log_base(self, size, offset, fd):
+        self._rec("set_log_base", size, offset)
+        self._own(("log",), fd)
+
+    def set_log_fd(self, fd):
+        self._rec("set_log_fd")
+        self._own(("log_fd",), fd)
+
+    def send_rarp(self, mac):
+        self._rec("send_rarp", mac)
 
     def set_vring_base(self, i, base):
         self._rec("set_vring_base", i, base)
@@ -336,18 +347,18 @@ def test_soft_refusals_keep_the_connection(rig):
     fe = rig.fe
     owned(rig)
     (fd,) = rig.fds(1)
-    # SET_LOG_FD with an fd and no need_reply: logged, fd closed, ignored
-    fe.send(V.SET_LOG_FD, b"", [fd])
+    # SET_BACKEND_REQ_FD with an fd and no need_reply: logged, fd closed, ignored
+    fe.send(V.SET_BACKEND_REQ_FD, b"", [fd])
     assert not fe.pending()
     # with need_reply: a failure ack
-    fe.send(V.SEND_RARP, b"\x00" * 8, need_reply=True)
-    assert struct.unpack("<Q", fe.recv_reply(V.SEND_RARP))[0] != 0
+    fe.send(V.SET_VRING_ENDIAN, b"\x00" * 8, need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(V.SET_VRING_ENDIAN))[0] != 0
     fe.send(99, b"xyz", need_reply=True)
     assert struct.unpack("<Q", fe.recv_reply(99))[0] != 0
     fe.send(99, b"xyz")
     # still talking
     assert fe.get_features() == rig.backend.offer | \
-        F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+        F.mask(F.VHOST_USER_F_PROTOCOL_FEATURES, F.LOG_ALL)
 
 
 # ---- NET_SET_MTU ----------------------------------------------------------------
@@ -405,15 +416,124 @@ def test_net_mtu_malformed(rig, payload, protocol, match):
         fe.send(V.NET_SET_MTU, payload, need_reply=True)
 
 
-def test_log_base_nacked_with_ack(rig):
+# ---- migration: dirty log, log flag, RARP ---------------------------------------
+
+def test_offer_has_log_all_and_migration_protocol_features(rig):
+    assert F.has(rig.fe.get_features(), F.LOG_ALL)
+    pf = rig.fe.get_protocol_features()
+    assert F.has(pf, F.PROTOCOL_F_LOG_SHMFD) and F.has(pf, F.PROTOCOL_F_RARP)
+
+
+def test_migration_start_and_end_like_qemu(rig):
+    """QEMU's sequence on a running device (vhost_migration_log): the log,
+    LOG_ALL, then every ring's address again with the log flag; at the
+    end the reverse. Rings keep running throughout."""
+    fe, conn, be = rig.fe, rig.conn, rig.backend
+    layout = SplitLayout(0x10000, 256)
+    acked = fe.negotiate([rig.mem], layout)
+    log = GuestRegion(4096, guest_addr=0)       # a memfd to stand for QEMU's log
+    try:
+        fe.set_log_base(64, log.fd)
+        assert be.calls[-1] == ("set_log_base", 64, 0)
+        assert fe.set_features(acked | F.bit(F.LOG_ALL), need_reply=True) == 0
+        for i in (0, 1):
+            desc, avail, used = layout.addresses(i)
+            assert fe.set_vring_addr(i, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                                     fe.gpa_to_user(avail), flags=V.VRING_F_LOG,
+                                     log=used, need_reply=True) == 0
+            assert conn.rings[i].log == used and conn.ring_ready(i)
+            assert be.calls[-1] == ("set_vring_addr", i, fe.gpa_to_user(desc),
+                                    fe.gpa_to_user(used), fe.gpa_to_user(avail), used)
+        assert be.ready == {0: True, 1: True}
+        fe.set_features(acked, need_reply=True)
+        desc, avail, used = layout.addresses(0)
+        fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                          fe.gpa_to_user(avail))
+        assert conn.rings[0].log is None and be.calls[-1][-1] is None
+        assert not fe.pending()
+    finally:
+        log.close()
+
+
+def test_running_ring_cannot_move(rig):
+    fe = rig.fe
+    layout = SplitLayout(0x10000, 256)
+    fe.negotiate([rig.mem], layout)
+    desc, avail, used = layout.addresses(0)
+    with pytest.raises(ProtocolError, match="running"):
+        fe.set_vring_addr(0, fe.gpa_to_user(desc) + 4096, fe.gpa_to_user(used),
+                          fe.gpa_to_user(avail), flags=V.VRING_F_LOG, log=used)
+
+
+def test_running_features_change_only_log_all(rig):
+    fe = rig.fe
+    acked = fe.negotiate([rig.mem], SplitLayout(0x10000, 256))
+    with pytest.raises(ProtocolError, match="other than LOG_ALL"):
+        fe.set_features(acked & ~F.bit(F.GUEST_CSUM) | F.bit(F.LOG_ALL))
+
+
+@pytest.mark.parametrize("size,filesize,offset,match", [
+    (0, 4096, 0, "log of 0 bytes"),
+    (V.LOG_MAX + 1, 4096, 0, "log of"),
+    (8192, 4096, 0, "beyond the file"),
+    (64, 8192, 100, "not page-aligned"),
+])
+def test_log_base_refused(rig, size, filesize, offset, match):
+    fe = rig.fe
+    owned(rig)
+    log = GuestRegion(filesize, guest_addr=0)
+    try:
+        with pytest.raises(ProtocolError, match=match):
+            fe.send(V.SET_LOG_BASE, V.LOG.pack(size, offset), [log.fd])
+        assert "set_log_base" not in rig.backend.names()
+    finally:
+        log.close()
+
+
+def test_log_base_needs_log_shmfd(rig):
+    fe = rig.fe
+    fe.get_features()
+    fe.set_protocol_features(F.mask(F.PROTOCOL_F_REPLY_ACK))
+    fe.set_owner()
+    log = GuestRegion(4096, guest_addr=0)
+    try:
+        with pytest.raises(ProtocolError, match="LOG_SHMFD"):
+            fe.send(V.SET_LOG_BASE, V.LOG.pack(64, 0), [log.fd])
+    finally:
+        log.close()
+
+
+def test_log_fd_must_be_an_eventfd(rig):
     fe = rig.fe
     owned(rig)
     (fd,) = rig.fds(1)
-    fe.send(V.SET_LOG_BASE, b"\x00" * 16, [fd], need_reply=True)
-    assert struct.unpack("<Q", fe.recv_reply(V.SET_LOG_BASE))[0] != 0
-    assert fe.set_vring_addr(0, 0x1000, 0x2000, 0x3000, flags=V.VRING_F_LOG,
-                             need_reply=True) == 1
-    assert rig.conn.rings[0].desc is None
+    fe.send(V.SET_LOG_FD, b"", [fd])
+    assert rig.backend.calls[-1] == ("set_log_fd",)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ProtocolError, match="SET_LOG_FD"):
+            fe.send(V.SET_LOG_FD, b"", [r])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_send_rarp(rig):
+    fe = rig.fe
+    owned(rig)
+    fe.send(V.SEND_RARP, bytes.fromhex("525400123456") + b"\0\0")
+    assert rig.backend.calls[-1] == ("send_rarp", bytes.fromhex("525400123456"))
+
+
+def test_send_rarp_needs_the_rarp_feature(rig):
+    fe = rig.fe
+    fe.get_features()
+    fe.set_protocol_features(F.mask(F.PROTOCOL_F_REPLY_ACK))
+    fe.set_owner()
+    fe.send(V.SEND_RARP, bytes.fromhex("525400123456") + b"\0\0")
+    fe.send(V.SEND_RARP, bytes(8), need_reply=True)
+    assert struct.unpack("<Q", fe.recv_reply(V.SEND_RARP))[0] != 0
+    assert "send_rarp" not in rig.backend.names()
 
 
 def test_real_socket_with_server_thread(tmp_path):
@@ -494,8 +614,8 @@ MALFORMED = {
                      "16-bit"),
     "misaligned desc": (owned, lambda r: r.fe.set_vring_addr(
         0, 0x1008, 0x2000, 0x3000), "misaligned"),
-    "vring addr log": (owned, lambda r: r.fe.set_vring_addr(
-        0, 0x1000, 0x2000, 0x3000, flags=1), "logging"),
+    "vring addr flags": (owned, lambda r: r.fe.set_vring_addr(
+        0, 0x1000, 0x2000, 0x3000, flags=2), "unknown flags"),
     "overlap guest": (owned, lambda r: r.fe.set_mem_table(
         [(0, 0x2000, 0x10000, 0), (0x1000, 0x2000, 0x20000, 0)],
         r.fds(2)), "overlap in guest"),
@@ -528,10 +648,10 @@ MALFORMED = {
         V.SET_VRING_CALL, struct.pack("<Q", 0), r.fds(9)), "more than 8"),
     "features not offered": (owned, lambda r: r.fe.set_features(
         F.bit(F.MQ) | F.bit(F.VERSION_1)), "not offered: MQ"),
-    "log_all not offered": (owned, lambda r: r.fe.set_features(
-        F.bit(F.LOG_ALL)), "LOG_ALL"),
+    "packed ring not offered": (owned, lambda r: r.fe.set_features(
+        F.bit(F.RING_PACKED)), "RING_PACKED"),
     "protocol features not offered": (None, lambda r: r.fe.set_protocol_features(
-        F.mask(F.PROTOCOL_F_LOG_SHMFD)), "LOG_SHMFD"),
+        F.mask(F.PROTOCOL_F_PAGEFAULT)), "PAGEFAULT"),
     "enable value 2": (owned, lambda r: r.fe.send(
         V.SET_VRING_ENABLE, struct.pack("<II", 0, 2)), "value 2"),
     "num on running ring": (_prep_running, lambda r: r.fe.set_vring_num(0, 64),

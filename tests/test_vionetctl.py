@@ -117,6 +117,9 @@ def parse_show(text):
             cur["session_restarts"] = int(m.group(2))
         elif m := re.match(r"^  last drop: (.+)$", line):
             cur["reason"] = m.group(1)
+        elif m := re.match(r"^  migration: dirty logging (on|off), pages marked (\d+), "
+                           r"announced (\d+)$", line):
+            cur["migration"] = (m.group(1), int(m.group(2)), int(m.group(3)))
         elif m := re.match(r"^  workers: ([\d ]+), restarts (\d+)$", line):
             cur["workers"] = [int(p) for p in m.group(1).split()]
             cur["restarts"] = int(m.group(2))

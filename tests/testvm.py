@@ -18,6 +18,7 @@ from tests import guestmem, vmm
 
 HDR = struct.Struct("<BBHHHHH")
 F_MRG_RXBUF = 15
+F_LOG_ALL = 26
 
 
 class _Region:
@@ -75,6 +76,26 @@ class TestVM:
 
     def __exit__(self, *exc):
         self.close()
+
+    # ---- migration ----------------------------------------------------------
+
+    def log_size(self):
+        """Bytes of dirty log that cover this guest's memory (a bit per page)."""
+        pages = -(-(self.mem.gpa + self.mem.size) // 4096)
+        return -(-pages // 64) * 8
+
+    def start_logging(self, log_fd, size=None, log_addrs=None):
+        """What QEMU does on a running device when migration starts: the
+        log (SET_LOG_BASE), LOG_ALL, then each ring's addresses again with
+        the log flag and its used ring's guest address (log_addrs overrides)."""
+        fe = self.fe
+        fe.set_log_base(self.log_size() if size is None else size, log_fd)
+        fe.set_features(self.features | 1 << F_LOG_ALL)
+        for i, ring in enumerate((self.rx, self.tx)):
+            log = ring.used if log_addrs is None else log_addrs[i]
+            fe.set_vring_addr(i, fe.gpa_to_user(ring.desc), fe.gpa_to_user(ring.used),
+                              fe.gpa_to_user(ring.avail), flags=1, log=log)
+        fe.get_features()          # a round trip: everything above was handled
 
     # ---- TX: guest to tap ---------------------------------------------------
 

@@ -268,6 +268,13 @@ class Frontend:
         return self._set(V.SET_VRING_ADDR,
                          ADDR.pack(i, flags, desc, used, avail, log), **kw)
 
+    def set_log_base(self, size: int, fd: int, offset: int = 0) -> None:
+        """The dirty log, as QEMU sends it with LOG_SHMFD: the device's
+        empty reply is awaited."""
+        self.send(V.SET_LOG_BASE, V.LOG.pack(size, offset), [fd])
+        if self.recv_reply(V.SET_LOG_BASE) != b"":
+            raise FrontendError("SET_LOG_BASE reply has a payload")
+
     def get_vring_base(self, i: int) -> int:
         self.send(V.GET_VRING_BASE, STATE.pack(i, 0))
         p = self.recv_reply(V.GET_VRING_BASE)
@@ -345,7 +352,7 @@ class Frontend:
             self.set_vring_err(i, self._eventfd(self.err, i))
         # vhost_dev_start
         if want is None:
-            want = offered
+            want = offered & ~F.bit(F.LOG_ALL)   # QEMU sets it only to migrate
         acked = (offered & want) | \
             (offered & F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES))
         self._check_ack(self.set_features(acked), "SET_FEATURES")

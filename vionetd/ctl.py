@@ -231,7 +231,8 @@ class CtlServer:
             worker_pids=[pid for _, pid in sorted(port.workers.items())],
             lease=port.lease or "", reason=port.reason,
             session_pid=port.session_pid or 0, session_restarts=port.session_restarts,
-            retries=port.session.retries)
+            retries=port.session.retries, logging=port.session.logging,
+            announced=port.announced)
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"

@@ -6,12 +6,15 @@ Python only sets things up and reads counters; C moves every frame.
 
 Invariants: the memory table is never replaced under a running ring (the
 parent stops the ring first; we stop it too if it did not); every fd this
-object was given is closed when it is replaced or the ring stops.
+object was given is closed when it is replaced or the ring stops. The ring
+marks the dirty log (ctx.q.log) exactly while the negotiated features have
+LOG_ALL and a log is mapped: _apply_log() decides, after every change.
 """
 import os
 
 from vionetd.core import ffi, lib
 
+F_LOG_ALL = 26
 F_RING_INDIRECT_DESC = 28
 F_RING_EVENT_IDX = 29
 RX_GSO_FEATURES = (1 << 7) | (1 << 8) | (1 << 10) | (1 << 54) | (1 << 55)   # GUEST_TSO4/6, UFO, USO4/6
@@ -34,6 +37,11 @@ class Datapath:
         self.rx = rx
         self.ctx = ffi.new("struct rx_ctx *" if rx else "struct tx_ctx *")
         self.mem = ffi.new("struct guest_mem *")
+        self.log = ffi.new("struct dirty_log *")
+        self.log.notify_fd = -1
+        # Test-only switch: the migration test's negative control runs
+        # without dirty logging to show that its checks can fail.
+        self.log_disabled = os.environ.get("VIONETD_TEST_NO_DIRTY_LOG") == "1"
         self.ctx.kick_fd = -1
         self.ctx.tap_fd = -1
         self.ctx.q.call_fd = -1
@@ -78,6 +86,31 @@ class Datapath:
             for fd in fds:               # the mappings keep the memory
                 os.close(fd)
 
+    def set_log(self, size, offset, fds):
+        """Map the VMM's dirty log (size 0: forget it); fds: [log] or
+        [log, notify eventfd], none for size 0 (a list: it is emptied)."""
+        self.ctx.q.log = ffi.NULL
+        lib.dlog_unmap(self.log)
+        if self.log.notify_fd >= 0:
+            os.close(self.log.notify_fd)
+            self.log.notify_fd = -1
+        try:
+            if size and fds:
+                err = lib.dlog_map(self.log, fds[0], size, offset)
+                if err != 0:
+                    raise DatapathError("dirty log of %#x bytes: error %d" % (size, err))
+                if len(fds) > 1:
+                    self.log.notify_fd = fds.pop()   # kept; the log fd is not
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._apply_log()
+
+    def _apply_log(self):
+        on = (self.ring_started and self.log.bits != ffi.NULL and
+              self.features >> F_LOG_ALL & 1 and not self.log_disabled)
+        self.ctx.q.log = self.log if on else ffi.NULL
+
     def set_features(self, msg):
         self.features = msg.features
         self.software = msg.software
@@ -85,6 +118,7 @@ class Datapath:
         self.local = msg.local
         self.mtu = msg.mtu or 1500
         self._apply_flags()
+        self._apply_log()
 
     def _apply_flags(self):
         c = self.ctx
@@ -139,6 +173,9 @@ class Datapath:
         self.enabled = msg.enabled
         self._apply_flags()
         self.ring_started = True
+        c.q.log_used = msg.log_used
+        c.q.log_used_gpa = msg.log_guest_addr
+        self._apply_log()
 
     def stop_ring(self):
         """Stop serving the ring; returns its next avail index."""
@@ -151,6 +188,7 @@ class Datapath:
         c.kick_fd = -1
         c.q.call_fd = -1
         self.ring_started = False
+        self._apply_log()
         return last
 
     def enable(self, enabled):
@@ -185,4 +223,5 @@ class Datapath:
 
     def counters(self):
         out = [(n, self.ctx.cnt[i]) for i, n in enumerate(self.names)]
+        out += [("log_marked", self.log.marked), ("log_outside", self.log.outside)]
         return out + sorted(self.extra.items())

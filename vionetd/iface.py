@@ -35,6 +35,7 @@ STATES = ("waiting", "connecting", "connected", "running")
 SESSION_DELAY = (0.5, 30.0)   # first and largest delay before a new session
 SESSION_YOUNG = 10.0          # a session that dies younger doubles the delay
 SPAWN_BUDGET = (20, 10.0)     # at most 20 worker forks per 10 s per interface
+ANNOUNCE_BUDGET = (3, 10.0)   # at most 3 RARP announcements per 10 s (QEMU sends 1)
 MESSAGES_PER_TURN = 32        # session messages handled per readable event
 
 
@@ -58,6 +59,8 @@ class Interface:
         self.session = pb.SessionState(state="waiting")
         self.workers = {}           # (role, queue pair) -> pid
         self.spawns = collections.deque()
+        self.announces = collections.deque()   # times of recent RARPs
+        self.announced = 0
         self.pending_stats = collections.deque()   # callbacks, oldest first
         self.reason = ""
         self.address = None         # local interfaces: local.Addresses
@@ -242,7 +245,8 @@ class Interface:
     def _session_message(self, msg):
         """Handle one message; a reason if it breaks the rules."""
         kind = msg.WhichOneof("msg")
-        allowed = self.offered | features.bit(features.VHOST_USER_F_PROTOCOL_FEATURES)
+        allowed = self.offered | features.mask(features.VHOST_USER_F_PROTOCOL_FEATURES,
+                                               features.LOG_ALL)
         if kind == "state":
             st = msg.state
             if st.state not in STATES or st.vmm_features & ~allowed:
@@ -281,12 +285,42 @@ class Interface:
             if not text.startswith(self.key + ":"):
                 text = "%s: %s" % (self.key, text)
             log.log(min(max(msg.log.level, 10), 40), "%s", text)
+        elif kind == "announce":
+            if len(msg.announce) != 6 or msg.announce[0] & 1:
+                return "announce of %r: not a unicast MAC" % msg.announce.hex()
+            self._announce(msg.announce)
         elif kind == "forbidden_syscall":
             from vionetd import sandbox
             log.error("%s: session %s made forbidden system call %d (%s)", self.key,
                       self.session_pid, msg.forbidden_syscall,
                       sandbox.syscall_name(msg.forbidden_syscall))
         return None
+
+    def _announce(self, mac):
+        """SEND_RARP: the guest has moved here; a RARP from its MAC lets
+        bridges and switches learn its new port (what QEMU broadcasts when
+        it announces a guest itself). A locked interface announces only its
+        own address; a session asking too often is told no, in the log."""
+        if self.iface.locked and self.iface.lladdr and \
+                mac != bytes.fromhex(self.iface.lladdr.replace(":", "")):
+            log.warning("%s: not announcing %s: the interface is locked to %s",
+                        self.key, mac.hex(":"), self.iface.lladdr)
+            return
+        now = time.monotonic()
+        while self.announces and now - self.announces[0] > ANNOUNCE_BUDGET[1]:
+            self.announces.popleft()
+        if len(self.announces) >= ANNOUNCE_BUDGET[0] or self.tap_fd is None:
+            log.warning("%s: RARP for %s not sent (%s)", self.key, mac.hex(":"),
+                        "no tap" if self.tap_fd is None else "too many")
+            return
+        self.announces.append(now)
+        try:
+            os.write(self.tap_fd, bytes(tap.VNET_HDR_SZ) + rarp(mac))
+        except OSError as e:
+            log.warning("%s: RARP for %s: %s", self.key, mac.hex(":"), e)
+            return
+        self.announced += 1
+        log.info("%s: announced %s (RARP) after a migration", self.key, mac.hex(":"))
 
     def _apply_features(self, value):
         """The VMM's SET_FEATURES, relayed: the tap's offloads follow, and
@@ -409,6 +443,14 @@ class Interface:
             self.pending_stats.append(done)
         else:
             done({})
+
+
+def rarp(mac):
+    """A RARP request (RFC 903) from mac for itself, broadcast and padded to
+    Ethernet's 60 bytes: htype 1 (Ethernet), ptype 0x0800 (IPv4), op 3."""
+    body = (b"\x00\x01\x08\x00\x06\x04\x00\x03" + mac + bytes(4) + mac + bytes(4))
+    frame = b"\xff" * 6 + mac + b"\x80\x35" + body
+    return frame + bytes(60 - len(frame))
 
 
 def printable(text):

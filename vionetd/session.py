@@ -38,6 +38,7 @@ import time
 import setproctitle
 
 from vionetd import control, fdkind, sandbox, vhost_user
+from vionetd import features as F
 from vionetd import vionetd_pb2 as pb
 from vionetd.eventloop import Loop
 from vionetd.log import log
@@ -122,6 +123,8 @@ class Session(vhost_user.Backend):
         self.queue_pairs = queue_pairs
         self.rings = [Ring() for _ in range(2 * queue_pairs)]
         self.mem = None                        # (regions, fds)
+        self.dirty_log = None                  # (size, offset, fd): SET_LOG_BASE
+        self.log_notify = None                 # SET_LOG_FD's eventfd
         self.workers = [Worker(i) for i in range(2 * queue_pairs)]
         self.restarts = 0
         self.vmm_features = 0
@@ -220,7 +223,7 @@ class Session(vhost_user.Backend):
         state = pb.SessionState(state=self.state, reason=self.reason,
                                 vmm_features=self.vmm_features,
                                 worker_restarts=self.restarts, mtu=self.mtu,
-                                retries=self.retries)
+                                retries=self.retries, logging=self.logging)
         if state != self._sent_state:
             self._sent_state = state
             self._to_parent(state=state)
@@ -355,6 +358,12 @@ class Session(vhost_user.Backend):
     def ready(self, i):
         return self.conn is not None and self.conn.reported_ready(i)
 
+    @property
+    def logging(self):
+        """The VMM is migrating: LOG_ALL acked and a log to mark."""
+        return F.has(self.vmm_features, F.LOG_ALL) and \
+            self.dirty_log is not None
+
     # ---- vhost_user.Backend ---------------------------------------------
 
     def get_features(self):
@@ -369,6 +378,7 @@ class Session(vhost_user.Backend):
         self.worker_features = reply.features
         for w in self.workers:
             self._send(w, features=self.worker_features)
+        self._report_state()
 
     def set_mtu(self, mtu):
         """NET_SET_MTU: the parent checks it and the tap follows."""
@@ -385,6 +395,7 @@ class Session(vhost_user.Backend):
             ring.last_avail = None
             ring.base_lost = False
         self._forget_memory()
+        self._forget_log()
         self.vmm_features = 0
         self.mtu = 0
 
@@ -397,6 +408,47 @@ class Session(vhost_user.Backend):
             self.mem = None
             for w in self.workers:
                 self._send(w, mem_table=pb.MemTable())
+
+    # ---- dirty logging (migration) ----------------------------------------
+
+    def set_log_base(self, size, offset, fd):
+        """The VMM starts (or resizes) its dirty log: every worker maps it."""
+        if self.dirty_log:
+            os.close(self.dirty_log[2])
+        self.dirty_log = (size, offset, fd)
+        for w in self.workers:
+            self._send_log(w)
+        self._report_state()
+
+    def set_log_fd(self, fd):
+        if self.log_notify is not None:
+            os.close(self.log_notify)
+        self.log_notify = fd
+        if self.dirty_log:
+            for w in self.workers:
+                self._send_log(w)
+
+    def _send_log(self, w):
+        size, offset, fd = self.dirty_log
+        fds = [fd] + ([self.log_notify] if self.log_notify is not None else [])
+        self._send(w, fds, dirty_log=pb.DirtyLog(size=size, offset=offset,
+                                                  has_notify=len(fds) > 1))
+
+    def _forget_log(self):
+        if self.dirty_log:
+            os.close(self.dirty_log[2])
+            self.dirty_log = None
+            for w in self.workers:
+                self._send(w, dirty_log=pb.DirtyLog())
+        if self.log_notify is not None:
+            os.close(self.log_notify)
+            self.log_notify = None
+
+    def send_rarp(self, mac):
+        """The guest now runs here: the parent announces its MAC."""
+        self._to_parent(announce=mac)
+
+    # ---- memory and rings -------------------------------------------------
 
     def set_mem_table(self, regions, fds):
         if self._same_memory(regions, fds):
@@ -443,6 +495,13 @@ class Session(vhost_user.Backend):
         self.rings[i].last_avail = None    # the VMM's base wins from now on
         self.rings[i].base_lost = False
 
+    def set_vring_addr(self, i, desc, used, avail, log):
+        """Only a running ring's log can change (migration starts or ends):
+        its worker restarts the ring with the new one."""
+        if self.ready(i):
+            self._stop_ring(i)
+            self._start_ring(i, base=self.rings[i].last_avail)
+
     def set_vring_kick(self, i, fd):
         self._replace_fd(i, "kick", fd)
 
@@ -488,7 +547,9 @@ class Session(vhost_user.Backend):
                            avail_user_addr=state.avail, used_user_addr=state.used,
                            base=state.base if base is None else base,
                            has_call=ring.call is not None,
-                           enabled=self.conn.ring_enabled(i), resume=resume)
+                           enabled=self.conn.ring_enabled(i), resume=resume,
+                           log_used=state.log is not None,
+                           log_guest_addr=state.log or 0)
         ring.last_avail = None
         ring.base_lost = False
         self._send(self.workers[i], fds, ring_start=msg)
@@ -532,6 +593,8 @@ class Session(vhost_user.Backend):
             self._send(w, features=self.worker_features)
         if self.mem:
             self._send_mem(w)
+        if self.dirty_log:
+            self._send_log(w)
         if self.ready(w.ring):
             self._start_ring(w.ring, resume=True)
 
@@ -556,6 +619,8 @@ class Session(vhost_user.Backend):
         if self.mem and any(fdkind.shrunk(fd, r.size, r.mmap_offset)
                             for r, fd in zip(*self.mem)):
             self._disconnect("a guest memory file shrank under its mapping")
+        elif self.dirty_log and fdkind.shrunk(self.dirty_log[2], *self.dirty_log[:2]):
+            self._disconnect("the dirty log file shrank under its mapping")
         elif len(w.failures) >= MAX_FAILURES:
             self._disconnect("%s worker failed %d times in %.0f s" %
                              (w.name, len(w.failures), FAILURE_WINDOW))

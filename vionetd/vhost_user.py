@@ -15,8 +15,10 @@ every fd we receive belongs to the message being read.
 
 Handled (request number: what we do)
    1 GET_FEATURES           reply backend.get_features() | PROTOCOL_FEATURES
+                            | LOG_ALL
    2 SET_FEATURES           must be a subset of the offer and have VERSION_1
-                            (legacy devices refused); fixed while a ring runs
+                            (legacy devices refused); while a ring runs only
+                            LOG_ALL may change (migration starts or ends)
    3 SET_OWNER              required before memory and ring messages
    4 RESET_OWNER            deprecated; treated as a device reset
    5 SET_MEM_TABLE          1..8 regions, size > 0, no wrap, no overlap in guest
@@ -24,30 +26,38 @@ Handled (request number: what we do)
                             regular file covering its region from a
                             page-aligned offset (fdkind.py)
    8 SET_VRING_NUM          power of 2 in 1..32768; ring stopped
-   9 SET_VRING_ADDR         log flag refused; desc/avail/used aligned 16/2/4
+   6 SET_LOG_BASE           needs LOG_SHMFD: {u64 size, u64 offset}, one fd
+                            of a file that covers it, size <= LOG_MAX; an
+                            empty reply (QEMU waits for one)
+   7 SET_LOG_FD             one eventfd, signalled when pages get marked
+   9 SET_VRING_ADDR         desc/avail/used aligned 16/2/4; flag bit 0 logs
+                            the used ring at log_guest_addr; on a running
+                            ring only the log flag and address may change
   10 SET_VRING_BASE         < 65536 (split ring); ring stopped
   11 GET_VRING_BASE         stops the ring; reply {index, next avail index}
   12 SET_VRING_KICK         exactly one eventfd (polling mode, bit 8, is
                             refused); starts the ring
   13 SET_VRING_CALL         one eventfd, or none with bit 8 (no notification)
   14 SET_VRING_ERR          one eventfd, or none with bit 8
-  15 GET_PROTOCOL_FEATURES  reply MQ | REPLY_ACK | NET_MTU
+  15 GET_PROTOCOL_FEATURES  reply MQ | LOG_SHMFD | RARP | REPLY_ACK | NET_MTU
   16 SET_PROTOCOL_FEATURES  must be a subset of that
   17 GET_QUEUE_NUM          reply the interface's queue pairs
   18 SET_VRING_ENABLE       num 0 or 1
+  19 SEND_RARP              the guest's MAC (first 6 bytes of the u64):
+                            backend.send_rarp() announces it; ignored (or
+                            failed with REPLY_ACK) unless RARP was acked
   20 NET_SET_MTU            u64 in 68..65535, only with NET_MTU acked;
                             backend.set_mtu() accepts or refuses (BackendError:
                             failure reply with REPLY_ACK, else fatal)
   34 RESET_DEVICE           device reset (harmless, so accepted unoffered)
 Refused softly (reply failure if need_reply and REPLY_ACK, else log, ignore,
-close any fd): 7 SET_LOG_FD, 19 SEND_RARP, 21 SET_BACKEND_REQ_FD,
+close any fd): 21 SET_BACKEND_REQ_FD,
   23 SET_VRING_ENDIAN, 25 SET_CONFIG, 27 CLOSE_CRYPTO_SESSION,
   29 POSTCOPY_LISTEN, 32 SET_INFLIGHT_FD, 33 GPU_SET_SOCKET, 35 VRING_KICK,
   39 SET_STATUS, and any request number we do not know.
 Refused, fatal unless a failure reply is possible (ignoring them would leave
-the frontend believing something false): 6 SET_LOG_BASE (dirty logging),
-  37 ADD_MEM_REG, 38 REM_MEM_REG (memory hot(un)plug without
-  CONFIGURE_MEM_SLOTS), SET_VRING_ADDR with the log flag.
+the frontend believing something false): 37 ADD_MEM_REG, 38 REM_MEM_REG
+  (memory hot(un)plug without CONFIGURE_MEM_SLOTS).
 Refused, always fatal (the frontend waits for a specific reply payload that we
 cannot give; none of them is legal without a feature we never offer):
   22 IOTLB_MSG, 24 GET_CONFIG, 26 CREATE_CRYPTO_SESSION, 28 POSTCOPY_ADVISE,
@@ -162,6 +172,8 @@ MAX_REGIONS = 8
 MAX_BATCH = 64                        # messages handled per readable event
 MAX_PAYLOAD = 4096                    # larger than any message we know
 MAX_QUEUE_PAIRS = 16                  # rings 2i (RX) and 2i+1 (TX) of pair i
+LOG = struct.Struct("<QQ")            # SET_LOG_BASE {mmap_size, mmap_offset}
+LOG_MAX = 1 << 32                     # bytes of log: 128 TiB of guest memory
 MAX_RING_SIZE = 32768                 # virtio 1.2 2.7
 VRING_F_LOG = 1                       # SET_VRING_ADDR flags bit 0
 VRING_NOFD = 0x100                    # SET_VRING_KICK/CALL/ERR bit 8
@@ -169,11 +181,11 @@ VRING_IDX_MASK = 0xff
 U64_MAX = (1 << 64) - 1
 MTU_MIN, MTU_MAX = 68, 65535          # virtio-net's mtu is a u16; IPv4's minimum
 
-_SOFT_REFUSE = {SET_LOG_FD, SEND_RARP, SET_BACKEND_REQ_FD,
+_SOFT_REFUSE = {SET_BACKEND_REQ_FD,
                 SET_VRING_ENDIAN, SET_CONFIG, CLOSE_CRYPTO_SESSION,
                 POSTCOPY_LISTEN, SET_INFLIGHT_FD, GPU_SET_SOCKET, VRING_KICK,
                 SET_STATUS}
-_REFUSE_UNLESS_ACK = {SET_LOG_BASE, ADD_MEM_REG, REM_MEM_REG}
+_REFUSE_UNLESS_ACK = {ADD_MEM_REG, REM_MEM_REG}
 _FATAL = {IOTLB_MSG, GET_CONFIG, CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE,
           POSTCOPY_END, GET_INFLIGHT_FD, GET_MAX_MEM_SLOTS, GET_STATUS,
           GET_SHARED_OBJECT, SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE}
@@ -195,6 +207,11 @@ class _Refused(Exception):
     """Internal: a request we refuse; fatal unless a failure reply is sent."""
 
 
+class _Ignored(_Refused):
+    """Internal: a request we refuse harmlessly: failure reply if one is
+    asked for, else logged and ignored."""
+
+
 class MemRegion(NamedTuple):
     guest_addr: int
     size: int
@@ -209,6 +226,7 @@ class RingState:
     desc: Optional[int] = None
     used: Optional[int] = None
     avail: Optional[int] = None
+    log: Optional[int] = None # used ring's guest address, if it is logged
     base: int = 0
     kick: bool = False        # a kick fd was handed to the backend
     call: bool = False        # a call fd was handed to the backend
@@ -254,9 +272,22 @@ class Backend:
         pass
 
     def set_vring_addr(self, index: int, desc: int, used: int, avail: int,
-                       flags: int) -> None:
+                       log: Optional[int]) -> None:
         """User (frontend virtual) addresses; Connection.user_to_guest()
-        translates. flags is 0 (logging is refused)."""
+        translates. log: the used ring's guest-physical address when its
+        stores are to be logged (VHOST_VRING_F_LOG), else None. May come
+        for a running ring with only log changed (migration)."""
+
+    def set_log_base(self, size: int, offset: int, fd: int) -> None:
+        """The dirty log: size bytes of fd from offset (checked to exist)."""
+        raise BackendError("dirty logging is not supported")
+
+    def set_log_fd(self, fd: int) -> None:
+        """An eventfd to signal when pages were marked in the log."""
+        os.close(fd)
+
+    def send_rarp(self, mac: bytes) -> None:
+        """SEND_RARP: announce mac on the network (the guest moved here)."""
 
     def set_vring_base(self, index: int, base: int) -> None:
         pass
@@ -529,7 +560,7 @@ class Connection:
             reply = handler(self, payload, fds)
         except _Refused as e:
             _close_all(fds)
-            if not self._ack(req, flags, False):
+            if not self._ack(req, flags, False) and not isinstance(e, _Ignored):
                 raise ProtocolError(f"{name}: refused: {e}")
             log.warning("%s: %s refused: %s", self.name, name, e)
             return
@@ -626,21 +657,21 @@ class Connection:
 
     # ---- handlers: each returns a reply payload, or None ----
 
+    def _offer(self) -> int:
+        """The backend's virtio features and the vhost ones we implement."""
+        self.offered = self.backend.get_features() | \
+            F.mask(F.VHOST_USER_F_PROTOCOL_FEATURES, F.LOG_ALL)
+        return self.offered
+
     def _get_features(self, p: bytes, fds: list[int]):
         self._size("GET_FEATURES", p, 0)
-        offered = self.backend.get_features() | \
-            F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
-        if offered & F.bit(F.LOG_ALL):
-            raise ProtocolError("backend offers LOG_ALL, not supported here")
-        self.offered = offered
-        return U64.pack(offered)
+        return U64.pack(self._offer())
 
     def _set_features(self, p: bytes, fds: list[int]):
         self._size("SET_FEATURES", p, U64.size)
         (f,) = U64.unpack(p)
         if self.offered is None:
-            self.offered = self.backend.get_features() | \
-                F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
+            self._offer()
         extra = f & ~self.offered
         if extra:
             raise ProtocolError("SET_FEATURES: features not offered: " +
@@ -648,9 +679,10 @@ class Connection:
         if not F.has(f, F.VERSION_1):
             raise ProtocolError("SET_FEATURES without VERSION_1: legacy "
                                 "(pre-virtio 1.0) devices are not supported")
-        if f != self.features and any(r.started for r in self.rings):
-            raise ProtocolError("SET_FEATURES: features change while a ring "
-                                "is running")
+        if self.features is not None and (f ^ self.features) & ~F.bit(F.LOG_ALL) \
+                and any(r.started for r in self.rings):
+            raise ProtocolError("SET_FEATURES: features other than LOG_ALL "
+                                "change while a ring is running")
         self.backend.set_features(f)
         self.features = f
         return None
@@ -733,20 +765,63 @@ class Connection:
     def _set_vring_addr(self, p: bytes, fds: list[int]):
         name = "SET_VRING_ADDR"
         self._size(name, p, ADDR.size)
-        index, flags, desc, used, avail, _log = ADDR.unpack(p)
+        index, flags, desc, used, avail, log_addr = ADDR.unpack(p)
         self._owned(name)
         i = self._index(name, index)
-        if flags & VRING_F_LOG:
-            raise _Refused("used ring logging (migration) is not supported")
-        if flags:
+        if flags & ~VRING_F_LOG:
             raise ProtocolError(f"{name}: unknown flags 0x{flags:x}")
         if desc % 16 or avail % 2 or used % 4:
             raise ProtocolError(f"{name}: ring {i} misaligned (desc 0x{desc:x}"
                                 f" avail 0x{avail:x} used 0x{used:x})")
-        self._stopped(name, i)
-        self.backend.set_vring_addr(i, desc, used, avail, flags)
         r = self.rings[i]
+        if (desc, used, avail) != (r.desc, r.used, r.avail):
+            self._stopped(name, i)      # a running ring only toggles its log
+        # Recorded first: a running ring restarts from it in the backend.
+        old = r.desc, r.used, r.avail, r.log
         r.desc, r.used, r.avail = desc, used, avail
+        r.log = log_addr if flags & VRING_F_LOG else None
+        try:
+            self.backend.set_vring_addr(i, desc, used, avail, r.log)
+        except BaseException:
+            r.desc, r.used, r.avail, r.log = old
+            raise
+        return None
+
+    def _set_log_base(self, p: bytes, fds: list[int]):
+        name = "SET_LOG_BASE"
+        if not F.has(self.protocol_features, F.PROTOCOL_F_LOG_SHMFD):
+            raise ProtocolError(f"{name} without the LOG_SHMFD protocol feature")
+        self._size(name, p, LOG.size)
+        size, offset = LOG.unpack(p)
+        self._nfds(name, fds, 1)
+        if not 0 < size <= LOG_MAX:
+            raise ProtocolError(f"{name}: log of {size} bytes (1..{LOG_MAX})")
+        self._fd_ok(fdkind.memory, fds[0], size, offset, name)
+        (fd,) = taken = self._hand(fds)
+        try:
+            self.backend.set_log_base(size, offset, fd)
+        except BaseException:
+            _close_all(taken)
+            raise
+        return b""          # QEMU waits for this (empty) reply
+
+    def _set_log_fd(self, p: bytes, fds: list[int]):
+        self._size("SET_LOG_FD", p, 0)
+        self._nfds("SET_LOG_FD", fds, 1)
+        self._fd_ok(fdkind.notifier, fds[0], "SET_LOG_FD")
+        (fd,) = taken = self._hand(fds)
+        try:
+            self.backend.set_log_fd(fd)
+        except BaseException:
+            _close_all(taken)
+            raise
+        return None
+
+    def _send_rarp(self, p: bytes, fds: list[int]):
+        self._size("SEND_RARP", p, U64.size)
+        if not F.has(self.protocol_features, F.PROTOCOL_F_RARP):
+            raise _Ignored("the RARP protocol feature was not negotiated")
+        self.backend.send_rarp(p[:6])
         return None
 
     def _set_vring_base(self, p: bytes, fds: list[int]):
@@ -875,10 +950,11 @@ class Connection:
 def reply_expected(req: int) -> bool:
     """Requests whose normal answer is a reply payload (not a REPLY_ACK)."""
     return req in (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE,
-                   GET_QUEUE_NUM)
+                   GET_QUEUE_NUM, SET_LOG_BASE)
 
 
-_TAKES_FDS = {SET_MEM_TABLE, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR}
+_TAKES_FDS = {SET_MEM_TABLE, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR,
+              SET_LOG_BASE, SET_LOG_FD}
 
 _HANDLERS = {
     GET_FEATURES: Connection._get_features,
@@ -898,5 +974,8 @@ _HANDLERS = {
     GET_QUEUE_NUM: Connection._get_queue_num,
     SET_VRING_ENABLE: Connection._set_vring_enable,
     NET_SET_MTU: Connection._net_set_mtu,
+    SET_LOG_BASE: Connection._set_log_base,
+    SET_LOG_FD: Connection._set_log_fd,
+    SEND_RARP: Connection._send_rarp,
     RESET_DEVICE: Connection._reset,
 }

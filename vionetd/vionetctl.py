@@ -75,11 +75,18 @@ def print_show(reply, out):
                                              i.restarts), file=out)
         if i.reason:
             print("  last drop: %s" % i.reason, file=out)
+        print("  migration: dirty logging %s, pages marked %d, announced %d" %
+              ("on" if i.logging else "off", pages_marked(i), i.announced), file=out)
         for q in i.queue_pairs or [pb.QueueCounters()]:
             print("  counters of queue pair %d (not zero):" % q.queue_pair, file=out)
             for c in q.counters:
                 if c.value:
                     print("    %-32s %d" % (c.name, c.value), file=out)
+
+
+def pages_marked(i):
+    """Dirty-log bits the workers set (counters rx_log_marked, tx_log_marked)."""
+    return sum(c.value for c in i.counters if c.name.endswith("_log_marked"))
 
 
 def as_dict(reply):
@@ -91,6 +98,8 @@ def as_dict(reply):
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
                      "session_pid": i.session_pid, "session_restarts": i.session_restarts,
                      "reason": i.reason, "retries": i.retries,
+                     "migration": {"logging": i.logging, "pages_marked": pages_marked(i),
+                                   "announced": i.announced},
                      "counters": {c.name: c.value for c in i.counters},
                      "queue_pairs": [{c.name: c.value for c in q.counters}
                                      for q in i.queue_pairs]}

@@ -54,6 +54,12 @@ class Worker:
         elif kind == "mem_table":
             self.dp.set_memory(body.regions, fds)
             return
+        elif kind == "dirty_log":
+            want = (1 + body.has_notify) if body.size else 0
+            if len(fds) != want:
+                raise control.ChannelError("dirty_log with %d fds" % len(fds))
+            self.dp.set_log(body.size, body.offset, list(fds))
+            return
         elif kind == "features":
             self.dp.set_features(body)
         elif kind == "ring_start":

@@ -35,8 +35,8 @@ def stub_port(vm, idx, local_addr):
         iface=iface, key="%s/%d" % (vm, idx), state="running", tap_name="tap%d" % idx,
         address=addr, tap_caps=0x1f, vmm_features=(1 << 64) - 1 if idx else 0,
         offered=0x30006fa3, restarts=idx, workers=workers, lease=None, queue_pairs=1 + idx,
-        reason="", session_pid=300 + idx, session_restarts=0,
-        session=SimpleNamespace(retries=idx),
+        reason="", session_pid=300 + idx, session_restarts=0, announced=idx,
+        session=SimpleNamespace(retries=idx, logging=bool(idx)),
         request_stats=lambda done: PENDING.append((done, counters)))
 
 

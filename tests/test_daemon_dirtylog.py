@@ -1,0 +1,162 @@
+"""Dirty logging and the RARP announcement through the real daemon, with the
+test VMM playing QEMU during a migration.
+
+The VMM hands the daemon a log (a memfd, one bit per 4 KiB guest page),
+acks LOG_ALL and sets the log flag on both rings while they run, as QEMU
+does when a migration starts. Frames then cross in both directions, and
+the bitmap must show every page the daemon wrote (RX buffers, both used
+rings) and nothing it only read (TX buffers). The same run with the
+test-only switch VIONETD_TEST_NO_DIRTY_LOG=1 leaves the bitmap empty:
+that is what the migration test's negative control relies on.
+"""
+import contextlib
+import mmap
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from tests import frames as F
+from tests import netns as N
+from tests.daemon import daemon, switched_conf, wire
+from tests.testvm import TestVM
+from vionetd import vhost_user as V
+
+pytestmark = pytest.mark.root
+
+GUEST_MAC = bytes.fromhex("525400123456")
+PEER_MAC = bytes.fromhex("5254009a0001")
+LLADDR = "        lladdr 52:54:00:12:34:56\n"
+PAGE = 4096
+
+
+def pages_of(gpa, length):
+    return set(range(gpa // PAGE, (gpa + length - 1) // PAGE + 1))
+
+
+def marked(log):
+    """The pages whose bit is set in the bitmap."""
+    return {8 * i + b for i, byte in enumerate(bytes(log)) if byte for b in range(8) if byte >> b & 1}
+
+
+@contextlib.contextmanager
+def migration_started():
+    """A daemon and a TestVM whose migration has started (logging on):
+    (daemon, vm, the log as an mmap, a raw socket in the far namespace)."""
+    with wire() as (dns, wns, bridge, veth_w):
+        with daemon(switched_conf(bridge, lines=LLADDR), dns) as d:
+            d.wait_socket(d.dir + "/t1.sock")
+            with N.inside(wns):
+                peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            peer.bind((veth_w, 0))
+            fd = os.memfd_create("dirty-log")
+            try:
+                with TestVM(d.dir + "/t1.sock") as vm:
+                    os.ftruncate(fd, vm.log_size())
+                    with mmap.mmap(fd, vm.log_size()) as log:
+                        vm.start_logging(fd)
+                        yield d, vm, log, peer
+            finally:
+                os.close(fd)
+                peer.close()
+
+
+@pytest.fixture
+def migrating():
+    with migration_started() as rig:
+        yield rig
+
+
+@pytest.fixture
+def migrating_without_log(monkeypatch):
+    monkeypatch.setenv("VIONETD_TEST_NO_DIRTY_LOG", "1")
+    with migration_started() as rig:
+        yield rig
+
+
+def frame(tag, dst=GUEST_MAC, src=PEER_MAC):
+    data = F.build(version=4, proto=F.UDP, payload=tag * 40, csum="full").data
+    return dst + src + data[12:]
+
+
+def exchange(vm, peer, n=8):
+    """n frames each way; returns the RX chains posted {head: buffers}."""
+    vm.post_rx(2 * n, 2048)
+    rx_bufs = dict(vm.rx_bufs)
+    for i in range(n):
+        peer.send(frame(b"rx%d" % i))
+    assert len(vm.receive(n)) == n
+    for i in range(n):
+        vm.send(frame(b"tx%d" % i, dst=PEER_MAC, src=GUEST_MAC))
+    return rx_bufs
+
+
+def ring_pages(ring):
+    return pages_of(ring.used, 6 + 8 * ring.num)
+
+
+def test_rx_and_used_rings_are_marked(migrating):
+    d, vm, log, peer = migrating
+    rx_bufs = exchange(vm, peer)
+    got = marked(log)
+    written = set()
+    used_heads = [h for h in rx_bufs if h not in vm.rx_bufs]
+    assert used_heads, "no RX chain was used"
+    length = 12 + len(frame(b"rx0"))           # every frame sent: header + frame
+    for h in used_heads:
+        (gpa, size, _), = rx_bufs[h]
+        written |= pages_of(gpa, min(size, length))
+    rings = ring_pages(vm.rx) | ring_pages(vm.tx)
+    assert written <= got, "RX pages written but not marked: %s" % sorted(written - got)
+    assert ring_pages(vm.rx) & got and ring_pages(vm.tx) & got, "a used ring is not marked"
+    # nothing else: not the buffers the guest posted and the device left
+    # alone, not the TX frames it only read (they share no page with these)
+    assert got <= written | rings, "pages marked that the device did not write: %s" \
+        % sorted(got - written - rings)
+    show = d.ctl("show", "t1").stdout
+    line = [l for l in show.splitlines() if "migration:" in l][0]
+    assert "dirty logging on" in line, show
+    assert int(line.split("pages marked ")[1].split(",")[0]) >= len(got), show
+
+
+def test_logging_stops_when_the_vmm_says(migrating):
+    d, vm, log, peer = migrating
+    fe = vm.fe
+    fe.set_features(vm.features)                 # LOG_ALL off: migration over
+    for i, ring in enumerate((vm.rx, vm.tx)):
+        fe.set_vring_addr(i, fe.gpa_to_user(ring.desc), fe.gpa_to_user(ring.used),
+                          fe.gpa_to_user(ring.avail))
+    fe.get_features()
+    log[:] = bytes(len(log))
+    exchange(vm, peer)
+    assert not marked(log), "pages marked after logging was turned off"
+    assert "dirty logging off" in d.ctl("show", "t1").stdout
+
+
+def test_the_test_switch_disables_marking(migrating_without_log):
+    d, vm, log, peer = migrating_without_log
+    exchange(vm, peer)
+    assert not marked(log), "the test switch did not disable dirty logging"
+
+
+def test_send_rarp_announces_the_guest(migrating):
+    d, vm, log, peer = migrating
+    peer.settimeout(0.2)
+    vm.fe.send(V.SEND_RARP, GUEST_MAC + b"\0\0")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            f = peer.recv(2048)
+        except socket.timeout:
+            continue
+        if f[12:14] == b"\x80\x35":
+            break
+    else:
+        pytest.fail("no RARP frame reached the far namespace")
+    assert f[:6] == b"\xff" * 6 and f[6:12] == GUEST_MAC
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", f[14:22])
+    assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 3)
+    assert f[22:28] == GUEST_MAC and f[32:38] == GUEST_MAC
+    assert "announced 1" in d.ctl("show", "t1").stdout
