@@ -566,6 +566,8 @@ struct dev {
 	size_t log_size;
 	int log_fd;
 	uint8_t *expect;        /* pages the device may write: 1 per page */
+	uint8_t *written;       /* pages we saw it write (used entries we took) */
+	uint8_t *marked;        /* pages the log ever marked */
 	size_t npages;
 	uint64_t log_pages, log_unexpected, log_syncs, log_base_reply;
 	int log_base_reply_size;
@@ -679,6 +681,32 @@ static void log_expect(struct dev *d, const void *p, size_t n)
 }
 
 /*
+ * [p, p+n) was written by the device: we took a used entry for it (a
+ * thread's own stores, no ordering needed: read after the threads end).
+ */
+static void note_written(struct dev *d, const void *p, size_t n)
+{
+	uint8_t *w = __atomic_load_n(&d->written, __ATOMIC_ACQUIRE);
+	uint64_t a = gpa(&d->mem, p), pg;
+
+	if (!w || !n)
+		return;
+	for (pg = a / PAGE; pg <= (a + n - 1) / PAGE && pg < d->npages; pg++)
+		w[pg] = 1;
+}
+
+/* Pages we saw the device write that the log never marked. */
+static uint64_t log_missed(const struct dev *d)
+{
+	uint64_t n = 0;
+	size_t pg;
+
+	for (pg = 0; d->written && pg < d->npages; pg++)
+		n += d->written[pg] && !d->marked[pg];
+	return n;
+}
+
+/*
  * QEMU's vhost_migration_log(): SET_LOG_BASE with the log's memfd
  * (LOG_SHMFD; QEMU waits for the back-end's reply), SET_FEATURES with
  * LOG_ALL added, then SET_VRING_ADDR of every ring again with the log
@@ -691,13 +719,16 @@ static void log_start(struct dev *d)
 	uint64_t top = GPA_BASE + d->mem.size, feat = d->features | 1ULL << F_LOG_ALL;
 	struct { uint64_t size, offset; } lb;
 	uint32_t hdr[3];
+	uint8_t *written;
 	unsigned i;
 
 	d->npages = top / PAGE;
 	d->log_size = (d->npages + 63) / 64 * 8;
 	d->expect = calloc(d->npages, 1);
+	written = calloc(d->npages, 1);
+	d->marked = calloc(d->npages, 1);
 	d->log_fd = memfd_create("vhostbench-log", MFD_CLOEXEC);
-	if (!d->expect || d->log_fd < 0 || ftruncate(d->log_fd, (off_t)d->log_size) < 0)
+	if (!d->expect || !written || !d->marked || d->log_fd < 0 || ftruncate(d->log_fd, (off_t)d->log_size) < 0)
 		die("log memfd: %s", strerror(errno));
 	d->log = mmap(NULL, d->log_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->log_fd, 0);
 	if (d->log == MAP_FAILED)
@@ -717,6 +748,8 @@ static void log_start(struct dev *d)
 	vu_set(&d->vu, VU_SET_FEATURES, &feat, 8, NULL, 0, 1);
 	for (i = 0; i < d->nrings; i++)
 		set_vring_addr(d, i, 1);
+	/* the device logs from here on: the threads note what it writes */
+	__atomic_store_n(&d->written, written, __ATOMIC_RELEASE);
 }
 
 /* QEMU's vhost_dev_sync_region(): take each word, leave 0, count its bits. */
@@ -735,6 +768,8 @@ static void log_sync(struct dev *d)
 			d->log_pages++;
 			if (pg >= d->npages || !d->expect[pg])
 				d->log_unexpected++;
+			else
+				d->marked[pg] = 1;
 			v &= v - 1;
 		}
 	}
@@ -746,9 +781,11 @@ static void print_log(const struct dev *d)
 {
 	if (!d->log)
 		return;
-	printf(", \"log_pages\": %llu, \"log_pages_unexpected\": %llu, \"log_syncs\": %llu, "
+	printf(", \"log_pages\": %llu, \"log_pages_unexpected\": %llu, "
+	       "\"log_pages_missed\": %llu, \"log_syncs\": %llu, "
 	       "\"log_bytes\": %zu, \"log_sync_cpu_s\": %.4f, \"log_base_reply_size\": %d",
 	       (unsigned long long)d->log_pages, (unsigned long long)d->log_unexpected,
+	       (unsigned long long)log_missed(d),
 	       (unsigned long long)d->log_syncs, d->log_size, d->log_cpu,
 	       d->log_base_reply_size);
 }
@@ -802,6 +839,7 @@ static int chain_pieces(const struct mem *m, const uint8_t *buf, size_t total,
 
 struct txq {
 	pthread_t th;
+	struct dev *d;
 	struct ring *r;
 	const struct opts *o;
 	size_t flen;
@@ -809,6 +847,7 @@ struct txq {
 	unsigned nfree, chains;
 	int indirect;
 	int running;            /* the device has completed a chain (atomic) */
+	int log;                /* -L: note the pages the device writes */
 	struct share s;
 };
 
@@ -822,8 +861,10 @@ static void txq_init(struct txq *q, struct dev *d, struct ring *r, const struct 
 	int np;
 
 	memset(q, 0, sizeof(*q));
+	q->d = d;
 	q->r = r;
 	q->o = o;
+	q->log = o->log;
 	q->flen = kind_len(o->kind);
 	buf = mem_alloc(&d->mem, VNET_LEN + q->flen, PAGE);
 	build_frame(buf + VNET_LEN, q->flen, PEER_MAC, GUEST_MAC, &h);
@@ -878,6 +919,8 @@ static void *tx_thread(void *arg)
 
 		while (r->last_used != u) {
 			q->freelist[q->nfree++] = (uint16_t)USED_ELEM(r, r->last_used).id;
+			if (q->log)
+				note_written(q->d, &USED_ELEM(r, r->last_used), sizeof(struct used_elem));
 			r->last_used++;
 			f++;
 		}
@@ -971,6 +1014,7 @@ static int run_tx(const struct opts *o)
 
 struct rxq {
 	pthread_t th;
+	struct dev *d;
 	struct ring *r;
 	const struct opts *o;
 	uint8_t *bufs;
@@ -1002,6 +1046,10 @@ static void rx_reap(struct rxq *q, unsigned *left, uint64_t *frames, uint64_t *b
 		}
 		--*left;
 		++*buffers;
+		if (q->d->log) {
+			note_written(q->d, q->bufs + id * q->bsize, e.len < q->bsize ? e.len : q->bsize);
+			note_written(q->d, &USED_ELEM(r, r->last_used), sizeof(e));
+		}
 		AVAIL_RING(r, r->avail_idx++) = (uint16_t)id;
 		r->last_used++;
 	}
@@ -1013,6 +1061,7 @@ static void rxq_init(struct rxq *q, struct dev *d, struct ring *r, const struct 
 	unsigned i;
 
 	memset(q, 0, sizeof(*q));
+	q->d = d;
 	q->r = r;
 	q->o = o;
 	q->mrg = HAS(d->features, F_MRG_RXBUF);
