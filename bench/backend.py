@@ -472,6 +472,10 @@ def add_nolog(out, kind):
     r["log_pages"] = r.get("frontend", {}).get("log_pages")
     g, g0 = r.get("vionetd_gbit_s"), (base or {}).get("vionetd_gbit_s")
     r["ratio_vs_nolog"] = round(g / g0, 3) if g is not None and g0 else None
+    # the same in CPU per frame of the workers (what logging costs them,
+    # less sensitive to other load on the machine than the throughput)
+    us, us0 = r.get("vionetd_us_per_frame"), (base or {}).get("vionetd_us_per_frame")
+    r["cpu_ratio_vs_nolog"] = round(us0 / us, 3) if us and us0 else None
     if r["ratio_vs_nolog"] is None:
         r["ratio_vs_nolog_missing"] = ("this row failed" if g is None else
                                        "no %s row in this run" % kind[: -len("_log")]
