@@ -38,9 +38,11 @@
  * rings (virtio 1.2, 2.7), publishes avail entries with release ordering,
  * and honours notification suppression both ways: it kicks only when
  * used->flags or avail_event (EVENT_IDX) asks, and sleeps until a batch of
- * completions is there (used_event / NO_INTERRUPT), as a VMM's fast path or
- * a guest driver under NAPI would: its cost per frame is a few loads and
- * stores (cpu_s in the result). Timing starts at the same instant for every
+ * completions is there (used_event / NO_INTERRUPT: TX 3/4 of the ring, as
+ * Linux's virtio-net asks when its TX ring is full, RX a quarter), as a
+ * guest driver under load would: its cost per frame is a few loads and
+ * stores (cpu_s in the result). TX chains are laid out as Linux lays out a
+ * TCP skb: headers, then the payload in 32 KiB pieces (-P). Timing starts at the same instant for every
  * thread: for tx once the rings run (and logging is on), for rx and tapread
  * at the first frame, so the order in which source and reader start does
  * not matter.
