@@ -1,17 +1,20 @@
 """bench/backend.py: vionetd's data path at full speed, against the bare tap.
 
 An emulated guest would hide the backend, so this benchmark plays the VMM
-itself: tools/vhostbench.c (built here with gcc -O2 into build/bench/) is a
-vhost-user frontend in C that keeps vionetd's rings full (TX) or stocked
-(RX) as fast as vionetd serves them. In the same run, the same frames go
-straight into (TX) or out of (RX) a tap of the benchmark's own, by a single
-process with no backend in between: that is the limit each figure is
-compared to.
+itself: tools/vhostbench.c (built here with gcc -O2 -pthread into
+build/bench/) is a vhost-user frontend in C that keeps vionetd's rings full
+(TX) or stocked (RX) as fast as vionetd serves them. In the same run, the
+same frames go straight into (TX) or out of (RX) a tap of the benchmark's
+own, with no backend in between: that is the limit each figure is compared
+to.
 
-    backend.py [--seconds 5] [--only KIND]... [--json]
+    backend.py [--seconds 5] [--rounds 3] [--only KIND]... [--json]
+               [--ring-tx 1024] [--ring-rx 1024]
 
 KIND: tx_64k tx_1514 tx_64 rx_64k rx_1514 rx_64 (64k: TSO4 super-frames of
-45 x 1448 bytes; all IPv4/TCP with a partial checksum).
+45 x 1448 bytes; all IPv4/TCP with a partial checksum), each also with a
+_q2 suffix (two queue pairs), and tx_64k_log rx_64k_log rx_1514_log
+rx_64_log (dirty logging on).
 
 Topology, all in one network namespace of the benchmark's own (deleted at
 the end, with every tap in it):
@@ -25,29 +28,87 @@ the end, with every tap in it):
   - the limits use a second tap there (`vhostbench tapwrite`/`tapread`),
     with the same frames, the same sink and the same source.
 
-Figures per kind: vionetd_gbit_s, vionetd_mpps (frames the frontend saw
+The frontend is meant to cost what a real VMM's fast path and guest driver
+cost, no more: it negotiates EVENT_IDX, kicks only when avail_event asks,
+and sleeps until a batch is back (TX: 3/4 of the ring, as Linux's
+virtio-net asks when its ring is full; RX: a quarter of the ring); its TX
+chains are laid out as Linux lays out a TCP skb (headers, then 32 KiB
+frags: 3 descriptors for 64 KiB); rings are 1024 both ways (QEMU's
+maximum, see RING_TX). Its CPU is in frontend.cpu_s: a few percent of a
+core in every row.
+
+Rows and their limits:
+  - tx_*, rx_*: one queue pair; the limit is one process writing (reading)
+    one tap.
+  - *_q2: the interface has `queues 2` (vionetd.conf(5)): its tap is
+    multiqueue, one fd and one rx and one tx worker per pair. The frontend
+    negotiates MQ and drives each pair's ring from a thread of its own
+    (vhostbench -Q 2). For RX the source sends 256 TCP flows (the source
+    port cycles frame by frame), which the tap spreads over its two queues
+    by flow hash (frontend.per_pair and counters_per_pair show the split).
+    The limit is a two-queue tap with one thread per queue doing the same
+    tapwrite/tapread work, fed by the same source.
+  - *_log: dirty logging on, as QEMU turns it on when a live migration
+    starts (vhostbench -L: LOG_SHMFD, SET_LOG_BASE with a memfd, LOG_ALL,
+    the log flag on every ring, once the rings run), the log synced every
+    100 ms as QEMU's migration thread does (each word taken and zeroed
+    atomically, its bits counted: log_pages). log_pages_unexpected (marked
+    pages the device never writes: descriptors, avail rings, TX frames) and
+    log_pages_missed (pages the frontend saw written, by the used entries
+    it took, that no sync found marked) should be 0. ratio_vs_nolog: the
+    row's vionetd_gbit_s over the non-log row of the same size in the same
+    run (null, with ratio_vs_nolog_missing, without it); cpu_ratio_vs_nolog
+    the same in the workers' CPU per frame, steadier on a busy machine.
+    The limit is the plain tap's: a tap has nothing to log.
+
+Figures per row: vionetd_gbit_s, vionetd_mpps (frames the frontend saw
 completed / received, frame bytes without the vnet header), limit_gbit_s,
 ratio_vs_limit, vionetd_cpu_s (utime+stime of vionetd's worker processes
-over the run, from /proc/PID/stat), and, to read them: the daemon's counter
-deltas (batches, kicks, notifications, tap full...), the tap's own
-statistics, the frontend's kicks and waits, and how busy the machine was
-(/proc/stat) during the run and before the benchmark started.
+of the row's direction, every pair's, sampled through the run from
+/proc/PID/stat), vionetd_us_per_frame and limit_us_per_frame (CPU per
+frame of those workers, lingering included, and of the limit's threads)
+and their quotient cpu_ratio (what ratio_vs_limit would be if each side
+had the cores it wants and the worker were the slowest stage), and, to
+read them: the daemon's counter deltas (batches, kicks, notifications, tap
+full...), the tap's own statistics, the frontend's kicks and waits, and
+how busy the machine was (/proc/stat) during the run and before the
+benchmark started.
 
-Every row (kind) has ratio_vs_limit: a kind whose run failed keeps its row
-with ratio_vs_limit null and the error; the JSON also gives cpus (the
-host's, os.cpu_count()) and the load average before and after.
+Rounds. Each row alternates vionetd and its limit --rounds times (default
+3; --seconds is shared between the rounds of each side), and reports the
+median of each side: a burst of someone else's load on the machine then
+hits one round of one side instead of deciding the ratio. Each round's
+figures are in rounds[]; frontend, counters, tap and worker_cpu_s are the
+median vionetd round's.
+
+Every row has ratio_vs_limit: a row whose run failed keeps its row with
+ratio_vs_limit null and the error; the JSON also gives cpus (the host's,
+os.cpu_count()), the load average before and after, and the machine's
+busy fraction before the first row.
 
 Reading the ratios by host size. vionetd's figure is a pipeline: the
 frontend (vhostbench), vionetd's worker and the kernel's tap work run at
-once, each wanting a core, while the limit is one process doing the tap
-work alone. On a 2-core host they share two cores (with whatever else runs
-there), so ratio_vs_limit mostly says how much the pipeline loses to
-sharing: expect below 1, worst for small frames (tx_64, rx_64) where the
-per-frame costs of frontend and worker add up on the same cores. On an
-idle host with 4 or more cores each stage has a core of its own and the
-worker is not the slowest stage: every row should show ratio_vs_limit of
-about 0.9 or more (the tap work bounds both figures), and a row clearly
-below that there points at vionetd itself. No multiqueue rows yet.
+once, while the limit is one thread per queue doing the tap work alone.
+TX: the kernel's tap work (skb build, checksum, the drop in ip_rcv) runs
+in the writer's context, so vionetd's tx worker and the tapwrite thread
+each want one core per queue and do the same kernel work; the worker adds
+its ring work, a writev of several pieces, its seccomp filter and the
+calls that wake the frontend. RX: the source wants a core of its own in
+both; the worker adds the copy into guest buffers spread over the ring
+(the limit reads into one hot buffer). On a 2-core host all of that shares
+two cores with whatever else runs there, so ratio_vs_limit also says how
+the scheduler split them: cpu_ratio says what vionetd itself costs. On an
+idle host with 4 or more cores each stage has a core of its own: the
+one-pair rows should show ratio_vs_limit close to their cpu_ratio (0.9 or
+more on TX, where the worker is the slowest stage; about 1 on RX, where
+the single source bounds both sides). The _q2 rows on 4 cores: TX has two
+workers on two cores against two tapwrite threads on two cores, about
+twice the one-pair figures on both sides and the same ratio as one pair;
+RX is still bound by the one source process on both sides (about the
+one-pair figure, ratio near 1; RX scaling needs a source of more threads
+and 6 or more cores). On 2 cores a _q2 row runs 4-5 busy threads on 2
+cores: its figure is about the one-pair figure and its ratio is the
+scheduler's as much as vionetd's.
 
 Invariants: every process, tap and namespace made here is gone when main()
 returns, whatever happened (finally blocks, processes killed by their own
