@@ -581,6 +581,7 @@ struct opts {
 	double seconds;
 	unsigned num, pairs, flows;
 	size_t piece;           /* tx: payload bytes per descriptor */
+	size_t bufsize;         /* rx: bytes per mergeable buffer */
 	int log;
 	uint64_t refuse;
 };
@@ -1067,8 +1068,11 @@ static void rxq_init(struct rxq *q, struct dev *d, struct ring *r, const struct 
 	q->r = r;
 	q->o = o;
 	q->mrg = HAS(d->features, F_MRG_RXBUF);
-	/* mergeable: page-sized buffers; otherwise each must hold the largest frame */
-	q->bsize = q->mrg ? PAGE : (VNET_LEN + MAX_FRAME + PAGE - 1) / PAGE * PAGE;
+	/* mergeable: -B bytes each, packed (Linux sizes them from the average
+	 * frame: 1536 for frames up to 1518 bytes, up to a page for GSO
+	 * traffic, in 32 KiB page frags); otherwise each must hold the
+	 * largest frame */
+	q->bsize = q->mrg ? o->bufsize : (VNET_LEN + MAX_FRAME + PAGE - 1) / PAGE * PAGE;
 	if (!q->mrg && r->num > 128)
 		die("without MRG_RXBUF, use a ring of at most 128");
 	q->bufs = mem_alloc(&d->mem, r->num * q->bsize, PAGE);
@@ -1447,19 +1451,21 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vhostbench tx|rx -s SOCK [-k KIND] [-t SEC] [-q NUM] [-Q PAIRS] [-L]"
-		" [-P BYTES] [-n BIT]...\n"
+		" [-P BYTES] [-B BYTES] [-n BIT]...\n"
 		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES]\n"
 		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES]\n"
 		"       vhostbench source -i IFNAME -k KIND [-t SEC] [-F FLOWS]\n"
 		"  KIND: 64k | 1514 | 64; -q: ring size; -Q: queue pairs, a thread each;\n"
 		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT;\n"
-		"  -P: tx payload bytes per descriptor (default 32768)\n");
+		"  -P: tx payload bytes per descriptor (default 32768);\n"
+		"  -B: rx bytes per mergeable buffer (default 4096)\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .seconds = 5, .num = 256, .pairs = 1, .flows = 1, .piece = 32768 };
+	struct opts o = { .seconds = 5, .num = 256, .pairs = 1, .flows = 1, .piece = 32768,
+			  .bufsize = PAGE };
 	const char *mode;
 	int c;
 
@@ -1467,7 +1473,7 @@ int main(int argc, char **argv)
 		usage();
 	mode = argv[1];
 	optind = 2;
-	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LP:")) != -1) {
+	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LP:B:")) != -1) {
 		switch (c) {
 		case 's': o.sock = optarg; break;
 		case 'k': o.kind = optarg; break;
@@ -1479,6 +1485,7 @@ int main(int argc, char **argv)
 		case 'F': o.flows = (unsigned)atoi(optarg); break;
 		case 'L': o.log = 1; break;
 		case 'P': o.piece = (size_t)atol(optarg); break;
+		case 'B': o.bufsize = (size_t)atol(optarg); break;
 		default: usage();
 		}
 	}
@@ -1492,6 +1499,8 @@ int main(int argc, char **argv)
 		die("flows must be in 1..60000");
 	if (o.piece < 64 || o.piece > 65536)
 		die("piece size must be in 64..65536");
+	if (o.bufsize < 128 || o.bufsize > PAGE || o.bufsize % 64)
+		die("rx buffer size must be a multiple of 64 in 128..%d", PAGE);
 	if (!strcmp(mode, "tx") || !strcmp(mode, "rx")) {
 		if (!o.sock)
 			usage();
