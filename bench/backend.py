@@ -151,6 +151,10 @@ KINDS = tuple(x for k in BASE_KINDS for x in (k, k + "_log") if x in BASE_KINDS 
 # worker's copies over 16 MiB: it cost the RX worker about 25% more CPU per
 # frame than 1024 (rx_64k 12.8-13.4 against 10.0-10.6 us).
 RING_TX, RING_RX = 1024, 1024
+# RX buffer sizes, as a Linux guest sizes its mergeable buffers from the
+# average frame it receives (virtio-net get_mergeable_buf_len(): at least
+# 1518 bytes plus the header, cache-aligned: 1536; a page for GSO traffic).
+RX_BUF = {"64k": 4096, "1514": 1536, "64": 1536}
 ROUNDS = 3              # alternations of vionetd and the limit per row (Bench.alternate)
 FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
@@ -437,7 +441,8 @@ class Bench:
         def run_vionetd():
             with tools() as start:
                 fe = start(self.exe, ["rx", "-s", self.sock, "-t", str(s),
-                                      "-q", str(self.ring_rx)] + self.frontend_args())
+                                      "-q", str(self.ring_rx), "-B", str(RX_BUF[size])]
+                           + self.frontend_args())
                 fe.wait_ready()
                 # the workers of pair 1 start when the frontend sets up its rings
                 wait_workers(self.d.proc.pid, 5.0, 2 * self.pairs)
