@@ -33,8 +33,9 @@ cost, no more: it negotiates EVENT_IDX, kicks only when avail_event asks,
 and sleeps until a batch is back (TX: 3/4 of the ring, as Linux's
 virtio-net asks when its ring is full; RX: a quarter of the ring); its TX
 chains are laid out as Linux lays out a TCP skb (headers, then 32 KiB
-frags: 3 descriptors for 64 KiB); rings are 1024 both ways (QEMU's
-maximum, see RING_TX). Its CPU is in frontend.cpu_s: a few percent of a
+frags: 3 descriptors for 64 KiB), its RX buffers sized as Linux sizes its
+mergeable buffers for the traffic (RX_BUF); rings are 1024 both ways
+(QEMU's maximum, see RING_TX). Its CPU is in frontend.cpu_s: a few percent of a
 core in every row.
 
 Rows and their limits:
