@@ -1,17 +1,20 @@
 """bench/backend.py: vionetd's data path at full speed, against the bare tap.
 
 An emulated guest would hide the backend, so this benchmark plays the VMM
-itself: tools/vhostbench.c (built here with gcc -O2 into build/bench/) is a
-vhost-user frontend in C that keeps vionetd's rings full (TX) or stocked
-(RX) as fast as vionetd serves them. In the same run, the same frames go
-straight into (TX) or out of (RX) a tap of the benchmark's own, by a single
-process with no backend in between: that is the limit each figure is
-compared to.
+itself: tools/vhostbench.c (built here with gcc -O2 -pthread into
+build/bench/) is a vhost-user frontend in C that keeps vionetd's rings full
+(TX) or stocked (RX) as fast as vionetd serves them. In the same run, the
+same frames go straight into (TX) or out of (RX) a tap of the benchmark's
+own, with no backend in between: that is the limit each figure is compared
+to.
 
-    backend.py [--seconds 5] [--only KIND]... [--json]
+    backend.py [--seconds 5] [--rounds 3] [--only KIND]... [--json]
+               [--ring-tx 1024] [--ring-rx 1024]
 
 KIND: tx_64k tx_1514 tx_64 rx_64k rx_1514 rx_64 (64k: TSO4 super-frames of
-45 x 1448 bytes; all IPv4/TCP with a partial checksum).
+45 x 1448 bytes; all IPv4/TCP with a partial checksum), each also with a
+_q2 suffix (two queue pairs), and tx_64k_log rx_64k_log rx_1514_log
+rx_64_log (dirty logging on).
 
 Topology, all in one network namespace of the benchmark's own (deleted at
 the end, with every tap in it):
@@ -25,29 +28,88 @@ the end, with every tap in it):
   - the limits use a second tap there (`vhostbench tapwrite`/`tapread`),
     with the same frames, the same sink and the same source.
 
-Figures per kind: vionetd_gbit_s, vionetd_mpps (frames the frontend saw
+The frontend is meant to cost what a real VMM's fast path and guest driver
+cost, no more: it negotiates EVENT_IDX, kicks only when avail_event asks,
+and sleeps until a batch is back (TX: 3/4 of the ring, as Linux's
+virtio-net asks when its ring is full; RX: a quarter of the ring); its TX
+chains are laid out as Linux lays out a TCP skb (headers, then 32 KiB
+frags: 3 descriptors for 64 KiB), its RX buffers sized as Linux sizes its
+mergeable buffers for the traffic (RX_BUF); rings are 1024 both ways
+(QEMU's maximum, see RING_TX). Its CPU is in frontend.cpu_s: a few percent of a
+core in every row.
+
+Rows and their limits:
+  - tx_*, rx_*: one queue pair; the limit is one process writing (reading)
+    one tap.
+  - *_q2: the interface has `queues 2` (vionetd.conf(5)): its tap is
+    multiqueue, one fd and one rx and one tx worker per pair. The frontend
+    negotiates MQ and drives each pair's ring from a thread of its own
+    (vhostbench -Q 2). For RX the source sends 256 TCP flows (the source
+    port cycles frame by frame), which the tap spreads over its two queues
+    by flow hash (frontend.per_pair and counters_per_pair show the split).
+    The limit is a two-queue tap with one thread per queue doing the same
+    tapwrite/tapread work, fed by the same source.
+  - *_log: dirty logging on, as QEMU turns it on when a live migration
+    starts (vhostbench -L: LOG_SHMFD, SET_LOG_BASE with a memfd, LOG_ALL,
+    the log flag on every ring, once the rings run), the log synced every
+    100 ms as QEMU's migration thread does (each word taken and zeroed
+    atomically, its bits counted: log_pages). log_pages_unexpected (marked
+    pages the device never writes: descriptors, avail rings, TX frames) and
+    log_pages_missed (pages the frontend saw written, by the used entries
+    it took, that no sync found marked) should be 0. ratio_vs_nolog: the
+    row's vionetd_gbit_s over the non-log row of the same size in the same
+    run (null, with ratio_vs_nolog_missing, without it); cpu_ratio_vs_nolog
+    the same in the workers' CPU per frame, steadier on a busy machine.
+    The limit is the plain tap's: a tap has nothing to log.
+
+Figures per row: vionetd_gbit_s, vionetd_mpps (frames the frontend saw
 completed / received, frame bytes without the vnet header), limit_gbit_s,
 ratio_vs_limit, vionetd_cpu_s (utime+stime of vionetd's worker processes
-over the run, from /proc/PID/stat), and, to read them: the daemon's counter
-deltas (batches, kicks, notifications, tap full...), the tap's own
-statistics, the frontend's kicks and waits, and how busy the machine was
-(/proc/stat) during the run and before the benchmark started.
+of the row's direction, every pair's, sampled through the run from
+/proc/PID/stat), vionetd_us_per_frame and limit_us_per_frame (CPU per
+frame of those workers, lingering included, and of the limit's threads)
+and their quotient cpu_ratio (what ratio_vs_limit would be if each side
+had the cores it wants and the worker were the slowest stage), and, to
+read them: the daemon's counter deltas (batches, kicks, notifications, tap
+full...), the tap's own statistics, the frontend's kicks and waits, and
+how busy the machine was (/proc/stat) during the run and before the
+benchmark started.
 
-Every row (kind) has ratio_vs_limit: a kind whose run failed keeps its row
-with ratio_vs_limit null and the error; the JSON also gives cpus (the
-host's, os.cpu_count()) and the load average before and after.
+Rounds. Each row alternates vionetd and its limit --rounds times (default
+3; --seconds is shared between the rounds of each side), and reports the
+median of each side: a burst of someone else's load on the machine then
+hits one round of one side instead of deciding the ratio. Each round's
+figures are in rounds[]; frontend, counters, tap and worker_cpu_s are the
+median vionetd round's.
+
+Every row has ratio_vs_limit: a row whose run failed keeps its row with
+ratio_vs_limit null and the error; the JSON also gives cpus (the host's,
+os.cpu_count()), the load average before and after, and the machine's
+busy fraction before the first row.
 
 Reading the ratios by host size. vionetd's figure is a pipeline: the
 frontend (vhostbench), vionetd's worker and the kernel's tap work run at
-once, each wanting a core, while the limit is one process doing the tap
-work alone. On a 2-core host they share two cores (with whatever else runs
-there), so ratio_vs_limit mostly says how much the pipeline loses to
-sharing: expect below 1, worst for small frames (tx_64, rx_64) where the
-per-frame costs of frontend and worker add up on the same cores. On an
-idle host with 4 or more cores each stage has a core of its own and the
-worker is not the slowest stage: every row should show ratio_vs_limit of
-about 0.9 or more (the tap work bounds both figures), and a row clearly
-below that there points at vionetd itself. No multiqueue rows yet.
+once, while the limit is one thread per queue doing the tap work alone.
+TX: the kernel's tap work (skb build, checksum, the drop in ip_rcv) runs
+in the writer's context, so vionetd's tx worker and the tapwrite thread
+each want one core per queue and do the same kernel work; the worker adds
+its ring work, a writev of several pieces, its seccomp filter and the
+calls that wake the frontend. RX: the source wants a core of its own in
+both; the worker adds the copy into guest buffers spread over the ring
+(the limit reads into one hot buffer). On a 2-core host all of that shares
+two cores with whatever else runs there, so ratio_vs_limit also says how
+the scheduler split them: cpu_ratio says what vionetd itself costs. On an
+idle host with 4 or more cores each stage has a core of its own: the
+one-pair rows should show ratio_vs_limit close to their cpu_ratio (0.9 or
+more on TX, where the worker is the slowest stage; about 1 on RX, where
+the single source bounds both sides). The _q2 rows on 4 cores: TX has two
+workers on two cores against two tapwrite threads on two cores, about
+twice the one-pair figures on both sides and the same ratio as one pair;
+RX is still bound by the one source process on both sides (about the
+one-pair figure, ratio near 1; RX scaling needs a source of more threads
+and 6 or more cores). On 2 cores a _q2 row runs 4-5 busy threads on 2
+cores: its figure is about the one-pair figure and its ratio is the
+scheduler's as much as vionetd's.
 
 Invariants: every process, tap and namespace made here is gone when main()
 returns, whatever happened (finally blocks, processes killed by their own
@@ -62,6 +124,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +134,30 @@ if ROOT not in sys.path:
 from tests import netns as N            # noqa: E402
 from tests.daemon import Daemon         # noqa: E402
 
-KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
+BASE_KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
+LOG_KINDS = ("tx_64k_log", "rx_64k_log", "rx_1514_log", "rx_64_log")
+Q2_KINDS = tuple(k + "_q2" for k in BASE_KINDS)
+# The order rows run in: each _log row right after its non-log row (the
+# ratio between them is taken in the same run, so keep them close in time).
+KINDS = tuple(x for k in BASE_KINDS for x in (k, k + "_log") if x in BASE_KINDS + LOG_KINDS) \
+    + Q2_KINDS
+# Ring sizes: 1024 both ways, the most QEMU allows (tx_queue_size above 256
+# only with vhost-user) and what a VMM tuned for throughput sets (libvirt:
+# <driver rx_queue_size='1024' tx_queue_size='1024'/>). QEMU's default, 256,
+# makes the TX worker wake the frontend 4 times as often (each wakeup an IPI
+# the worker pays for), and an RX ring of 4096 page buffers (this
+# benchmark's earlier default, beyond QEMU's maximum; chosen against an
+# rx_gather() livelock with small rings that vionetd no longer has: rings of
+# 256 and 512 run rx_64k and leave the worker idle after) spreads the
+# worker's copies over 16 MiB: it cost the RX worker about 25% more CPU per
+# frame than 1024 (rx_64k 12.8-13.4 against 10.0-10.6 us).
+RING_TX, RING_RX = 1024, 1024
+# RX buffer sizes, as a Linux guest sizes its mergeable buffers from the
+# average frame it receives (virtio-net get_mergeable_buf_len(): at least
+# 1518 bytes plus the header, cache-aligned: 1536; a page for GSO traffic).
+RX_BUF = {"64k": 4096, "1514": 1536, "64": 1536}
+ROUNDS = 3              # alternations of vionetd and the limit per row (Bench.alternate)
+FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
 BUILD_DIR = os.path.join(ROOT, "build", "bench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,10 +167,16 @@ CONF = """socket "@CTL@"
 vm "bench" {
     interface "%(tap)s" {
         socket "@DIR@/bench.sock"
-        lladdr %(mac)s
+        lladdr %(mac)s%(queues)s
     }
 }
 """
+
+
+def parse_kind(kind):
+    """"rx_1514_q2" -> ("rx", "1514", 2, False); "tx_64k_log" -> ("tx", "64k", 1, True)."""
+    parts = kind.split("_")
+    return parts[0], parts[1], 2 if "q2" in parts[2:] else 1, "log" in parts[2:]
 
 
 def build_tool(build_dir=BUILD_DIR):
@@ -93,7 +185,7 @@ def build_tool(build_dir=BUILD_DIR):
     out = os.path.join(build_dir, "vhostbench")
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(TOOL_SRC):
         return out
-    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", out + ".tmp", TOOL_SRC]
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", out + ".tmp", TOOL_SRC]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError("building vhostbench failed:\n" + p.stderr)
@@ -128,8 +220,9 @@ def proc_cpu(pid):
 
 
 def workers(daemon_pid):
-    """{"rx"|"tx": pid} of the daemon's worker processes (its children,
-    named "vionetd: rx VM/0" and "vionetd: tx VM/0" by setproctitle)."""
+    """{"rx"|"tx"|"rx.N"|"tx.N": pid} of the daemon's worker processes (its
+    children, named "vionetd: rx VM/0" and "vionetd: tx VM/0" by
+    setproctitle, "vionetd: rx VM/0.N" for queue pair N > 0)."""
     out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -145,22 +238,74 @@ def workers(daemon_pid):
             continue
         for role in ("rx", "tx"):
             if title.startswith("vionetd: %s " % role):
-                out[role] = int(d)
+                name = title.split()[2] if len(title.split()) > 2 else ""
+                qp = name.rsplit("/", 1)[-1].partition(".")[2]
+                out[role + ("." + qp if qp else "")] = int(d)
     return out
 
 
-def wait_workers(daemon_pid, timeout=10.0):
-    """workers(), once both have named themselves (bounded)."""
+def wait_workers(daemon_pid, timeout=10.0, n=2):
+    """workers(), once pair 0's two (or n in all) have named themselves
+    (bounded; the workers of other pairs start when the VMM first uses
+    their rings)."""
     deadline = time.monotonic() + timeout
     while True:
         w = workers(daemon_pid)
-        if len(w) == 2 or time.monotonic() > deadline:
+        if ({"rx", "tx"} <= set(w) and len(w) >= n) or time.monotonic() > deadline:
             return w
         time.sleep(0.05)
 
 
-def workers_cpu(pids):
-    return {role: proc_cpu(pid) or 0.0 for role, pid in pids.items()}
+class WorkerCpu:
+    """CPU time of the daemon's workers over a run, including those born
+    during it (pair 1's) and those gone at its end: a thread samples them
+    every 0.2 s (and looks for new ones every 0.6 s); the figure of each is
+    its last sample minus its first (0 for one born during the run)."""
+
+    def __init__(self, daemon_pid):
+        self.daemon_pid = daemon_pid
+        self.pids = wait_workers(daemon_pid)
+        self.first = {k: proc_cpu(pid) or 0.0 for k, pid in self.pids.items()}
+        self.last = dict(self.first)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        for k, pid in list(self.pids.items()):
+            c = proc_cpu(pid)
+            if c is not None:
+                self.last[k] = c
+
+    def _run(self):
+        n = 0
+        while not self.done.wait(0.2):
+            n += 1
+            if n % 3 == 0:
+                for k, pid in workers(self.daemon_pid).items():
+                    if self.pids.get(k) != pid:
+                        self.pids[k] = pid
+                        self.first.setdefault(k, 0.0)
+            self._sample()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        self._sample()
+        return {k: round(self.last[k] - self.first.get(k, 0.0), 3) for k in self.last}
+
+
+def us_per_frame(cpu, counters, direction):
+    """CPU microseconds the direction's workers spent per frame they moved
+    (their CPU over the whole measurement, lingering and waiting for the
+    frontend included; frames from the daemon's own counters)."""
+    frames = counters.get(direction + "_frames", 0)
+    return direction_cpu(cpu, direction) * 1e6 / frames if frames else float("inf")
+
+
+def direction_cpu(cpu, direction):
+    """Sum of one direction's workers ("tx", "tx.1", ...) in WorkerCpu.stop()."""
+    return round(sum(v for k, v in cpu.items() if k.split(".")[0] == direction), 3)
 
 
 def tap_stats(ns, tap):
@@ -191,8 +336,8 @@ class Tool:
         r, _, _ = select.select([self.p.stdout], [], [], timeout)
         line = self.p.stdout.readline() if r else ""
         if line.strip() != "ready":
-            self.kill()
-            raise RuntimeError("%s: not ready: %r %s" % (self.cmd, line, self.p.stderr.read()))
+            err = self.kill()
+            raise RuntimeError("%s: not ready: %r %s" % (self.cmd, line, err.strip()))
 
     def result(self, timeout):
         try:
@@ -205,12 +350,13 @@ class Tool:
         return json.loads(out.strip().splitlines()[-1])
 
     def kill(self):
+        """Kill it if it still runs; returns what it wrote to stderr."""
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGKILL)     # this process only, by its pid
         try:
-            self.p.communicate(timeout=5)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
+            return self.p.communicate(timeout=5)[1] or ""
+        except (subprocess.TimeoutExpired, ValueError):   # ValueError: already collected
+            return ""
 
 
 @contextlib.contextmanager
@@ -237,84 +383,137 @@ def rates(res):
 
 
 class Bench:
-    def __init__(self, exe, ns, daemon, tap, seconds, ring_tx=256, ring_rx=4096):
+    def __init__(self, exe, ns, daemon, tap, seconds, ring_tx=RING_TX, ring_rx=RING_RX,
+                 pairs=1, log=False, rounds=ROUNDS):
         self.exe, self.ns, self.d, self.tap, self.seconds = exe, ns, daemon, tap, seconds
+        self.rounds = max(1, rounds)
         self.ring_tx, self.ring_rx = ring_tx, ring_rx
+        self.pairs, self.log = pairs, log
         self.sock = os.path.join(daemon.dir, "bench.sock")
 
     def counters(self):
-        return self.d.stats()["bench/0"]["counters"]
+        """(summed counters, [counters of each queue pair])"""
+        st = self.d.stats()["bench/0"]
+        return st["counters"], st.get("queue_pairs", [])
+
+    def frontend_args(self):
+        return ["-Q", str(self.pairs)] + (["-L"] if self.log else [])
+
+    def source_args(self):
+        return ["-F", str(FLOWS)] if self.pairs > 1 else []
 
     def measure(self, kind, run):
         """run() -> tool result; everything around it sampled before/after."""
-        pids = wait_workers(self.d.proc.pid)
-        c0, t0, k0, m0 = workers_cpu(pids), tap_stats(self.ns, self.tap), \
-            self.counters(), cpu_times()
-        res = run()
-        m1 = cpu_times()
-        c1, t1, k1 = workers_cpu(pids), tap_stats(self.ns, self.tap), self.counters()
-        cpu = {r: round(c1[r] - c0[r], 3) for r in c0}
-        return res, {"worker_cpu_s": cpu, "machine_busy": busy_between(m0, m1),
-                     "counters": delta(k0, k1), "tap": delta(t0, t1)}
+        cpu = WorkerCpu(self.d.proc.pid)
+        t0, (k0, q0), m0 = tap_stats(self.ns, self.tap), self.counters(), cpu_times()
+        try:
+            res = run()
+        finally:
+            m1 = cpu_times()
+            cpu_s = cpu.stop()
+        t1, (k1, q1) = tap_stats(self.ns, self.tap), self.counters()
+        info = {"worker_cpu_s": cpu_s, "machine_busy": busy_between(m0, m1),
+                "counters": delta(k0, k1), "tap": delta(t0, t1)}
+        if self.pairs > 1:
+            info["counters_per_pair"] = [delta(q0[i] if i < len(q0) else {}, q)
+                                         for i, q in enumerate(q1)]
+        return res, info
 
     def limit_tap(self):
         return N.unique("vbl")
 
     def tx(self, size):
-        s = self.seconds
-        res, info = self.measure("tx", lambda: Tool(
-            self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
-                             "-q", str(self.ring_tx)]).result(s + 30))
-        m0 = cpu_times()
-        lim = Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size, "-t", str(s)],
-                   ns=self.ns).result(s + 30)
-        info["limit_machine_busy"] = busy_between(m0, cpu_times())
-        return self.figures(res, lim, info["worker_cpu_s"].get("tx", 0.0), info)
+        s = self.seconds / self.rounds
+
+        def run_vionetd():
+            return Tool(self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
+                                   "-q", str(self.ring_tx)] + self.frontend_args()
+                        ).result(s + 30)
+
+        def run_limit():
+            return Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size,
+                                   "-t", str(s), "-Q", str(self.pairs)],
+                        ns=self.ns).result(s + 30)
+        return self.alternate("tx", run_vionetd, run_limit)
 
     def rx(self, size):
-        s = self.seconds
+        s = self.seconds / self.rounds
 
         def run_vionetd():
             with tools() as start:
                 fe = start(self.exe, ["rx", "-s", self.sock, "-t", str(s),
-                                       "-q", str(self.ring_rx)])
+                                      "-q", str(self.ring_rx), "-B", str(RX_BUF[size])]
+                           + self.frontend_args())
                 fe.wait_ready()
+                # the workers of pair 1 start when the frontend sets up its rings
+                wait_workers(self.d.proc.pid, 5.0, 2 * self.pairs)
                 src = start(self.exe, ["source", "-i", self.tap, "-k", size,
-                                       "-t", str(s + 0.5)], ns=self.ns)
+                                       "-t", str(s + 0.5)] + self.source_args(), ns=self.ns)
                 res = fe.result(s + 30)
                 res["source"] = src.result(15)
                 return res
-        res, info = self.measure("rx", run_vionetd)
-        m0 = cpu_times()
-        with tools() as start:
-            name = self.limit_tap()
-            rd = start(self.exe, ["tapread", "-i", name, "-t", str(s)], ns=self.ns)
-            rd.wait_ready()
-            src = start(self.exe, ["source", "-i", name, "-k", size, "-t", str(s + 0.5)],
-                        ns=self.ns)
-            lim = rd.result(s + 30)
-            lim["source"] = src.result(15)
-        info["limit_machine_busy"] = busy_between(m0, cpu_times())
-        return self.figures(res, lim, info["worker_cpu_s"].get("rx", 0.0), info)
 
-    @staticmethod
-    def figures(res, lim, cpu, info):
+        def run_limit():
+            with tools() as start:
+                name = self.limit_tap()
+                rd = start(self.exe, ["tapread", "-i", name, "-t", str(s),
+                                      "-Q", str(self.pairs)], ns=self.ns)
+                rd.wait_ready()
+                src = start(self.exe, ["source", "-i", name, "-k", size, "-t", str(s + 0.5)]
+                            + self.source_args(), ns=self.ns)
+                lim = rd.result(s + 30)
+                lim["source"] = src.result(15)
+                return lim
+        return self.alternate("rx", run_vionetd, run_limit)
+
+    def alternate(self, direction, run_vionetd, run_limit):
+        """self.rounds rounds of (vionetd, then the limit), seconds/rounds
+        each: the figures are the medians over the rounds, so that a burst
+        of someone else's load on the machine hits one round of one side,
+        not the whole figure. The row's frontend/counters/tap/worker CPU are
+        those of the median vionetd round."""
+        rounds = []
+        for _ in range(self.rounds):
+            res, info = self.measure(direction, run_vionetd)
+            m0 = cpu_times()
+            lim = run_limit()
+            lim["machine_busy"] = busy_between(m0, cpu_times())
+            rounds.append((res, info, lim))
+        mid = len(rounds) // 2
+        us = sorted(us_per_frame(i["worker_cpu_s"], i["counters"], direction)
+                    for _, i, _ in rounds)[mid]
+        lus = sorted(x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf")
+                     for _, _, x in rounds)[mid]
+        by_fe = sorted(rounds, key=lambda r: rates(r[0])[0])
+        by_lim = sorted(rounds, key=lambda r: rates(r[2])[0])
+        res, info, _ = by_fe[mid]
+        lim = by_lim[mid][2]
         g, mpps = rates(res)
         lg, lmpps = rates(lim)
+        per = [{"vionetd_gbit_s": round(rates(r)[0], 3), "limit_gbit_s": round(rates(x)[0], 3),
+                "ratio": round(rates(r)[0] / rates(x)[0], 3) if rates(x)[0] > 0 else None,
+                "machine_busy": i["machine_busy"], "limit_machine_busy": x["machine_busy"]}
+               for r, i, x in rounds]
         return {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
                 "limit_gbit_s": round(lg, 3), "limit_mpps": round(lmpps, 4),
                 "ratio_vs_limit": round(g / lg, 3) if lg > 0 else None,
-                "vionetd_cpu_s": round(cpu, 3),
+                "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
+                "vionetd_us_per_frame": round(us, 3) if us != float("inf") else None,
+                "limit_us_per_frame": round(lus, 3) if lus != float("inf") else None,
+                "cpu_ratio": round(lus / us, 3) if us and us != float("inf")
+                and lus != float("inf") else None,
+                "rounds": per, "limit_machine_busy": lim["machine_busy"],
                 "frontend": res, "limit": lim, **info}
 
 
 # ---- the whole run -----------------------------------------------------------
 
-def run(kinds, seconds, ring_tx=256, ring_rx=4096):
+def run(kinds, seconds, ring_tx=RING_TX, ring_rx=RING_RX, rounds=ROUNDS):
     exe = build_tool()
     m0 = cpu_times()
     time.sleep(0.5)
     out = {"seconds": seconds, "cpus": os.cpu_count(), "ring_tx": ring_tx, "ring_rx": ring_rx,
+           "rounds": rounds,
            "background_busy": busy_between(m0, cpu_times()),
            "loadavg_start": os.getloadavg()[0]}
     with N.netns("vb") as ns, tempfile.TemporaryDirectory(prefix="vionetd-bench-") as tmp:
@@ -322,14 +521,35 @@ def run(kinds, seconds, ring_tx=256, ring_rx=4096):
         os.chmod(tmp, 0o755)
         for k in kinds:
             try:
-                out[k] = run_kind(exe, ns, tmp, k, seconds, ring_tx, ring_rx)
+                out[k] = run_kind(exe, ns, tmp, k, seconds, ring_tx, ring_rx, rounds)
             except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
                 out[k] = {"ratio_vs_limit": None, "error": str(e)[:2000]}
+    for k in kinds:
+        if parse_kind(k)[3]:
+            add_nolog(out, k)
     out["loadavg_end"] = os.getloadavg()[0]
     return out
 
 
-def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
+def add_nolog(out, kind):
+    """A _log row's ratio_vs_nolog (its vionetd_gbit_s over the non-log row's
+    of the same size, in this run; null, with a reason, without both) and its
+    log_pages (pages the frontend found marked in the dirty log)."""
+    r, base = out[kind], out.get(kind[: -len("_log")])
+    r["log_pages"] = r.get("frontend", {}).get("log_pages")
+    g, g0 = r.get("vionetd_gbit_s"), (base or {}).get("vionetd_gbit_s")
+    r["ratio_vs_nolog"] = round(g / g0, 3) if g is not None and g0 else None
+    # the same in CPU per frame of the workers (what logging costs them,
+    # less sensitive to other load on the machine than the throughput)
+    us, us0 = r.get("vionetd_us_per_frame"), (base or {}).get("vionetd_us_per_frame")
+    r["cpu_ratio_vs_nolog"] = round(us0 / us, 3) if us and us0 else None
+    if r["ratio_vs_nolog"] is None:
+        r["ratio_vs_nolog_missing"] = ("this row failed" if g is None else
+                                       "no %s row in this run" % kind[: -len("_log")]
+                                       if base is None else "the non-log row failed")
+
+
+def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx, rounds=ROUNDS):
     """One figure, with a daemon of its own, so that a kind does not
     inherit what an earlier VMM session left in the workers (an rx worker
     livelocked in rx_gather() outlives its VMM: see --ring-rx)."""
@@ -337,12 +557,13 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
     os.mkdir(d_dir)
     os.chmod(d_dir, 0o755)
     tap = N.unique("vbt")
-    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC), ns, d_dir)
+    direction, size, pairs, log = parse_kind(kind)
+    queues = "\n        queues %d" % pairs if pairs > 1 else ""
+    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC, queues=queues), ns, d_dir)
     try:
         d.start()
         d.wait_socket(os.path.join(d_dir, "bench.sock"))
-        b = Bench(exe, ns, d, tap, seconds, ring_tx, ring_rx)
-        direction, size = kind.split("_")
+        b = Bench(exe, ns, d, tap, seconds, ring_tx, ring_rx, pairs, log, rounds)
         r = b.tx(size) if direction == "tx" else b.rx(size)
         r["daemon_alive"] = d.proc.poll() is None
         return r
@@ -351,19 +572,22 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx):
 
 
 def table(out, f):
-    fmt = "%-8s %10s %9s %10s %7s %8s %6s"
-    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "cpu_s", "busy"), file=f)
+    fmt = "%-11s %11s %9s %11s %7s %8s %6s %6s"
+    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "cpu_s", "busy", "nolog"),
+          file=f)
     for k in KINDS:
         if k not in out:
             continue
         r = out[k]
         if "error" in r:
-            print("%-8s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
+            print("%-11s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
             continue
+        nolog = r.get("ratio_vs_nolog")
         print(fmt % (k, "%.2f Gb/s" % r["vionetd_gbit_s"], "%.3f" % r["vionetd_mpps"],
                      "%.2f Gb/s" % r["limit_gbit_s"],
                      "-" if r["ratio_vs_limit"] is None else "%.2f" % r["ratio_vs_limit"],
-                     "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"])),
+                     "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"]),
+                     "-" if nolog is None else "%.2f" % nolog),
               file=f)
     print("%g s per figure, %d CPUs, machine busy before start %.0f%%, load %.2f -> %.2f"
           % (out["seconds"], out["cpus"], 100 * out["background_busy"],
@@ -376,19 +600,18 @@ def main(argv=None):
     p.add_argument("--only", action="append", choices=KINDS, metavar="KIND",
                    help="one of %s (repeatable)" % ", ".join(KINDS))
     p.add_argument("--json", action="store_true")
-    # QEMU's default ring is 256. RX: vionetd takes 17 page-sized mergeable
-    # buffers per 64 KiB frame and publishes only after a batch of 64 frames
-    # (1088 buffers); with a ring smaller than that its rx_gather() spins
-    # forever once the ring runs dry mid-batch (see the report). 4096 keeps
-    # the benchmark clear of that; --ring-rx 1024 (QEMU's maximum) shows it.
-    p.add_argument("--ring-tx", type=int, default=256)
-    p.add_argument("--ring-rx", type=int, default=4096)
+    # Ring sizes: see RING_TX, RING_RX.
+    p.add_argument("--ring-tx", type=int, default=RING_TX)
+    p.add_argument("--ring-rx", type=int, default=RING_RX)
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help="alternations of vionetd and the limit per row, "
+                   "--seconds shared between them (default %d)" % ROUNDS)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("backend.py: needs root (network namespaces, taps)", file=sys.stderr)
         return 1
     kinds = [k for k in KINDS if not args.only or k in args.only]
-    out = run(kinds, args.seconds, args.ring_tx, args.ring_rx)
+    out = run(kinds, args.seconds, args.ring_tx, args.ring_rx, args.rounds)
     if args.json:
         print(json.dumps(out, indent=1, sort_keys=True))
     else:

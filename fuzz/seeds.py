@@ -193,6 +193,19 @@ def py_seeds():
     write("py_vhost_user", "session", b"\0" + b"".join(rec))
     write("py_vhost_user", "session-refusing", b"\x5a" + b"".join(rec))
     write("py_vhost_user", "one-chunk", b"\0" + vu_record(b"".join(m for m, _, _ in session[:8]), 1, 1))
+    # a migration starting on the running device (QEMU's order), then SEND_RARP
+    migration = [(vu_msg(vu.SET_PROTOCOL_FEATURES, struct.pack("<Q", 0b11111)), 0, 0),
+                 (vu_msg(vu.SET_LOG_BASE, struct.pack("<QQ", 8, 0)), 1, 1),
+                 (vu_msg(vu.SET_LOG_FD), 1, 0),
+                 (vu_msg(vu.SET_FEATURES, struct.pack("<Q", 1 << 30 | 1 << 28 | 1 << 32 |
+                                                     1 << 26), flags=9), 0, 0)]
+    for i in (0, 1):
+        migration.append((vu_msg(vu.SET_VRING_ADDR, struct.pack(
+            "<IIQQQQ", i, 1, 0x7F0000000000 + 0x4000 * i, 0x7F0000000000 + 0x4000 * i + 0x2000,
+            0x7F0000000000 + 0x4000 * i + 0x1000, 0x4000 * i + 0x2000), flags=9), 0, 0))
+    migration.append((vu_msg(vu.SEND_RARP, LOCKED + b"\0\0"), 0, 0))
+    write("py_vhost_user", "migration", b"\0" + b"".join(rec[:-2]) +
+          b"".join(vu_record(m, n, k) for m, n, k in migration))
     for req in (vu.SET_LOG_BASE, vu.SEND_RARP, vu.GET_CONFIG, vu.ADD_MEM_REG, 99):
         write("py_vhost_user", "req%d" % req, b"\0" + b"".join(rec[:7]) +
               vu_record(vu_msg(req, b"\0" * 8, flags=9), 1, 2))

@@ -106,10 +106,6 @@ class Datapath:
                 os.close(fd)
         self._apply_log()
 
-    @property
-    def logging(self):
-        return self.ctx.q.log != ffi.NULL
-
     def _apply_log(self):
         on = (self.ring_started and self.log.bits != ffi.NULL and
               self.features >> F_LOG_ALL & 1 and not self.log_disabled)

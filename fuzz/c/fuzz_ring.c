@@ -6,7 +6,9 @@
  *
  * Input: u8 regions (1..4); per region u64 gpa, u16 size - 1, u64 uva; u8
  * log2(num) (num 1..64); u8 mode (bit 0 EVENT_IDX, 1 INDIRECT negotiated,
- * 2 device-writable chains, 3 a call eventfd); the three ring parts each as
+ * 2 device-writable chains, 3 a call eventfd, 4 dirty logging into a log of
+ * LOG_BYTES, used ring logged at the used part's uva taken as a guest
+ * address, and each device-writable chain marked whole); the three ring parts each as
  * u8 region + u16 offset in it; u16 base; u32 max_len; u8 operation count and
  * that many operation bytes; then the contents of the regions, in order
  * (descriptor tables, avail ring, indirect tables and buffers all come from
@@ -15,7 +17,8 @@
  * Oracles: every chain lies inside guest memory (and is touched at both
  * ends), its length is the sum of its pieces and within max_len, its head
  * is < num; used->idx is our count after publishing and every used entry we
- * wrote names a head < num; pending never exceeds num.
+ * wrote names a head < num; pending never exceeds num; the log (its own
+ * malloc of LOG_BYTES) is never written past its end.
  */
 #define _GNU_SOURCE
 #include <sys/eventfd.h>
@@ -24,7 +27,7 @@
 
 #include "fuzz.h"
 
-enum { MAX_REG = 4, MAX_OPS = 64, MAX_HELD = 64 };
+enum { MAX_REG = 4, MAX_OPS = 64, MAX_HELD = 64, LOG_BYTES = 64 };
 
 static uint16_t ld16(const uint8_t *p)
 {
@@ -38,6 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static int efd = -2;
 	static struct vq_chain chain;
+	static struct dirty_log dlog;
+	static uint8_t *logbits;
 	struct in in = { data, size };
 	struct guest_mem m;
 	struct vq q;
@@ -52,6 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (efd == -2)
 		efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (!logbits)
+		logbits = malloc(LOG_BYTES);
 	memset(&m, 0, sizeof(m));
 	nreg = 1 + u8(&in) % MAX_REG;
 	for (unsigned i = 0; i < nreg; i++) {
@@ -147,6 +154,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (vq_setup(&q, &m, num, uva[0], uva[1], uva[2], base, mode & 1, mode & 2,
 		     (mode & 8) ? efd : -1) != GM_OK)
 		goto out;
+	if (mode & 16) {
+		memset(&dlog, 0, sizeof(dlog));
+		dlog.bits = logbits;
+		dlog.size = LOG_BYTES;
+		dlog.notify_fd = -1;
+		q.log = &dlog;
+		q.log_used = 1;
+		q.log_used_gpa = uva[2];
+	}
 	host[1] = q.avail;
 	host[2] = q.used;
 	used_start = q.used_idx;
@@ -180,6 +196,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					b[l - 1] ^= 0;
 					total += l;
 				}
+				if (mode & 4)
+					vq_log_write(&q, chain.iov, chain.niov, chain.len);
 				if (total != chain.len || total > max_len)
 					FAIL("chain length %u, pieces %llu, max %u", chain.len,
 					     (unsigned long long)total, max_len);

@@ -74,6 +74,12 @@ class FakeBackend(vu.Backend):
         self._maybe(5)
         self._keep(fd)
 
+    def set_log_base(self, size, offset, fd):
+        self._keep(fd)
+
+    def set_log_fd(self, fd):
+        self._keep(fd)
+
     def ring_ready_changed(self, index, ready):
         # Starting may be refused; stopping is not (as the daemon's session):
         # Connection.close() lets the ProtocolError of a refused stop escape
