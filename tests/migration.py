@@ -50,13 +50,15 @@ PORT = 5501               # guest upload; downloads on PORT+1+I; the word on POR
 NO_DIRTY_LOG = "VIONETD_TEST_NO_DIRTY_LOG"
 # The load and the migration that the test runs, with and without dirty
 # logging: eight streams of 16 MiB to the guest (and one from it), and
-# QEMU limited to 20 MiB/s, as over a 160 Mbit/s link.  Over the local
-# socket at QEMU's default (128 MiB/s) the migration is one pass of about
-# a second; the guest's own writes then cover nearly every page vionetd
-# wrote, and the negative control passed (see test_migration.py).
+# QEMU limited to 20 MiB/s, as over a 160 Mbit/s link, with auto-converge
+# so that it converges while the streams run.  Over the local socket at
+# QEMU's default (128 MiB/s) the migration is one pass of about a second;
+# the guest's own writes then cover nearly every page vionetd wrote, and
+# the negative control passed (see test_migration.py).
 STREAMS = 8
 STREAM_BYTES = 16 << 20
 MIG_PARAMS = {"max-bandwidth": 20 << 20}
+MIG_CAPS = {"auto-converge": True}
 # Offset of tcpi_bytes_acked in Linux's struct tcp_info (uapi/linux/tcp.h):
 # 8 one-byte fields, 24 u32 fields, then u64 pacing_rate, max_pacing_rate,
 # bytes_acked.
@@ -343,20 +345,25 @@ PING_RE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [0-9.]+: icmp_seq=(\d+) ")
 
 class Pinger:
     """ping -D -i 0.01 from the LAN namespace; after stop(), .replies is
-    [(wall time, seq)] of the first reply to each sequence number."""
+    [(wall time, seq)] of the first reply to each sequence number.  ping
+    writes to a file: a pipe nobody reads until the end would fill up
+    (64 KiB, some 850 replies) and stop ping in its tracks."""
 
     def __init__(self, ns, target):
         self.ns, self.target = ns, target
         self.proc = None
         self.out = ""
         self.replies = []
+        self.started = self.stopped = None
+        self.transmitted = None
 
     def start(self):
+        self._file = tempfile.TemporaryFile(mode="w+")
         self.started = time.time()
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "ping", "-D", "-n", "-i", "0.01",
-             self.target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
+             self.target], stdout=self._file, stderr=subprocess.STDOUT,
+            start_new_session=True)
         return self
 
     def stop(self):
@@ -366,17 +373,23 @@ class Pinger:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            self.out, _ = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.out, _ = self.proc.communicate(timeout=5)
+            self.proc.wait(timeout=5)
         self.proc = None
+        self._file.seek(0)
+        self.out = self._file.read()
+        self._file.close()
         self.parse(self.out)
 
     def parse(self, out):
-        """ping -D's lines into .replies (duplicates left out)."""
+        """ping -D's lines into .replies (duplicates left out), and its
+        summary into .transmitted."""
         seen = set()
         self.replies = []
+        m = re.search(r"^(\d+) packets transmitted", out, re.M)
+        self.transmitted = int(m.group(1)) if m else None
         for line in out.splitlines():
             m = PING_RE.match(line)
             if m and int(m.group(2)) not in seen:
@@ -386,9 +399,13 @@ class Pinger:
 
     def longest_gap(self):
         """(seconds, wall time of the reply before it, of the reply after
-        it) of the longest silence between two replies, or None."""
+        it or of the stop) of the longest silence between two replies, or
+        between the last reply and the stop; None without replies."""
+        times = [t for t, _ in self.replies]
+        if times and self.stopped is not None:
+            times.append(max(self.stopped, times[-1]))
         best = None
-        for (t0, _), (t1, _) in zip(self.replies, self.replies[1:]):
+        for t0, t1 in zip(times, times[1:]):
             if best is None or t1 - t0 > best[0]:
                 best = (t1 - t0, t0, t1)
         return best
@@ -403,6 +420,10 @@ class Pinger:
         return sum(1 for tr, _ in self.replies if tr > t)
 
     def sent(self):
+        """Echo requests sent: ping's own count, else the highest sequence
+        number answered."""
+        if self.transmitted is not None:
+            return self.transmitted
         return max((s for _, s in self.replies), default=0)
 
 
@@ -479,6 +500,7 @@ class Run:
             "migration_setup_ms": m.get("setup-time"),
             "ram_transferred": ram.get("transferred"),
             "dirty_sync_count": ram.get("dirty-sync-count"),
+            "max_cpu_throttle_percent": m.get("max-cpu-throttle-percentage"),
             "longest_ping_gap_ms": self.ping.get("longest_gap_ms"),
             "longest_ping_gap_starts_s_after_migrate":
                 self.ping.get("longest_gap_starts_s_after_migrate"),
@@ -521,15 +543,22 @@ def wait_until(what, cond, timeout, step=0.1):
         time.sleep(step)
 
 
-def migrate(qmp, uri, timeout, params=None):
-    """Start a migration to uri and poll query-migrate until it ends or
+def migrate(qmp, uri, timeout, params=None, caps=None):
+    """Start a migration to uri, with migration parameters and capabilities
+    ({name: bool}) if given, and poll query-migrate until it ends or
     timeout passes (then cancel it).  Returns the last answer."""
+    if caps:
+        qmp.cmd("migrate-set-capabilities",
+                capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
     if params:
         qmp.cmd("migrate-set-parameters", **params)
     qmp.cmd("migrate", uri=uri)
     deadline = time.monotonic() + timeout
+    throttle = 0      # the most auto-converge slowed the vCPU (percent)
     while True:
         info = qmp.cmd("query-migrate")
+        throttle = max(throttle, info.get("cpu-throttle-percentage", 0))
+        info["max-cpu-throttle-percentage"] = throttle
         if info.get("status") in ("completed", "failed", "cancelled"):
             return info
         if time.monotonic() >= deadline:
@@ -541,7 +570,8 @@ def migrate(qmp, uri, timeout, params=None):
 
 
 def migrate_under_load(no_dirty_log=False, nbytes=STREAM_BYTES, streams=STREAMS,
-                       start_after=4 << 20, mig_params=MIG_PARAMS, mig_timeout=90.0,
+                       start_after=4 << 20, mig_params=MIG_PARAMS, mig_caps=MIG_CAPS,
+                       mig_timeout=90.0,
                        stall=20.0, budget=200.0, mem_mb=256):
     """One run: boot on A, stream both ways, migrate to B once the guest
     has received start_after bytes on its downloads, let the streams end on
@@ -602,7 +632,7 @@ def migrate_under_load(no_dirty_log=False, nbytes=STREAM_BYTES, streams=STREAMS,
             before = peer.snapshot()
             try:
                 info = migrate(qa, uri, min(mig_timeout, deadline - time.monotonic()),
-                               mig_params)
+                               mig_params, mig_caps)
             except QmpError as e:
                 # refused at once (e.g. a migration blocker): the guest
                 # stays on A and the run goes on there
@@ -706,6 +736,7 @@ def main(argv=None):
     ap.add_argument("--max-bandwidth", type=int, default=MIG_PARAMS["max-bandwidth"],
                     help="bytes/s; 0: QEMU's default")
     ap.add_argument("--downtime-limit", type=int, help="ms (QEMU's default if not given)")
+    ap.add_argument("--no-auto-converge", action="store_true")
     ap.add_argument("--log", action="store_true", help="print every log")
     a = ap.parse_args(argv)
     params = {}
@@ -714,7 +745,8 @@ def main(argv=None):
     if a.downtime_limit:
         params["downtime-limit"] = a.downtime_limit
     run = migrate_under_load(a.no_dirty_log, a.bytes, a.streams,
-                             mig_params=params or None)
+                             mig_params=params or None,
+                             mig_caps=None if a.no_auto_converge else MIG_CAPS)
     if a.log:
         print(run.log)
     print(json.dumps(run.figures(), indent=1, sort_keys=True))

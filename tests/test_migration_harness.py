@@ -69,6 +69,7 @@ def test_qmp_gives_up_on_a_silent_qemu():
 
 
 PING = """PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.
+[99.990000] From 10.77.0.1 icmp_seq=0 Destination Host Unreachable
 [100.000000] 64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=0.5 ms
 [100.010000] 64 bytes from 10.77.0.2: icmp_seq=2 ttl=64 time=0.5 ms
 [100.020000] 64 bytes from 10.77.0.2: icmp_seq=3 ttl=64 time=0.5 ms
@@ -77,7 +78,7 @@ PING = """PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.
 [100.460000] 64 bytes from 10.77.0.2: icmp_seq=41 ttl=64 time=0.5 ms
 
 --- 10.77.0.2 ping statistics ---
-41 packets transmitted, 5 received, 87.8049% packet loss, time 460ms
+42 packets transmitted, 5 received, +1 errors, 88.0952% packet loss, time 460ms
 """
 
 
@@ -87,10 +88,13 @@ def test_ping_output_gives_the_longest_gap_and_replies_after_a_time():
     assert len(p.replies) == 5            # the duplicate is left out
     gap = p.longest_gap()
     assert round(gap[0], 3) == 0.43 and gap[1] == 100.02 and gap[2] == 100.45
-    assert p.replies_after(100.2) == 2 and p.sent() == 41
+    assert p.replies_after(100.2) == 2 and p.sent() == 42
     f = M.ping_figures(p, (100.0, 100.3))
     assert f["longest_gap_ms"] == 430.0 and f["replies_after_migration"] == 2
     assert f["median_interval_ms"] == 10.0
+    # a silence that lasts until ping is stopped counts too
+    p.stopped = 101.5
+    assert round(p.longest_gap()[0], 2) == 1.04
 
 
 def good_run():
