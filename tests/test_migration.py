@@ -97,6 +97,8 @@ def test_live_migration_under_traffic(image):
     at, after = run.counters_b_at_switch or {}, run.counters_b or {}
     for k in ("rx_frames", "tx_frames"):
         assert after.get(k, 0) > at.get(k, 0), (k, at, after)
+    # and the streams went on over B, not only the pings
+    assert after.get("rx_bytes", 0) - at.get("rx_bytes", 0) > 1 << 20, (at, after)
     assert run.state_a_after == "waiting", "%s\n%s" % (run.state_a_after, run.log)
     # A marked pages while QEMU logged; B announced the guest's MAC
     assert (f["a_migration_at_switch"] or {}).get("pages_marked", 0) > 0, f
