@@ -293,7 +293,8 @@ class Session(vhost_user.Backend):
         finally:
             self._in_vmm = False
         why, self._drop = self._drop or why, None
-        if why == "VMM disconnected" and self.conn.asked_queue_num and not self.ran:
+        if why == "VMM disconnected" and self.conn.asked_queue_num and not self.ran \
+                and time.monotonic() - self.connected_at < SHORT_CONNECTION:
             # what QEMU does when it wants more pairs than we have (and then
             # reconnects, again and again: the accept backoff slows it)
             why = ("VMM left before starting a queue, after asking for the number "
