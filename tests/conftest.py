@@ -2,6 +2,7 @@
 namespaces that are all deleted when the test ends (see tests/netns.py)."""
 import contextlib
 import os
+import subprocess
 import tempfile
 
 import pytest
@@ -32,3 +33,16 @@ def netns():
     Every namespace made is deleted at teardown, with the links inside it."""
     with contextlib.ExitStack() as stack:
         yield lambda prefix="vt": stack.enter_context(_netns.netns(prefix))
+
+
+@pytest.fixture(scope="module")
+def image():
+    """The guest images, built (or found current: a stamp makes this quick);
+    the accelerator guests get ("kvm" or "tcg")."""
+    if not IS_ROOT:
+        pytest.skip("building and booting guests needs root")
+    from tests import guest
+    subprocess.run(["sh", os.path.join(guest.ROOT, "scripts", "guest-image.sh")],
+                   check=True, timeout=1800)
+    assert guest.images_built()
+    return guest.accel()

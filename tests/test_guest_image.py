@@ -122,17 +122,6 @@ def sh(*argv, check=True):
                           timeout=30)
 
 
-@pytest.fixture(scope="module")
-def image():
-    """The images, built (or found current: a stamp makes this quick)."""
-    if os.geteuid() != 0:
-        pytest.skip("building and booting guests needs root")
-    subprocess.run(["sh", os.path.join(guest.ROOT, "scripts",
-                                       "guest-image.sh")],
-                   check=True, timeout=1800)
-    assert guest.images_built()
-    return guest.accel()
-
 
 _seq = [0]
 

@@ -28,7 +28,6 @@ from tests import guest
 from tests import netns as N
 from tests.daemon import capture_socket, daemon
 from tests.test_guest_image import Peers
-from tests.test_guest_vionetd import image  # noqa: F401 (fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST_IP, GUEST_IP = "10.0.0.1", "10.0.0.2"

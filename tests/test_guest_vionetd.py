@@ -47,16 +47,6 @@ SOFTWARE = """        offload tx csum software
         offload tx uso software"""
 
 
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("booting guests needs root")
-    import subprocess
-    subprocess.run(["sh", os.path.join(guest.ROOT, "scripts", "guest-image.sh")],
-                   check=True, timeout=1800)
-    assert guest.images_built()
-    return guest.accel()
-
 
 def boot(image, kernel, qemu, policy="", guest_offload=None, plan=("ping", "iperf", "xfer")):
     """Boot a guest on a fresh daemon; returns (results, counters, log, peers' output)."""

@@ -47,12 +47,9 @@ Each run prints its figures (the issue's note takes the downtime, hashes
 and bytes moved during the migration from them).
 """
 import json
-import os
-import subprocess
 
 import pytest
 
-from tests import guest
 from tests import migration as M
 
 pytestmark = [pytest.mark.guest, pytest.mark.root, pytest.mark.slow]
@@ -62,15 +59,6 @@ pytestmark = [pytest.mark.guest, pytest.mark.root, pytest.mark.slow]
 # on a 2-core machine with the streams running.
 MAX_GAP_MS = 5000
 
-
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("booting guests needs root")
-    subprocess.run(["sh", os.path.join(guest.ROOT, "scripts", "guest-image.sh")],
-                   check=True, timeout=1800)
-    assert guest.images_built()
-    return guest.accel()
 
 
 def report(title, run):

@@ -49,15 +49,6 @@ NO_GUEST_RX_OFFLOADS = {"guest_csum": "off", "guest_tso4": "off", "guest_tso6": 
 
 
 
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("booting guests needs root")
-    subprocess.run(["sh", os.path.join(ROOT, "scripts", "guest-image.sh")],
-                   check=True, timeout=1800)
-    assert guest.images_built()
-    return guest.accel()
-
 
 def counters(d, key):
     return d.stats()[key]["counters"]
