@@ -60,7 +60,8 @@ class TestVM:
         self.fe = (vmm.Frontend.accept if listen else vmm.Frontend.connect)(path, timeout=10)
         self.features = self.fe.negotiate([_Region(self.mem)], _Layout([self.rx, self.tx]),
                                           want=want, style=style, base=base)
-        self.rx_bufs = {}        # head -> (gpa, size)
+        self.rx_bufs = {}        # head -> [(gpa, size, writable)]
+        self.rx_written = []     # (buffers, length) of every used RX chain read
         self.rx_pending = []
 
     @property
@@ -154,6 +155,7 @@ class TestVM:
             self.fe.kick_ring(0)
 
     def _chain_bytes(self, head, length):
+        self.rx_written.append((self.rx_bufs[head], length))
         out = b""
         for gpa, size, _ in self.rx_bufs.pop(head):
             take = min(size, length - len(out))
