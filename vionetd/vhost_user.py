@@ -648,12 +648,12 @@ class Connection:
                 raise ProtocolError(f"ring {i} lies outside the memory table")
 
     @staticmethod
-    def _hand(fds: list[int]) -> list[int]:
-        """Take the fds out of the message's list: they go to the backend.
-        If the backend raises, the caller's handler closes them."""
-        taken = list(fds)
+    def _give(fds: list[int], method, *args) -> None:
+        """Call a Backend method that takes the message's fds: they are the
+        backend's once it returns, and leave the message's list; if it
+        raises they stay there, and the dispatch closes them."""
+        method(*args)
         fds.clear()
-        return taken
 
     # ---- handlers: each returns a reply payload, or None ----
 
@@ -743,12 +743,10 @@ class Connection:
         except ProtocolError:
             self.regions = old
             raise
-        taken = self._hand(fds)
         try:
-            self.backend.set_mem_table(regions, taken)
+            self._give(fds, self.backend.set_mem_table, regions, list(fds))
         except BaseException:
             self.regions = old
-            _close_all(taken)
             raise
         return None
 
@@ -797,24 +795,14 @@ class Connection:
         if not 0 < size <= LOG_MAX:
             raise ProtocolError(f"{name}: log of {size} bytes (1..{LOG_MAX})")
         self._fd_ok(fdkind.memory, fds[0], size, offset, name)
-        (fd,) = taken = self._hand(fds)
-        try:
-            self.backend.set_log_base(size, offset, fd)
-        except BaseException:
-            _close_all(taken)
-            raise
+        self._give(fds, self.backend.set_log_base, size, offset, fds[0])
         return b""          # QEMU waits for this (empty) reply
 
     def _set_log_fd(self, p: bytes, fds: list[int]):
         self._size("SET_LOG_FD", p, 0)
         self._nfds("SET_LOG_FD", fds, 1)
         self._fd_ok(fdkind.notifier, fds[0], "SET_LOG_FD")
-        (fd,) = taken = self._hand(fds)
-        try:
-            self.backend.set_log_fd(fd)
-        except BaseException:
-            _close_all(taken)
-            raise
+        self._give(fds, self.backend.set_log_fd, fds[0])
         return None
 
     def _send_rarp(self, p: bytes, fds: list[int]):
@@ -871,12 +859,7 @@ class Connection:
         if nofd:
             raise _Refused(f"ring {i}: polling mode (no kick fd) is not "
                            "supported")
-        (fd,) = taken = self._hand(fds)
-        try:
-            self.backend.set_vring_kick(i, fd)
-        except BaseException:
-            _close_all(taken)
-            raise
+        self._give(fds, self.backend.set_vring_kick, i, fds[0])
         self.rings[i].kick = True
         self.rings[i].started = True
         self._check_running_layout()
@@ -884,23 +867,13 @@ class Connection:
 
     def _set_vring_call(self, p: bytes, fds: list[int]):
         i, nofd = self._vring_file("SET_VRING_CALL", p, fds)
-        taken = self._hand(fds)
-        try:
-            self.backend.set_vring_call(i, None if nofd else taken[0])
-        except BaseException:
-            _close_all(taken)
-            raise
+        self._give(fds, self.backend.set_vring_call, i, None if nofd else fds[0])
         self.rings[i].call = not nofd
         return None
 
     def _set_vring_err(self, p: bytes, fds: list[int]):
         i, nofd = self._vring_file("SET_VRING_ERR", p, fds)
-        taken = self._hand(fds)
-        try:
-            self.backend.set_vring_err(i, None if nofd else taken[0])
-        except BaseException:
-            _close_all(taken)
-            raise
+        self._give(fds, self.backend.set_vring_err, i, None if nofd else fds[0])
         self.rings[i].err = not nofd
         return None
 
