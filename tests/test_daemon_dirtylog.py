@@ -12,15 +12,13 @@ that is what the migration test's negative control relies on.
 import contextlib
 import mmap
 import os
-import socket
 import struct
 import time
 
 import pytest
 
 from tests import frames as F
-from tests import netns as N
-from tests.daemon import daemon, switched_conf, wire
+from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.testvm import TestVM
 from vionetd import vhost_user as V
 
@@ -48,9 +46,7 @@ def migration_started():
     with wire() as (dns, wns, bridge, veth_w):
         with daemon(switched_conf(bridge, lines=LLADDR), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
-            with N.inside(wns):
-                peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            peer.bind((veth_w, 0))
+            peer = capture_socket(wns, veth_w)
             fd = os.memfd_create("dirty-log")
             try:
                 with TestVM(d.dir + "/t1.sock") as vm:
@@ -147,18 +143,9 @@ def test_the_test_switch_disables_marking(migrating_without_log):
 
 def test_send_rarp_announces_the_guest(migrating):
     d, vm, log, peer = migrating
-    peer.settimeout(0.2)
     vm.fe.send(V.SEND_RARP, GUEST_MAC + b"\0\0")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            f = peer.recv(2048)
-        except socket.timeout:
-            continue
-        if f[12:14] == b"\x80\x35":
-            break
-    else:
-        pytest.fail("no RARP frame reached the far namespace")
+    f = wait_for_frame(peer, GUEST_MAC + b"\x80\x35")
+    assert f is not None, "no RARP frame reached the far namespace"
     assert f[:6] == b"\xff" * 6 and f[6:12] == GUEST_MAC
     htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", f[14:22])
     assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 3)

@@ -15,10 +15,10 @@ import struct
 import time
 
 from tests import guestmem, vmm
+from vionetd import features
 
 HDR = struct.Struct("<BBHHHHH")
 F_MRG_RXBUF = 15
-F_LOG_ALL = 26
 
 
 class _Region:
@@ -91,7 +91,7 @@ class TestVM:
         the log flag and its used ring's guest address (log_addrs overrides)."""
         fe = self.fe
         fe.set_log_base(self.log_size() if size is None else size, log_fd)
-        fe.set_features(self.features | 1 << F_LOG_ALL)
+        fe.set_features(self.features | 1 << features.LOG_ALL)
         for i, ring in enumerate((self.rx, self.tx)):
             log = ring.used if log_addrs is None else log_addrs[i]
             fe.set_vring_addr(i, fe.gpa_to_user(ring.desc), fe.gpa_to_user(ring.used),

@@ -12,11 +12,9 @@ LOG_ALL and a log is mapped: _apply_log() decides, after every change.
 """
 import os
 
+from vionetd import features as F
 from vionetd.core import ffi, lib
 
-F_LOG_ALL = 26
-F_RING_INDIRECT_DESC = 28
-F_RING_EVENT_IDX = 29
 RX_GSO_FEATURES = (1 << 7) | (1 << 8) | (1 << 10) | (1 << 54) | (1 << 55)   # GUEST_TSO4/6, UFO, USO4/6
 
 
@@ -108,7 +106,7 @@ class Datapath:
 
     def _apply_log(self):
         on = (self.ring_started and self.log.bits != ffi.NULL and
-              self.features >> F_LOG_ALL & 1 and not self.log_disabled)
+              F.has(self.features, F.LOG_ALL) and not self.log_disabled)
         self.ctx.q.log = self.log if on else ffi.NULL
 
     def set_features(self, msg):
@@ -157,8 +155,8 @@ class Datapath:
         c = self.ctx
         err = lib.vq_setup(ffi.addressof(c.q), self.mem, msg.num, msg.desc_user_addr,
                            msg.avail_user_addr, msg.used_user_addr, msg.base & 0xFFFF,
-                           int(bool(self.features >> F_RING_EVENT_IDX & 1)),
-                           int(bool(self.features >> F_RING_INDIRECT_DESC & 1)),
+                           int(F.has(self.features, F.RING_EVENT_IDX)),
+                           int(F.has(self.features, F.RING_INDIRECT_DESC)),
                            call if call is not None else -1)
         if err != 0:
             for fd in (kick, call):

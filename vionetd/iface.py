@@ -89,7 +89,7 @@ class Interface:
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
         if self.iface.locked and self.iface.lladdr:
-            tap.set_rx_filter(self.tap_fd, bytes.fromhex(self.iface.lladdr.replace(":", "")))
+            tap.set_rx_filter(self.tap_fd, self.locked_mac)
         self._configure_link()
         self.offered = features.offer(self.iface.offload, self.tap_caps, self.queue_pairs)
         if not self.client_mode:
@@ -301,19 +301,14 @@ class Interface:
         bridges and switches learn its new port (what QEMU broadcasts when
         it announces a guest itself). A locked interface announces only its
         own address; a session asking too often is told no, in the log."""
-        if self.iface.locked and self.iface.lladdr and \
-                mac != bytes.fromhex(self.iface.lladdr.replace(":", "")):
+        if self.locked_mac and mac != self.locked_mac:
             log.warning("%s: not announcing %s: the interface is locked to %s",
                         self.key, mac.hex(":"), self.iface.lladdr)
             return
-        now = time.monotonic()
-        while self.announces and now - self.announces[0] > ANNOUNCE_BUDGET[1]:
-            self.announces.popleft()
-        if len(self.announces) >= ANNOUNCE_BUDGET[0] or self.tap_fd is None:
+        if self.tap_fd is None or take_slot(self.announces, ANNOUNCE_BUDGET):
             log.warning("%s: RARP for %s not sent (%s)", self.key, mac.hex(":"),
                         "no tap" if self.tap_fd is None else "too many")
             return
-        self.announces.append(now)
         try:
             os.write(self.tap_fd, bytes(tap.VNET_HDR_SZ) + rarp(mac))
         except OSError as e:
@@ -332,11 +327,9 @@ class Interface:
                                tx_tso4="tso4" in sw.tx_segment,
                                tx_tso6="tso6" in sw.tx_segment,
                                tx_uso="uso" in sw.tx_segment)
-        lladdr = b""
-        if self.iface.locked and self.iface.lladdr:
-            lladdr = bytes.fromhex(self.iface.lladdr.replace(":", ""))
         self._send(features=pb.Features(features=value, software=software,
-                                        locked_lladdr=lladdr, local=bool(self.iface.local),
+                                        locked_lladdr=self.locked_mac,
+                                        local=bool(self.iface.local),
                                         mtu=self.iface.mtu or DEFAULT_MTU))
 
     def _set_mtu(self, mtu):
@@ -381,16 +374,11 @@ class Interface:
     def _spawn_worker(self, role, qp):
         """Fork a worker for the session, killing the one it replaces. At
         most SPAWN_BUDGET forks per window: beyond it the request waits."""
-        now = time.monotonic()
-        count, window = SPAWN_BUDGET
-        while self.spawns and now - self.spawns[0] > window:
-            self.spawns.popleft()
-        if len(self.spawns) >= count:
-            wait = window - (now - self.spawns[0])
+        wait = take_slot(self.spawns, SPAWN_BUDGET)
+        if wait:
             self.parent.loop.call_later(wait, lambda: self._spawn_worker(role, qp)
                                         if self.chan is not None else None)
             return
-        self.spawns.append(now)
         old = self.workers.pop((role, qp), None)
         if old:
             try:
@@ -429,6 +417,13 @@ class Interface:
         return self.session.state
 
     @property
+    def locked_mac(self):
+        """The lladdr as 6 bytes when the interface is locked to it, else b""."""
+        if self.iface.locked and self.iface.lladdr:
+            return bytes.fromhex(self.iface.lladdr.replace(":", ""))
+        return b""
+
+    @property
     def vmm_features(self):
         return self.session.vmm_features
 
@@ -443,6 +438,20 @@ class Interface:
             self.pending_stats.append(done)
         else:
             done({})
+
+
+def take_slot(times, budget):
+    """A sliding-window rate limit: budget is (count, seconds), times the
+    deque of past events. Records now and returns 0 if fewer than count
+    fall in the window; else the seconds until the oldest leaves it."""
+    now = time.monotonic()
+    count, window = budget
+    while times and now - times[0] > window:
+        times.popleft()
+    if len(times) >= count:
+        return window - (now - times[0]) or 1e-6
+    times.append(now)
+    return 0
 
 
 def rarp(mac):
