@@ -74,6 +74,17 @@ def xfer(port, nbytes, timeout):
     print(json.dumps(out), flush=True)
 
 
+def check_xfer(peer_output, res, nbytes):
+    """Assert that the guest's xfer plan (its results res) and this peer
+    (its printed output) moved nbytes each way with the same sha256."""
+    host = json.loads(peer_output.strip().splitlines()[-1])
+    assert "error" not in host, host
+    assert host["guest_tx_bytes"] == int(res["xfer.tx_bytes"]) == nbytes
+    assert host["guest_tx_sha256"] == res["xfer.tx_sha256"]
+    assert int(res["xfer.rx_bytes"]) == nbytes
+    assert host["guest_rx_sha256"] == res["xfer.rx_sha256"]
+
+
 def main():
     if len(sys.argv) != 5 or sys.argv[1] != "xfer":
         sys.exit("usage: guest_peer.py xfer PORT NBYTES TIMEOUT")

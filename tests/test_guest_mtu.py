@@ -14,7 +14,6 @@ And refused: host_mtu=9000 on an interface without "mtu" (1500) is refused
 by vionetd with a log line naming both MTUs, and QEMU reports that the
 backend does not support that MTU.
 """
-import json
 import os
 import socket
 import struct
@@ -25,6 +24,7 @@ import time
 import pytest
 
 from tests import guest
+from tests import guest_peer
 from tests import netns as N
 from tests.daemon import capture_socket, daemon
 from tests.test_guest_image import Peers
@@ -134,12 +134,7 @@ def check_jumbo(out):
     assert out["tap_mtu"] == "9000"
     assert res["jping.rc"] == "0", log
     assert "3 received" in out["ping"], out["ping"] + log
-    host = json.loads(out["xfer"].strip().splitlines()[-1])
-    assert "error" not in host, host
-    assert host["guest_tx_bytes"] == int(res["xfer.tx_bytes"]) == XFER_BYTES
-    assert host["guest_tx_sha256"] == res["xfer.tx_sha256"]
-    assert int(res["xfer.rx_bytes"]) == XFER_BYTES
-    assert host["guest_rx_sha256"] == res["xfer.rx_sha256"]
+    guest_peer.check_xfer(out["xfer"], res, XFER_BYTES)
     icmp = [s for s in out["seen"] if s[1] == 1]
     # unfragmented 9000-byte ICMP both ways: guest's requests and replies
     # to the host's, the host's requests and replies to the guest's

@@ -21,7 +21,6 @@ Two tests:
 """
 import glob
 import grp
-import json
 import os
 import pwd
 import re
@@ -37,6 +36,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests import guest
+from tests import guest_peer
 from tests import netns as N
 from tests.daemon import daemon
 from tests.test_guest_image import Peers
@@ -340,12 +340,7 @@ def check_run(out, name_absent=True):
     assert res["mac"] == MAC, log
     assert res["ping.received"] == res["ping.sent"] == "3", log
     assert "3 received" in out["host_ping"], out["host_ping"]
-    host = json.loads(out["xfer"].strip().splitlines()[-1])
-    assert "error" not in host, host
-    assert host["guest_tx_bytes"] == int(res["xfer.tx_bytes"]) == XFER_BYTES
-    assert host["guest_tx_sha256"] == res["xfer.tx_sha256"]
-    assert int(res["xfer.rx_bytes"]) == XFER_BYTES
-    assert host["guest_rx_sha256"] == res["xfer.rx_sha256"]
+    guest_peer.check_xfer(out["xfer"], res, XFER_BYTES)
     # QEMU ran as libvirt's unprivileged user, not root, and only group kvm
     # (the socket's) let it in
     uid, kvm = qemu_uid_gid()
