@@ -27,6 +27,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under a failing test, the log of every vionetd it ran (tests/daemon.py):
+    what the daemon did is half of what went wrong."""
+    from tests import daemon
+    report = (yield).get_result()
+    if report.failed:
+        for d in daemon.started:
+            title = "vionetd log %s (last %d lines)" % (d.log_path, daemon.LOG_TAIL)
+            report.sections.append((title, d.log_tail()))
+    if report.when == "teardown":
+        daemon.started[:] = [d for d in daemon.started if d.proc is not None]
+
+
 @pytest.fixture
 def netns():
     """Call it to get a new namespace name: netns() or netns("prefix").

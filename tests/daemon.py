@@ -5,7 +5,8 @@
         d.ctl("show", "vm1")             # vionetctl against its control socket
 
 The daemon's taps live in ns, so their far side is the test's own. Its
-stderr goes to a file that a failing test prints. Stopping sends SIGTERM and,
+stderr goes to a file; the tail of it is printed under a failing test's
+report (conftest.py), for every daemon that ran during the test. Stopping sends SIGTERM and,
 if it has not exited within a bound, SIGKILL.
 
 The wire(): the topology most daemon tests use. A bridge in the daemon's
@@ -26,6 +27,11 @@ import time
 from tests import netns as nsmod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOG_TAIL = 200          # lines of a daemon's log shown under a failing test
+
+# The daemons started and not yet reported on: conftest.py shows their logs
+# if the test fails, and forgets the stopped ones after each test.
+started = []
 
 
 class Daemon:
@@ -39,6 +45,7 @@ class Daemon:
             f.write(conf_text.replace("@CTL@", self.ctl_socket).replace("@DIR@", tmpdir))
         self.log_path = os.path.join(tmpdir, "vionetd.log")
         self.proc = None
+        self.last_log = None            # its tail, once stopped
 
     def start(self):
         cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "vionetd.main",
@@ -47,6 +54,7 @@ class Daemon:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=ROOT)
+        started.append(self)
         self.wait_socket(self.ctl_socket)
         return self
 
@@ -87,7 +95,13 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+        self.last_log = self.log_tail()
         self.proc = None
+
+    def log_tail(self):
+        if self.last_log is not None:
+            return self.last_log
+        return "".join(self.log().splitlines(keepends=True)[-LOG_TAIL:])
 
     def __enter__(self):
         return self.start()

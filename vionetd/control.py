@@ -52,12 +52,15 @@ def _take_fds(ancdata):
     return fds
 
 
-def recv(sock, msg_type):
+def recv(sock, msg_type, wait=True):
     """Receive one message of msg_type (a protobuf class) and its fds.
 
-    Returns (message, [fds]), or (None, []) when the peer has closed.
+    Returns (message, [fds]), or (None, []) when the peer has closed. With
+    wait=False an empty channel raises BlockingIOError instead of blocking,
+    whatever the socket's mode.
     """
-    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
+                                       0 if wait else socket.MSG_DONTWAIT)
     fds = _take_fds(anc)
     try:
         if not data and not fds:

@@ -8,6 +8,8 @@ Invariants:
 - a callback that raises is logged and the loop goes on: one peer's trouble
   must not stop the others;
 - an fd unwatched by an earlier callback of the same turn is not dispatched;
+  one that callback read from still is, though it may be empty now: a
+  callback must read without blocking;
 - timers fire in deadline order, each at most once; a cancelled one never.
 """
 import heapq

@@ -26,8 +26,8 @@ def setup(foreground, verbose=False):
     log.handlers.clear()
     if foreground:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s vionetd[%(process)d]: %(message)s",
-                                               "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s.%(msecs)03d vionetd[%(process)d]: %(message)s", "%H:%M:%S"))
     else:
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
         handler = logging.handlers.SysLogHandler(

@@ -166,9 +166,14 @@ class Session(vhost_user.Backend):
         except OSError:
             self.running = False            # the parent is gone: so are we
 
+    # The channels to the parent and the workers block on send (messages are
+    # small and their readers keep up) but never on receive: a callback the
+    # loop dispatches for a readable channel may find it empty, an earlier
+    # callback of the same turn (_wait_parent, _ask) having read it.
+
     def _recv_parent(self):
         try:
-            msg, fds = control.recv(self.chan, pb.ToSession)
+            msg, fds = control.recv(self.chan, pb.ToSession, wait=False)
         except BlockingIOError:
             return None, []
         if msg is None:
@@ -661,7 +666,7 @@ class Session(vhost_user.Backend):
 
     def _recv_worker(self, w):
         try:
-            msg, fds = control.recv(w.chan, pb.FromWorker)
+            msg, fds = control.recv(w.chan, pb.FromWorker, wait=False)
         except BlockingIOError:
             return None
         except (OSError, control.ChannelError) as e:
