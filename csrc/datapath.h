@@ -108,6 +108,11 @@ enum {
 	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile
 				   (plus the kernel's timer slack, 50 us by default) */
 	DIVERT_MAX = 2048,
+	/* TX: a frame this long or shorter is copied whole (about 40 ns) and
+	 * goes out in one write(); a longer one is a writev() of the head copy
+	 * and guest memory, which costs the kernel a tenth more for a 1514-byte
+	 * frame than one piece does. */
+	TX_COPY_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,
 	/* virtio-net feature bits the paths look at */
@@ -148,7 +153,7 @@ struct tx_ctx {
 	unsigned seg_next, seg_count;
 	size_t seg_off;
 	struct vnet_hdr hdr;
-	uint8_t head[256];
+	uint8_t head[TX_COPY_MAX];     /* right after hdr: see txpath.c join_hdr() */
 	struct vq_chain chain;
 	struct iovec wiov[1024];
 	uint8_t *scratch;

@@ -2,13 +2,15 @@
  * txpath.c: guest TX ring -> tap.
  *
  * Each chain is a 12-byte virtio_net_hdr and a frame. We copy the header and
- * the first min(HEAD_MAX, frame) bytes into the context, validate THAT copy
- * (vnet_validate) and from then on use only it for everything the kernel or
- * our software offloads interpret: a guest rewriting its buffers after the
- * check changes payload only (TOCTOU), never headers.
+ * the frame's first bytes into the context (a frame up to TX_COPY_MAX whole,
+ * else its first HEAD_MAX bytes), validate THAT copy (vnet_validate) and from
+ * then on use only it for everything the kernel or our software offloads
+ * interpret: a guest rewriting its buffers after the check changes payload
+ * only (TOCTOU), never headers.
  *
- * Passthrough is one writev() of [our rebuilt header][our head copy][the
- * rest straight from guest memory]: no payload copy. Software checksum
+ * Passthrough writes [our rebuilt header and our copy, which lie end to
+ * end][the rest straight from guest memory]: a frame copied whole is one
+ * write(), a longer one a writev() with no payload copy. Software checksum
  * patches the head copy (or linearises into scratch when the field lies
  * beyond it); software GSO cuts the frame into scratch. Either way the frame
  * goes out behind a zero header.
@@ -22,6 +24,7 @@
 #define _GNU_SOURCE             /* ppoll */
 #include <errno.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -70,6 +73,24 @@ void tx_reset(struct tx_ctx *c)
 	c->last_signal = 0;
 }
 
+/*
+ * One frame, behind its vnet header, in n pieces. One piece is a write():
+ * the kernel then skips importing an iovec, a tenth of what a small frame
+ * costs it. 0, 1 for EAGAIN, -1 for an error (counted).
+ */
+static int tap_send(struct tx_ctx *c, const struct iovec *v, int n)
+{
+	ssize_t r = n == 1 ? write(c->tap_fd, v[0].iov_base, v[0].iov_len)
+			   : writev(c->tap_fd, v, n);
+
+	if (r >= 0)
+		return 0;
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		return 1;
+	c->cnt[DC_TAP_ERROR]++;
+	return -1;
+}
+
 /* Write one frame behind a zero header. 0, 1 for EAGAIN, -1 for an error. */
 static int tap_write_linear(struct tx_ctx *c, const uint8_t *frame, size_t len)
 {
@@ -78,12 +99,7 @@ static int tap_write_linear(struct tx_ctx *c, const uint8_t *frame, size_t len)
 		{ (void *)frame, len },
 	};
 
-	if (writev(c->tap_fd, v, 2) >= 0)
-		return 0;
-	if (errno == EAGAIN || errno == EWOULDBLOCK)
-		return 1;
-	c->cnt[DC_TAP_ERROR]++;
-	return -1;
+	return tap_send(c, v, 2);
 }
 
 /* Send the segments still waiting in scratch; 1 if the tap filled up again. */
@@ -121,6 +137,18 @@ static int frame_iov(struct tx_ctx *c, int first, size_t hlen)
 	return n < 0 ? -1 : n + 1;
 }
 
+/* c->hdr and c->head lie end to end, so header and head copy are one piece. */
+_Static_assert(sizeof(struct vnet_hdr) == VNET_HDR_LEN &&
+	       offsetof(struct tx_ctx, head) == offsetof(struct tx_ctx, hdr) + VNET_HDR_LEN,
+	       "tx_ctx: hdr must end where head begins");
+
+/* Make c->wiov[0] the header and the head copy together (after frame_iov). */
+static void join_hdr(struct tx_ctx *c)
+{
+	c->wiov[0].iov_base = &c->hdr;
+	c->wiov[0].iov_len += VNET_HDR_LEN;
+}
+
 /* The header the kernel gets: validated fields only, hdr_len recomputed. */
 static void rebuild_hdr(struct tx_ctx *c, const struct frame_info *fi, size_t frame_len)
 {
@@ -139,19 +167,15 @@ static void rebuild_hdr(struct tx_ctx *c, const struct frame_info *fi, size_t fr
 
 static enum tx_res tx_passthrough(struct tx_ctx *c, size_t hlen)
 {
-	int n;
+	int n, r;
 
-	c->wiov[0].iov_base = &c->hdr;
-	c->wiov[0].iov_len = VNET_HDR_LEN;
-	if ((n = frame_iov(c, 1, hlen)) < 0)
+	if ((n = frame_iov(c, 0, hlen)) < 0)
 		return TX_DONE;         /* cannot happen: niov <= VQ_IOV_MAX */
-	if (writev(c->tap_fd, c->wiov, n + 1) < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK)
-			return TX_AGAIN;
-		c->cnt[DC_TAP_ERROR]++;
-		return TX_DONE;
-	}
-	c->cnt[DC_PASSTHROUGH]++;
+	join_hdr(c);
+	if ((r = tap_send(c, c->wiov, n)) == 1)
+		return TX_AGAIN;
+	if (r == 0)
+		c->cnt[DC_PASSTHROUGH]++;
 	return TX_DONE;
 }
 
@@ -171,22 +195,19 @@ static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
 
 	if (end <= hlen) {
 		/* The field is in our copy: sum in place, no payload copy. */
-		if ((n = frame_iov(c, 1, hlen)) < 0 ||
-		    csum_complete_iov(c->wiov + 1, n, frame_len, c->hdr.csum_start,
+		if ((n = frame_iov(c, 0, hlen)) < 0 ||
+		    csum_complete_iov(c->wiov, n, frame_len, c->hdr.csum_start,
 				      c->hdr.csum_offset, &v) < 0) {
 			c->cnt[DC_SW_CSUM_FAIL]++;
 			return TX_DONE;
 		}
 		memcpy(c->head + c->hdr.csum_start + c->hdr.csum_offset, &v, 2);
-		c->wiov[0].iov_base = (void *)&zero_hdr;
-		c->wiov[0].iov_len = VNET_HDR_LEN;
-		if (writev(c->tap_fd, c->wiov, n + 1) < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return TX_AGAIN;
-			c->cnt[DC_TAP_ERROR]++;
-			return TX_DONE;
-		}
-		c->cnt[DC_SW_CSUM]++;
+		c->hdr = zero_hdr;      /* the sum is done: nothing left for the kernel */
+		join_hdr(c);
+		if ((r = tap_send(c, c->wiov, n)) == 1)
+			return TX_AGAIN;
+		if (r == 0)
+			c->cnt[DC_SW_CSUM]++;
 		return TX_DONE;
 	}
 	linearise(c, hlen, frame_len);
@@ -281,11 +302,13 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		return TX_DONE;
 	}
 	frame_len = ch->len - VNET_HDR_LEN;
-	hlen = frame_len < HEAD_MAX ? frame_len : HEAD_MAX;
+	hlen = frame_len <= TX_COPY_MAX ? frame_len : HEAD_MAX;
 	iov_to_buf(ch->iov, ch->niov, 0, &c->hdr, VNET_HDR_LEN);
 	iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN, c->head, hlen);
 	memset(&fi, 0, sizeof(fi));
-	r = vnet_validate(&c->hdr, c->head, hlen, frame_len, c->features, &fi);
+	/* headers are parsed from the first HEAD_MAX bytes, however many we copied */
+	r = vnet_validate(&c->hdr, c->head, hlen < HEAD_MAX ? hlen : HEAD_MAX, frame_len,
+			  c->features, &fi);
 	if (r != VR_OK) {
 		if (r > 0 && r < VR_REASON_MAX)
 			c->cnt[DC_VR_BASE + r]++;
