@@ -108,10 +108,9 @@ enum {
 	DP_LINGER_STEP_US = 25, /* TX: how often the ring is looked at meanwhile
 				   (plus the kernel's timer slack, 50 us by default) */
 	DIVERT_MAX = 2048,
-	/* TX: a frame this long or shorter is copied whole (about 40 ns) and
+	/* TX: a frame this long or shorter is copied whole (tens of ns) and
 	 * goes out in one write(); a longer one is a writev() of the head copy
-	 * and guest memory, which costs the kernel a tenth more for a 1514-byte
-	 * frame than one piece does. */
+	 * and guest memory (see txpath.c tap_send()). */
 	TX_COPY_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,

@@ -75,8 +75,9 @@ void tx_reset(struct tx_ctx *c)
 
 /*
  * One frame, behind its vnet header, in n pieces. One piece is a write():
- * the kernel then skips importing an iovec, a tenth of what a small frame
- * costs it. 0, 1 for EAGAIN, -1 for an error (counted).
+ * the kernel then copies from one buffer instead of walking an iovec (5 to
+ * 9% of what it spends on a frame of 64 to 1514 bytes, measured with
+ * perf). 0, 1 for EAGAIN, -1 for an error (counted).
  */
 static int tap_send(struct tx_ctx *c, const struct iovec *v, int n)
 {
