@@ -42,6 +42,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_RX_INJECT_NOBUF] = "rx_inject_nobuf",
 	[DC_LINGER_FOUND] = "linger_found",
 	[DC_NOTIFY_DEFERRED] = "notify_deferred",
+	[DC_RX_SPILLED] = "rx_spilled",
 };
 
 uint64_t dp_now_ns(void)

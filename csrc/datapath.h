@@ -70,6 +70,8 @@ enum dp_counter {
 				 tap while a signal was pending (they share it) */
 	DC_NOTIFY_DEFERRED,   /* batches whose completions were not signalled at
 				 once (the last signal was recent) */
+	DC_RX_SPILLED,        /* RX: frames larger than the batch expected, their
+				 end copied from the spill buffer (rxpath.c) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -187,7 +189,9 @@ struct rx_ctx {
 	uint64_t unsignalled_since; /* 0: every completion signalled */
 	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
-	uint32_t total;
+	uint64_t total;       /* bytes gathered: at most 1023 lengths of 32 bits */
+	uint32_t expect;      /* bytes a frame is read straight into (0: all) */
+	uint32_t seen_max;    /* the largest frame of this batch, header included */
 	struct vnet_hdr hdr;
 	uint8_t overflow[8];
 	uint32_t held_len;    /* a frame read into held[] waits for buffers */

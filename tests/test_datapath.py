@@ -415,6 +415,58 @@ def test_rx_gso_frame_mergeable(rx):
     assert d2 == small.data and n2 == 1 and h2["num_buffers"] == 1
 
 
+def test_rx_frame_larger_than_the_last_batch_spills_and_arrives_whole(rx):
+    """After a batch of small frames a frame is read straight into the few
+    buffers they took and the rest of what was gathered is a private spill
+    buffer: a 64 KiB frame then lands mostly there and is copied into the
+    next buffers. The next batch expects 64 KiB and reads it all directly."""
+    r = rx(features=RX_FEATS | F_MRG, num=256)
+    r.rx_post([1536], count=200)
+    small = [F.build(4, F.UDP, bytes([i]) * 200, csum="full") for i in range(3)]
+    big = [F.build(4, F.TCP, bytes((i * 7 + k) & 0xFF for i in range(65000)),
+                   gso_size=1448) for k in range(2)]
+
+    def send_big(f):
+        r.peer.send(vnet(f.flags, f.gso_type, f.hdrs_len, 1448, f.csum_start, f.csum_offset)
+                    + f.data)
+    for f in small:
+        r.peer.send(vnet() + f.data)
+    r.run(kick=False)
+    send_big(big[0])
+    r.peer.send(vnet() + small[0].data)             # after it, in the same batch
+    r.run(kick=False)
+    assert counters(r.c)["rx_spilled"] == 1
+    send_big(big[1])
+    r.run(kick=False)
+    got = r.rx_frames()
+    assert [g[1] for g in got] == [f.data for f in small] + [big[0].data, small[0].data,
+                                                             big[1].data]
+    nbufs = -(-(12 + len(big[0].data)) // 1536)
+    assert [g[2] for g in got] == [1, 1, 1, nbufs, 1, nbufs]
+    assert all(g[0]["num_buffers"] == g[2] for g in got)
+    cnt = counters(r.c)
+    assert cnt["rx_spilled"] == 1 and cnt["frames"] == 6 and "rx_too_big" not in cnt
+
+
+def test_rx_frame_beyond_the_spill_is_dropped_and_counted(rx):
+    """What was gathered (for frame_max) is the limit with a spill buffer
+    too: a longer frame reaches the last byte of the spill, is dropped and
+    counted, and the next one is delivered."""
+    r = rx(features=RX_FEATS | F_MRG)
+    r.c.frame_max = 3000                            # two 1536-byte buffers
+    r.rx_post([1536], count=20)
+    small = F.build(4, F.UDP, b"s" * 100, csum="full")
+    r.peer.send(vnet() + small.data)
+    r.run(kick=False)                               # the next batch expects one buffer
+    r.peer.send(vnet() + F.build(4, F.UDP, b"L" * 3100, csum="full").data)
+    r.peer.send(vnet() + small.data)
+    r.run(kick=False)
+    got = r.rx_frames()
+    assert [g[1] for g in got] == [small.data, small.data]
+    cnt = counters(r.c)
+    assert cnt["rx_too_big"] == 1 and "rx_spilled" not in cnt
+
+
 def test_rx_gso_frame_big_chain_non_mergeable(rx):
     r = rx(features=RX_FEATS)
     r.rx_post([12] + [4096] * 17, count=2)          # Linux "big packets" chains
