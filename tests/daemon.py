@@ -6,8 +6,8 @@
 
 The daemon's taps live in ns, so their far side is the test's own. Its
 stderr goes to a file; the tail of it is printed under a failing test's
-report (conftest.py), for every daemon that ran during the test. Stopping sends SIGTERM and,
-if it has not exited within a bound, SIGKILL.
+report (conftest.py), for every daemon that ran during the test. Stopping
+sends SIGTERM and, if it has not exited within a bound, SIGKILL.
 
 The wire(): the topology most daemon tests use. A bridge in the daemon's
 namespace joins the tap to a veth whose peer is in a second namespace, and
