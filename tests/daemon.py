@@ -54,7 +54,8 @@ class Daemon:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=ROOT)
-        started.append(self)
+        if self not in started:         # a restarted Daemon is shown once
+            started.append(self)
         self.wait_socket(self.ctl_socket)
         return self
 
