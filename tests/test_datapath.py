@@ -701,3 +701,27 @@ def test_bad_kick_fd_reported_not_spun(tx, rx, kind):
     r.c.kick_fd = dead
     fn = lib.tx_run if kind == "tx" else lib.rx_run
     assert fn(r.c, r.ctl.fileno()) == lib.DP_FD_ERROR
+
+
+# ---- the worker's Datapath (vionetd/datapath.py) ------------------------------
+
+@pytest.mark.parametrize("base, expected", [(10, 10), (4, 10), (65530, 10), (20, 20)])
+def test_a_vmm_base_behind_the_used_index_is_not_taken_again(base, expected):
+    """The used index is 10 in guest memory. A VMM that read it while an
+    old device still completed chains gives an older base (4, or 65530
+    across the wrap): taking chains from there would complete them a second
+    time, so the ring starts at the used index and says so. A base at or
+    ahead of it (chains taken, not completed) is the VMM's to give."""
+    from vionetd import vionetd_pb2 as pb
+    from vionetd.datapath import Datapath
+    with GuestMemory(1 << 20) as mem:
+        ring = SplitRing(mem, 64, start=10)
+        dp = Datapath(rx=True)
+        dp.set_memory([pb.Region(guest_addr=mem.gpa, size=mem.size, user_addr=mem.uva)],
+                      [os.dup(mem.fd)])
+        dp.start_ring(pb.RingStart(num=64, desc_user_addr=ring.desc_uva,
+                                   avail_user_addr=ring.avail_uva,
+                                   used_user_addr=ring.used_uva, base=base),
+                      eventfd(), None)
+        assert dp.stop_ring() == expected
+        assert dict(dp.counters()).get("base_behind_used", 0) == (base != expected)

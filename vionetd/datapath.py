@@ -163,10 +163,19 @@ class Datapath:
                 if fd is not None:
                     os.close(fd)
             raise DatapathError("ring setup: error %d" % err)
+        behind = (c.q.used_idx - c.q.last_avail) & 0xFFFF
         if msg.resume:
             # A replaced worker: what its predecessor completed is in the
             # used ring; everything after it is taken again.
             c.q.last_avail = c.q.used_idx
+        elif 0 < behind <= msg.num:
+            # The VMM's base is behind what the guest was already given
+            # back (chains are completed in the order they are taken, so a
+            # base is never behind the used index but when the VMM read it
+            # while a device still ran): taking those chains again would
+            # complete them twice. The used index wins.
+            c.q.last_avail = c.q.used_idx
+            self.count("base_behind_used")
         c.kick_fd = kick
         self.enabled = msg.enabled
         self._apply_flags()

@@ -167,17 +167,22 @@ class Interface:
         self.parent.watch(mine, self._from_session)
 
     def _end_session(self):
-        """Kill the session and its workers (SIGCHLD reaps them)."""
-        if self.chan is not None:
-            self.parent.unwatch(self.chan)
-            self.chan.close()
-            self.chan = None
-        for pid in [self.session_pid, *self.workers.values()]:
+        """Kill the workers, then the session (SIGCHLD reaps them). In that
+        order: the VMM takes the session's end of its socket for the end of
+        the device and reads the used index to restart from; a worker still
+        alive then could complete more chains behind its back, which the
+        next device would complete a second time (a guest says "id N is not
+        a head"). A worker sent SIGKILL runs no more of its own code."""
+        for pid in [*self.workers.values(), self.session_pid]:
             if pid:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.chan is not None:
+            self.parent.unwatch(self.chan)
+            self.chan.close()
+            self.chan = None
         self.session_pid = None
         self.workers.clear()
         while self.pending_stats:
