@@ -40,7 +40,12 @@ core in every row.
 
 Rows and their limits:
   - tx_*, rx_*: one queue pair; the limit is one process writing (reading)
-    one tap.
+    one tap. TX rows also measure a second limit, guest_layout: the same
+    frames written into the tap with one writev() of the pieces the
+    frontend lays each chain out in (`tapwrite -G`, TX_PIECE), which is the
+    form in which any backend finds a guest's frame; the limit writes each
+    frame from one buffer, which no backend can do for a frame in several
+    pieces without copying it.
   - *_q2: the interface has `queues 2` (vionetd.conf(5)): its tap is
     multiqueue, one fd and one rx and one tx worker per pair. The frontend
     negotiates MQ and drives each pair's ring from a thread of its own
@@ -69,14 +74,17 @@ of the row's direction, every pair's, sampled through the run from
 /proc/PID/stat), vionetd_us_per_frame and limit_us_per_frame (CPU per
 frame of those workers, lingering included, and of the limit's threads)
 and their quotient cpu_ratio (what ratio_vs_limit would be if each side
-had the cores it wants and the worker were the slowest stage), and, to
+had the cores it wants and the worker were the slowest stage); TX rows add
+guest_layout_gbit_s, ratio_vs_guest_layout, guest_layout_us_per_frame and
+cpu_ratio_vs_guest_layout, the same against the guest-layout limit; and, to
 read them: the daemon's counter deltas (batches, kicks, notifications, tap
 full...), the tap's own statistics, the frontend's kicks and waits, and
 how busy the machine was (/proc/stat) during the run and before the
 benchmark started.
 
-Rounds. Each row alternates vionetd and its limit --rounds times (default
-3; --seconds is shared between the rounds of each side), and reports the
+Rounds. Each row alternates vionetd and its limit (TX: both limits)
+--rounds times (default 3; --seconds is shared between the rounds of each
+side), and reports the
 median of each side: a burst of someone else's load on the machine then
 hits one round of one side instead of deciding the ratio. Each round's
 figures are in rounds[]; frontend, counters, tap and worker_cpu_s are the
@@ -112,15 +120,19 @@ cores: its figure is about the one-pair figure and its ratio is the
 scheduler's as much as vionetd's.
 
 Where TX's remaining gap goes (perf record of the tx worker and of
-tapwrite, 2026-11-30, 2 cores): the limit writes each frame from one buffer;
-vionetd must write its own validated copy of the header and the frame's
-first bytes, so a frame longer than TX_COPY_MAX (csrc/datapath.h) is a
-writev() of that copy and the guest's pieces. For tx_64k that is 4.2 against
-3.8 us per frame: about 4% is the kernel walking a 3-piece iovec instead of
-one buffer (the same frame written both ways by a small test program: 4.08
-against 3.91 us), 3% the ring work in user space, under 1% the seccomp
-filter. Frames up to TX_COPY_MAX are copied whole and go out in one write(),
-which took tx_1514 from 0.91 to 0.97-0.99 and tx_64 from 0.90 to 0.95-0.98.
+tapwrite in one tx_64k run, 2026-11-30, 2 cores: 4.72 against 4.24 us per
+frame): the limit writes each frame from one buffer; vionetd must write its
+own validated copy of the header and the frame's first bytes, so a frame
+longer than TX_COPY_MAX (csrc/datapath.h) is a writev() of that copy and the
+guest's pieces. Of the 0.48 us, writev()'s own path (importing the iovec,
+vfs_writev) is about 0.17, the kernel's copy of the same bytes in more
+pieces 0.12, the ring work in user space (taking the chain, the head copy,
+validation, the used entry) 0.17, the seccomp filter 0.03, waking the
+frontend 0.02. The guest-layout limit pays the first two as well: against
+it tx_64k is at 0.98 (tx_64k 0.91 of the limit, 0.98 of guest_layout, in a
+run of 5 rounds of 5 s). Frames up to TX_COPY_MAX are copied whole and go
+out in one write(), which took tx_1514 from 0.91 to 0.97-0.99 of the limit
+and tx_64 from 0.90 to 0.95-0.98; against guest_layout they are at 1.1-1.2.
 
 Invariants: every process, tap and namespace made here is gone when main()
 returns, whatever happened (finally blocks, processes killed by their own
@@ -168,6 +180,7 @@ RING_TX, RING_RX = 1024, 1024
 # 1518 bytes plus the header, cache-aligned: 1536; a page for GSO traffic).
 RX_BUF = {"64k": 4096, "1514": 1536, "64": 1536}
 ROUNDS = 3              # alternations of vionetd and the limit per row (Bench.alternate)
+TX_PIECE = 32768        # tx payload bytes per descriptor (vhostbench -P; Linux's 32 KiB frags)
 FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
 BUILD_DIR = os.path.join(ROOT, "build", "bench")
@@ -443,14 +456,16 @@ class Bench:
 
         def run_vionetd():
             return Tool(self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
-                                   "-q", str(self.ring_tx)] + self.frontend_args()
+                                   "-q", str(self.ring_tx), "-P", str(TX_PIECE)]
+                        + self.frontend_args()
                         ).result(s + 30)
 
-        def run_limit():
+        def run_limit(layout=()):
             return Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size,
-                                   "-t", str(s), "-Q", str(self.pairs)],
+                                   "-t", str(s), "-Q", str(self.pairs), *layout],
                         ns=self.ns).result(s + 30)
-        return self.alternate("tx", run_vionetd, run_limit)
+        return self.alternate("tx", run_vionetd, run_limit,
+                              lambda: run_limit(["-G", "-P", str(TX_PIECE)]))
 
     def rx(self, size):
         s = self.seconds / self.rounds
@@ -482,44 +497,77 @@ class Bench:
                 return lim
         return self.alternate("rx", run_vionetd, run_limit)
 
-    def alternate(self, direction, run_vionetd, run_limit):
-        """self.rounds rounds of (vionetd, then the limit), seconds/rounds
-        each: the figures are the medians over the rounds, so that a burst
-        of someone else's load on the machine hits one round of one side,
-        not the whole figure. The row's frontend/counters/tap/worker CPU are
-        those of the median vionetd round."""
+    def alternate(self, direction, run_vionetd, run_limit, run_layout=None):
+        """self.rounds rounds of (vionetd, then the limit, then the
+        guest-layout limit if there is one), seconds/rounds each: the figures
+        are the medians over the rounds, so that a burst of someone else's
+        load on the machine hits one round of one side, not the whole
+        figure. The row's frontend/counters/tap/worker CPU are those of the
+        median vionetd round."""
         rounds = []
         for _ in range(self.rounds):
             res, info = self.measure(direction, run_vionetd)
             m0 = cpu_times()
             lim = run_limit()
             lim["machine_busy"] = busy_between(m0, cpu_times())
-            rounds.append((res, info, lim))
+            rounds.append((res, info, lim, run_layout() if run_layout else None))
         mid = len(rounds) // 2
         us = sorted(us_per_frame(i["worker_cpu_s"], i["counters"], direction)
-                    for _, i, _ in rounds)[mid]
-        lus = sorted(x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf")
-                     for _, _, x in rounds)[mid]
+                    for _, i, _, _ in rounds)[mid]
         by_fe = sorted(rounds, key=lambda r: rates(r[0])[0])
-        by_lim = sorted(rounds, key=lambda r: rates(r[2])[0])
-        res, info, _ = by_fe[mid]
-        lim = by_lim[mid][2]
+        res, info, _, _ = by_fe[mid]
+        lim = median_tool(x for _, _, x, _ in rounds)
         g, mpps = rates(res)
         lg, lmpps = rates(lim)
         per = [{"vionetd_gbit_s": round(rates(r)[0], 3), "limit_gbit_s": round(rates(x)[0], 3),
                 "ratio": round(rates(r)[0] / rates(x)[0], 3) if rates(x)[0] > 0 else None,
                 "machine_busy": i["machine_busy"], "limit_machine_busy": x["machine_busy"]}
-               for r, i, x in rounds]
-        return {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
-                "limit_gbit_s": round(lg, 3), "limit_mpps": round(lmpps, 4),
-                "ratio_vs_limit": round(g / lg, 3) if lg > 0 else None,
-                "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
-                "vionetd_us_per_frame": round(us, 3) if us != float("inf") else None,
-                "limit_us_per_frame": round(lus, 3) if lus != float("inf") else None,
-                "cpu_ratio": round(lus / us, 3) if us and us != float("inf")
-                and lus != float("inf") else None,
-                "rounds": per, "limit_machine_busy": lim["machine_busy"],
-                "frontend": res, "limit": lim, **info}
+               for r, i, x, _ in rounds]
+        out = {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
+               "limit_gbit_s": round(lg, 3), "limit_mpps": round(lmpps, 4),
+               "ratio_vs_limit": round(g / lg, 3) if lg > 0 else None,
+               "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
+               "vionetd_us_per_frame": finite(us),
+               "limit_us_per_frame": finite(lim["us_per_frame"]),
+               "cpu_ratio": per_frame_ratio(lim, us),
+               "rounds": per, "limit_machine_busy": lim["machine_busy"],
+               "frontend": res, "limit": lim, **info}
+        if run_layout:
+            lay = median_tool(y for _, _, _, y in rounds)
+            ly = rates(lay)[0]
+            out.update({"guest_layout_gbit_s": round(ly, 3),
+                        "ratio_vs_guest_layout": round(g / ly, 3) if ly > 0 else None,
+                        "guest_layout_us_per_frame": finite(lay["us_per_frame"]),
+                        "cpu_ratio_vs_guest_layout": per_frame_ratio(lay, us),
+                        "guest_layout": lay})
+            for p, (_, _, _, y) in zip(per, rounds):
+                p["guest_layout_gbit_s"] = round(rates(y)[0], 3)
+        return out
+
+
+def finite(x):
+    """x rounded for the JSON, or None for an infinite figure (no frames)."""
+    return round(x, 3) if x != float("inf") else None
+
+
+def per_frame_ratio(lim, us):
+    """A limit's CPU per frame over vionetd's workers' (None without frames)."""
+    inf = float("inf")
+    if not 0 < us < inf or lim["us_per_frame"] == inf:
+        return None
+    return round(lim["us_per_frame"] / us, 3)
+
+
+def median_tool(results):
+    """The median of a limit's rounds by throughput, with the median CPU per
+    frame over the rounds in us_per_frame."""
+    rs = list(results)
+    for x in rs:
+        x["us_per_frame"] = x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf")
+    mid = len(rs) // 2
+    lim = dict(sorted(rs, key=lambda x: rates(x)[0])[mid])
+    lim["us_per_frame"] = sorted(x["us_per_frame"] for x in rs)[mid]
+    return lim
 
 
 # ---- the whole run -----------------------------------------------------------
@@ -588,9 +636,9 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx, rounds=ROUNDS):
 
 
 def table(out, f):
-    fmt = "%-11s %11s %9s %11s %7s %8s %6s %6s"
-    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "cpu_s", "busy", "nolog"),
-          file=f)
+    fmt = "%-11s %11s %9s %11s %7s %7s %8s %6s %6s"
+    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "layout", "cpu_s", "busy",
+                 "nolog"), file=f)
     for k in KINDS:
         if k not in out:
             continue
@@ -598,10 +646,11 @@ def table(out, f):
         if "error" in r:
             print("%-11s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
             continue
-        nolog = r.get("ratio_vs_nolog")
+        nolog, layout = r.get("ratio_vs_nolog"), r.get("ratio_vs_guest_layout")
         print(fmt % (k, "%.2f Gb/s" % r["vionetd_gbit_s"], "%.3f" % r["vionetd_mpps"],
                      "%.2f Gb/s" % r["limit_gbit_s"],
                      "-" if r["ratio_vs_limit"] is None else "%.2f" % r["ratio_vs_limit"],
+                     "-" if layout is None else "%.2f" % layout,
                      "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"]),
                      "-" if nolog is None else "%.2f" % nolog),
               file=f)

@@ -4,7 +4,8 @@ It builds tools/vhostbench.c, starts vionetd in a namespace of its own and
 drives it as a VMM would, for half a second per kind; here we only check
 that it ran end to end: every documented key is there and frames moved,
 through vionetd (its own counters and the tap's statistics agree with what
-the frontend counted) and through the bare tap (the limit); with two queue
+the frontend counted) and through the bare tap (the limit, and for TX the
+same written in the guest's pieces); with two queue
 pairs, on both pairs; with dirty logging, pages were marked and none
 wrongly. Figures are not checked: they are the benchmark's to report.
 """
@@ -57,6 +58,18 @@ def test_tx_frames_reached_the_tap(result):
     assert r["counters"]["tx_passthrough"] >= done
     assert r["tap"]["rx_packets"] >= done
     assert r["tap"]["rx_bytes"] >= r["frontend"]["bytes"]
+
+
+def test_tx_guest_layout_limit(result):
+    """TX rows also measure the bare tap written in the frontend's pieces."""
+    r = result["tx_1514"]
+    assert r["limit"]["guest_layout"] == 0 and r["guest_layout"]["guest_layout"] == 1
+    assert r["guest_layout"]["frames"] > 0 and r["guest_layout"]["errors"] == 0
+    assert r["ratio_vs_guest_layout"] == pytest.approx(
+        r["vionetd_gbit_s"] / r["guest_layout_gbit_s"], rel=0.02)
+    assert r["cpu_ratio_vs_guest_layout"] > 0
+    assert all(x["guest_layout_gbit_s"] > 0 for x in r["rounds"])
+    assert "guest_layout" not in result["rx_1514"]
 
 
 def test_rx_frames_came_from_the_tap(result):

@@ -11,7 +11,9 @@
  *   rx -s SOCK -t SEC             vhost-user FRONTEND, guest RX: keep the RX
  *                                 ring(s) stocked with buffers, count frames
  *   tapwrite -i TAP -k KIND -t SEC   the TX limit: write the same frames
- *                                 straight into a tap of our own
+ *                                 straight into a tap of our own, from one
+ *                                 buffer, or (-G) in the pieces of tx's
+ *                                 chains, one writev() each
  *   tapread -i TAP -t SEC         the RX limit: read a tap of our own
  *   source -i IF -k KIND -t SEC   write frames INTO a tap (AF_PACKET with
  *                                 PACKET_VNET_HDR), so its reader gets them
@@ -583,6 +585,7 @@ struct opts {
 	size_t piece;           /* tx: payload bytes per descriptor */
 	size_t bufsize;         /* rx: bytes per mergeable buffer */
 	int log;
+	int guest_layout;       /* tapwrite -G */
 	uint64_t refuse;
 };
 
@@ -814,29 +817,42 @@ static void supervise(struct dev *d, unsigned nthreads, double deadline)
 /* ---- tx: guest to tap --------------------------------------------------- */
 
 /*
- * Lay out one chain as Linux's virtio-net start_xmit does for a TCP skb:
- * [vnet header + L2-L4 headers] (the header pushed in front of the skb's
- * head), then the payload in pieces of `piece` bytes: TCP fills an skb's
- * frags from the socket's page_frag, 32 KiB compound pages
- * (SKB_FRAG_PAGE_ORDER), so a 64 KiB TSO frame is 3 descriptors; -P 4096
- * gives one per page, as a guest without high-order pages would. Returns
- * the number of pieces written to out (addresses are guest physical).
+ * Cut a frame of total bytes (vnet header included) as Linux's virtio-net
+ * start_xmit lays out a TCP skb: [vnet header + L2-L4 headers] (the header
+ * pushed in front of the skb's head), then the payload in pieces of `piece`
+ * bytes: TCP fills an skb's frags from the socket's page_frag, 32 KiB
+ * compound pages (SKB_FRAG_PAGE_ORDER), so a 64 KiB TSO frame is 3 pieces;
+ * -P 4096 gives one per page, as a guest without high-order pages would.
+ * Returns the number of pieces written to out (iov_base: offsets from the
+ * frame's start, for the caller to turn into addresses).
  */
-static int chain_pieces(const struct mem *m, const uint8_t *buf, size_t total,
-			size_t piece, struct desc *out)
+static int frame_pieces(size_t total, size_t piece, struct iovec *out)
 {
 	size_t off = VNET_LEN + 54 < total ? VNET_LEN + 54 : total;
 	int n = 0;
 
-	out[n++] = (struct desc){ gpa(m, buf), (uint32_t)off, 0, 0 };
+	out[n++] = (struct iovec){ (void *)0, off };
 	while (off < total && n < MAX_PIECES) {
 		size_t l = total - off < piece ? total - off : piece;
 
-		out[n++] = (struct desc){ gpa(m, buf + off), (uint32_t)l, 0, 0 };
+		out[n++] = (struct iovec){ (void *)off, l };
 		off += l;
 	}
 	if (off < total)
 		die("frame needs more than %d pieces", MAX_PIECES);
+	return n;
+}
+
+/* One chain's descriptors for the frame at buf (guest physical addresses). */
+static int chain_pieces(const struct mem *m, const uint8_t *buf, size_t total,
+			size_t piece, struct desc *out)
+{
+	struct iovec v[MAX_PIECES];
+	int i, n = frame_pieces(total, piece, v);
+
+	for (i = 0; i < n; i++)
+		out[i] = (struct desc){ gpa(m, buf + (size_t)v[i].iov_base),
+					(uint32_t)v[i].iov_len, 0, 0 };
 	return n;
 }
 
@@ -1226,22 +1242,30 @@ struct tapq {
 	const struct opts *o;
 	uint8_t *buf;
 	size_t flen, cap;
+	struct iovec v[MAX_PIECES];     /* -G: the frame in the guest's pieces */
+	int nv;
 	struct share s;
 };
 
-/* The TX limit, one queue: write the frame as fast as the tap takes it. */
+/*
+ * The TX limit, one queue: write the frame as fast as the tap takes it, from
+ * one buffer, or (-G) with one writev() of the pieces a guest would give it
+ * in (frame_pieces()), which is the form in which any backend finds it.
+ */
 static void *tapwrite_thread(void *arg)
 {
 	struct tapq *q = arg;
 	uint64_t frames = 0, errors = 0, n = 0;
 	double t = 0, c0 = thread_cpu(), end;
+	ssize_t r;
 
 	q->s.t0 = start_time();
 	end = q->s.t0 + q->o->seconds;
 	for (;;) {
 		if ((++n & 15) == 0 && (t = now()) >= end)
 			break;
-		if (write(q->fd, q->buf, VNET_LEN + q->flen) < 0) {
+		r = q->nv ? writev(q->fd, q->v, q->nv) : write(q->fd, q->buf, VNET_LEN + q->flen);
+		if (r < 0) {
 			errors++;
 			continue;
 		}
@@ -1327,6 +1351,13 @@ static int run_tap(const struct opts *o, int writer)
 			q[i].buf = calloc(1, VNET_LEN + q[i].flen);
 			build_frame(q[i].buf + VNET_LEN, q[i].flen, PEER_MAC, GUEST_MAC, &h);
 			memcpy(q[i].buf, &h, sizeof(h));
+			if (o->guest_layout) {
+				int k;
+
+				q[i].nv = frame_pieces(VNET_LEN + q[i].flen, o->piece, q[i].v);
+				for (k = 0; k < q[i].nv; k++)
+					q[i].v[k].iov_base = q[i].buf + (size_t)q[i].v[k].iov_base;
+			}
 		} else {
 			q[i].cap = VNET_LEN + MAX_FRAME + 64;
 			q[i].buf = malloc(q[i].cap);
@@ -1350,7 +1381,7 @@ static int run_tap(const struct opts *o, int writer)
 	}
 	printf("{\"mode\": \"%s\", ", writer ? "tapwrite" : "tapread");
 	if (writer)
-		printf("\"kind\": \"%s\", ", o->kind);
+		printf("\"kind\": \"%s\", \"guest_layout\": %d, ", o->kind, o->guest_layout);
 	printf("\"pairs\": %u, \"frames\": %llu, \"bytes\": %llu, \"errors\": %llu, "
 	       "\"seconds\": %.6f, \"cpu_s\": %.4f, ", o->pairs,
 	       (unsigned long long)t.frames, (unsigned long long)t.bytes,
@@ -1452,11 +1483,12 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: vhostbench tx|rx -s SOCK [-k KIND] [-t SEC] [-q NUM] [-Q PAIRS] [-L]"
 		" [-P BYTES] [-B BYTES] [-n BIT]...\n"
-		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES]\n"
+		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES] [-G [-P BYTES]]\n"
 		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES]\n"
 		"       vhostbench source -i IFNAME -k KIND [-t SEC] [-F FLOWS]\n"
 		"  KIND: 64k | 1514 | 64; -q: ring size; -Q: queue pairs, a thread each;\n"
 		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT;\n"
+		"  -G: tapwrite writes each frame in the pieces tx lays its chains out in;\n"
 		"  -P: tx payload bytes per descriptor (default 32768);\n"
 		"  -B: rx bytes per mergeable buffer (default 4096)\n");
 	exit(2);
@@ -1473,7 +1505,7 @@ int main(int argc, char **argv)
 		usage();
 	mode = argv[1];
 	optind = 2;
-	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LP:B:")) != -1) {
+	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LGP:B:")) != -1) {
 		switch (c) {
 		case 's': o.sock = optarg; break;
 		case 'k': o.kind = optarg; break;
@@ -1484,6 +1516,7 @@ int main(int argc, char **argv)
 		case 'Q': o.pairs = (unsigned)atoi(optarg); break;
 		case 'F': o.flows = (unsigned)atoi(optarg); break;
 		case 'L': o.log = 1; break;
+		case 'G': o.guest_layout = 1; break;
 		case 'P': o.piece = (size_t)atol(optarg); break;
 		case 'B': o.bufsize = (size_t)atol(optarg); break;
 		default: usage();
