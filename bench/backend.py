@@ -119,18 +119,22 @@ and 6 or more cores). On 2 cores a _q2 row runs 4-5 busy threads on 2
 cores: its figure is about the one-pair figure and its ratio is the
 scheduler's as much as vionetd's.
 
-Where TX's remaining gap goes (perf record of the tx worker and of
-tapwrite in one tx_64k run, 2026-11-30, 2 cores: 4.72 against 4.24 us per
-frame): the limit writes each frame from one buffer; vionetd must write its
-own validated copy of the header and the frame's first bytes, so a frame
-longer than TX_COPY_MAX (csrc/datapath.h) is a writev() of that copy and the
-guest's pieces. Of the 0.48 us, writev()'s own path (importing the iovec,
-vfs_writev) is about 0.17, the kernel's copy of the same bytes in more
-pieces 0.12, the ring work in user space (taking the chain, the head copy,
-validation, the used entry) 0.17, the seccomp filter 0.03, waking the
-frontend 0.02. The guest-layout limit pays the first two as well: against
-it tx_64k is at 0.98 (tx_64k 0.91 of the limit, 0.98 of guest_layout, in a
-run of 5 rounds of 5 s). Frames up to TX_COPY_MAX are copied whole and go
+Where TX's remaining gap goes: perf record -a over one tx_64k run (12 s a
+side, 2026-11-30, 2 cores), each process's samples over the frames it
+moved, in ns per frame (limit / guest_layout / vionetd's tx worker):
+  the kernel's copy of the frame      1939 / 1989 / 2023
+  write() or writev()'s own path       135 /  223 /  203
+  the rest of the kernel's tap work   2037 / 2160 / 2052
+  user space                             3 /    4 /  137 (ring work)
+  seccomp filter, waking the frontend    - /    - /   32 + 15
+  total                               4114 / 4375 / 4462
+vionetd must write its own validated copy of the header and the frame's
+first bytes, so a frame longer than TX_COPY_MAX (csrc/datapath.h) is a
+writev() of that copy and the guest's pieces, as guest_layout writes them;
+beyond that it pays for the ring (taking the chain, the head copy,
+validation, the used entry), the filter and the wakeups. Prefetching the
+next chains' descriptors (virtq.c prefetch_ahead()) took the ring work from
+160 to 133 ns per frame. Frames up to TX_COPY_MAX are copied whole and go
 out in one write(), which took tx_1514 from 0.91 to 0.97-0.99 of the limit
 and tx_64 from 0.90 to 0.95-0.98; against guest_layout they are at 1.1-1.2.
 
