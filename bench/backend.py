@@ -84,11 +84,10 @@ benchmark started.
 
 Rounds. Each row alternates vionetd and its limit (TX: both limits)
 --rounds times (default 3; --seconds is shared between the rounds of each
-side), and reports the
-median of each side: a burst of someone else's load on the machine then
-hits one round of one side instead of deciding the ratio. Each round's
-figures are in rounds[]; frontend, counters, tap and worker_cpu_s are the
-median vionetd round's.
+side), and reports the median of each side: a burst of someone else's load
+on the machine then hits one round of one side instead of deciding the
+ratio. Each round's figures are in rounds[]; frontend, counters, tap and
+worker_cpu_s are the median vionetd round's.
 
 Every row has ratio_vs_limit: a row whose run failed keeps its row with
 ratio_vs_limit null and the error; the JSON also gives cpus (the host's,
@@ -550,27 +549,25 @@ class Bench:
 
 
 def finite(x):
-    """x rounded for the JSON, or None for an infinite figure (no frames)."""
-    return round(x, 3) if x != float("inf") else None
+    """x rounded for the JSON, or None for no figure (no frames: infinite)."""
+    return None if x is None or x == float("inf") else round(x, 3)
 
 
 def per_frame_ratio(lim, us):
     """A limit's CPU per frame over vionetd's workers' (None without frames)."""
-    inf = float("inf")
-    if not 0 < us < inf or lim["us_per_frame"] == inf:
+    if lim["us_per_frame"] is None or not 0 < us < float("inf"):
         return None
     return round(lim["us_per_frame"] / us, 3)
 
 
 def median_tool(results):
     """The median of a limit's rounds by throughput, with the median CPU per
-    frame over the rounds in us_per_frame."""
+    frame over the rounds in us_per_frame (None if that round had no frames)."""
     rs = list(results)
-    for x in rs:
-        x["us_per_frame"] = x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf")
     mid = len(rs) // 2
+    us = sorted(x["cpu_s"] * 1e6 / x["frames"] if x["frames"] else float("inf") for x in rs)
     lim = dict(sorted(rs, key=lambda x: rates(x)[0])[mid])
-    lim["us_per_frame"] = sorted(x["us_per_frame"] for x in rs)[mid]
+    lim["us_per_frame"] = finite(us[mid])
     return lim
 
 
