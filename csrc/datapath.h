@@ -116,6 +116,7 @@ enum {
 	TX_COPY_MAX = 2048,
 	TX_MAX_SEGS = 2048,   /* scratch for software GSO: FRAME_MAX + segs * HEAD_MAX */
 	RX_MAX_BUFS = 1023,
+	RX_READ_PIECES = 1022,  /* guest pieces in one readv(): 1024 - header - spill */
 	/* virtio-net feature bits the paths look at */
 	VNF_GUEST_CSUM = 1,
 	VNF_GUEST_TSO4 = 7,
@@ -189,6 +190,7 @@ struct rx_ctx {
 	uint64_t unsignalled_since; /* 0: every completion signalled */
 	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
+	unsigned first_buf, first_iov; /* where the gathered ones start (rxpath.c BUF) */
 	uint64_t total;       /* bytes gathered: at most 1023 lengths of 32 bits */
 	uint32_t expect;      /* bytes a frame is read straight into (0: all) */
 	uint32_t seen_max;    /* the largest frame of this batch, header included */

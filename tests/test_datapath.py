@@ -448,6 +448,27 @@ def test_rx_frame_larger_than_the_last_batch_spills_and_arrives_whole(rx):
     assert cnt["rx_spilled"] == 1 and cnt["frames"] == 6 and "rx_too_big" not in cnt
 
 
+def test_rx_tiny_buffers_gathered_to_the_arrays_end_keep_every_frame(rx):
+    """1023 buffers of 40 bytes are gathered for the largest frame: more
+    pieces than one readv() takes, so the frame is read into the first 1022
+    and the rest is spill. A completed frame moves the start of the gathered
+    chains along their arrays; at the arrays' end the window is moved back
+    before each new chain is added. Every frame arrives whole, in order.
+    (Before: the frame was read into the header alone and dropped.)"""
+    r = rx(features=RX_FEATS | F_MRG, num=2048)
+    r.c.batch = 1024                                # one batch for all of them
+    r.rx_post([40], count=2048)
+    frames = [F.build(4, F.UDP, bytes([i]) * 20, csum="full") for i in range(100)]
+    for f in frames:
+        r.peer.send(vnet() + f.data)
+    r.run(kick=False)
+    got = r.rx_frames()
+    assert [g[1] for g in got] == [f.data for f in frames]
+    assert [g[2] for g in got] == [2] * 100         # 12 + 62 bytes in 40-byte buffers
+    assert counters(r.c)["frames"] == 100
+    assert {"rx_bad_hdr", "rx_bounced", "rx_spilled"}.isdisjoint(counters(r.c))
+
+
 def test_rx_frame_beyond_the_spill_is_dropped_and_counted(rx):
     """What was gathered (for frame_max) is the limit with a spill buffer
     too: a longer frame reaches the last byte of the spill, is dropped and
