@@ -823,19 +823,18 @@ static void supervise(struct dev *d, unsigned nthreads, double deadline)
  * bytes: TCP fills an skb's frags from the socket's page_frag, 32 KiB
  * compound pages (SKB_FRAG_PAGE_ORDER), so a 64 KiB TSO frame is 3 pieces;
  * -P 4096 gives one per page, as a guest without high-order pages would.
- * Returns the number of pieces written to out (iov_base: offsets from the
- * frame's start, for the caller to turn into addresses).
+ * Returns the number of pieces of the frame at buf written to out.
  */
-static int frame_pieces(size_t total, size_t piece, struct iovec *out)
+static int frame_pieces(uint8_t *buf, size_t total, size_t piece, struct iovec *out)
 {
 	size_t off = VNET_LEN + 54 < total ? VNET_LEN + 54 : total;
 	int n = 0;
 
-	out[n++] = (struct iovec){ (void *)0, off };
+	out[n++] = (struct iovec){ buf, off };
 	while (off < total && n < MAX_PIECES) {
 		size_t l = total - off < piece ? total - off : piece;
 
-		out[n++] = (struct iovec){ (void *)off, l };
+		out[n++] = (struct iovec){ buf + off, l };
 		off += l;
 	}
 	if (off < total)
@@ -844,15 +843,14 @@ static int frame_pieces(size_t total, size_t piece, struct iovec *out)
 }
 
 /* One chain's descriptors for the frame at buf (guest physical addresses). */
-static int chain_pieces(const struct mem *m, const uint8_t *buf, size_t total,
+static int chain_pieces(const struct mem *m, uint8_t *buf, size_t total,
 			size_t piece, struct desc *out)
 {
 	struct iovec v[MAX_PIECES];
-	int i, n = frame_pieces(total, piece, v);
+	int i, n = frame_pieces(buf, total, piece, v);
 
 	for (i = 0; i < n; i++)
-		out[i] = (struct desc){ gpa(m, buf + (size_t)v[i].iov_base),
-					(uint32_t)v[i].iov_len, 0, 0 };
+		out[i] = (struct desc){ gpa(m, v[i].iov_base), (uint32_t)v[i].iov_len, 0, 0 };
 	return n;
 }
 
@@ -1351,13 +1349,8 @@ static int run_tap(const struct opts *o, int writer)
 			q[i].buf = calloc(1, VNET_LEN + q[i].flen);
 			build_frame(q[i].buf + VNET_LEN, q[i].flen, PEER_MAC, GUEST_MAC, &h);
 			memcpy(q[i].buf, &h, sizeof(h));
-			if (o->guest_layout) {
-				int k;
-
-				q[i].nv = frame_pieces(VNET_LEN + q[i].flen, o->piece, q[i].v);
-				for (k = 0; k < q[i].nv; k++)
-					q[i].v[k].iov_base = q[i].buf + (size_t)q[i].v[k].iov_base;
-			}
+			if (o->guest_layout)
+				q[i].nv = frame_pieces(q[i].buf, VNET_LEN + q[i].flen, o->piece, q[i].v);
 		} else {
 			q[i].cap = VNET_LEN + MAX_FRAME + 64;
 			q[i].buf = malloc(q[i].cap);
