@@ -40,12 +40,17 @@ core in every row.
 
 Rows and their limits:
   - tx_*, rx_*: one queue pair; the limit is one process writing (reading)
-    one tap. TX rows also measure a second limit, guest_layout: the same
-    frames written into the tap with one writev() of the pieces the
-    frontend lays each chain out in (`tapwrite -G`, TX_PIECE), which is the
-    form in which any backend finds a guest's frame; the limit writes each
-    frame from one buffer, which no backend can do for a frame in several
-    pieces without copying it.
+    one tap, each frame from (into) one buffer. Every row also measures a
+    second limit, guest_layout, the same tap work with the guest's memory
+    as any backend finds it. TX: each frame written with one writev() of
+    the pieces the frontend lays each chain out in (`tapwrite -G`,
+    TX_PIECE); a frame in several pieces cannot be written from one buffer
+    without copying it. RX: each frame read with one readv() into the next
+    buffers of a pool laid out as the frontend's ring (`tapread -G`: the
+    ring's size, RX_BUF bytes each, as many as a frame of the row's size
+    fills, taken in turn); a backend copies into buffers spread over the
+    guest's ring, which are cold by the time the ring comes round, never
+    into one warm buffer.
   - *_q2: the interface has `queues 2` (vionetd.conf(5)): its tap is
     multiqueue, one fd and one rx and one tx worker per pair. The frontend
     negotiates MQ and drives each pair's ring from a thread of its own
@@ -74,7 +79,7 @@ of the row's direction, every pair's, sampled through the run from
 /proc/PID/stat), vionetd_us_per_frame and limit_us_per_frame (CPU per
 frame of those workers, lingering included, and of the limit's threads)
 and their quotient cpu_ratio (what ratio_vs_limit would be if each side
-had the cores it wants and the worker were the slowest stage); TX rows add
+had the cores it wants and the worker were the slowest stage);
 guest_layout_gbit_s, ratio_vs_guest_layout, guest_layout_us_per_frame and
 cpu_ratio_vs_guest_layout, the same against the guest-layout limit; and, to
 read them: the daemon's counter deltas (batches, kicks, notifications, tap
@@ -82,7 +87,7 @@ full...), the tap's own statistics, the frontend's kicks and waits, and
 how busy the machine was (/proc/stat) during the run and before the
 benchmark started.
 
-Rounds. Each row alternates vionetd and its limit (TX: both limits)
+Rounds. Each row alternates vionetd and its two limits
 --rounds times (default 3; --seconds is shared between the rounds of each
 side), and reports the median of each side: a burst of someone else's load
 on the machine then hits one round of one side instead of deciding the
@@ -487,22 +492,24 @@ class Bench:
                 res["source"] = src.result(15)
                 return res
 
-        def run_limit():
+        def run_limit(layout=()):
             with tools() as start:
                 name = self.limit_tap()
                 rd = start(self.exe, ["tapread", "-i", name, "-t", str(s),
-                                      "-Q", str(self.pairs)], ns=self.ns)
+                                      "-Q", str(self.pairs), *layout], ns=self.ns)
                 rd.wait_ready()
                 src = start(self.exe, ["source", "-i", name, "-k", size, "-t", str(s + 0.5)]
                             + self.source_args(), ns=self.ns)
                 lim = rd.result(s + 30)
                 lim["source"] = src.result(15)
                 return lim
-        return self.alternate("rx", run_vionetd, run_limit)
+        return self.alternate("rx", run_vionetd, run_limit,
+                              lambda: run_limit(["-G", "-k", size, "-q", str(self.ring_rx),
+                                                 "-B", str(RX_BUF[size])]))
 
-    def alternate(self, direction, run_vionetd, run_limit, run_layout=None):
+    def alternate(self, direction, run_vionetd, run_limit, run_layout):
         """self.rounds rounds of (vionetd, then the limit, then the
-        guest-layout limit if there is one), seconds/rounds each: the figures
+        guest-layout limit), seconds/rounds each: the figures
         are the medians over the rounds, so that a burst of someone else's
         load on the machine hits one round of one side, not the whole
         figure. The row's frontend/counters/tap/worker CPU are those of the
@@ -513,39 +520,35 @@ class Bench:
             m0 = cpu_times()
             lim = run_limit()
             lim["machine_busy"] = busy_between(m0, cpu_times())
-            rounds.append((res, info, lim, run_layout() if run_layout else None))
+            rounds.append((res, info, lim, run_layout()))
         mid = len(rounds) // 2
         us = sorted(us_per_frame(i["worker_cpu_s"], i["counters"], direction)
                     for _, i, _, _ in rounds)[mid]
         by_fe = sorted(rounds, key=lambda r: rates(r[0])[0])
         res, info, _, _ = by_fe[mid]
         lim = median_tool(x for _, _, x, _ in rounds)
+        lay = median_tool(y for _, _, _, y in rounds)
         g, mpps = rates(res)
         lg, lmpps = rates(lim)
+        ly = rates(lay)[0]
         per = [{"vionetd_gbit_s": round(rates(r)[0], 3), "limit_gbit_s": round(rates(x)[0], 3),
+                "guest_layout_gbit_s": round(rates(y)[0], 3),
                 "ratio": round(rates(r)[0] / rates(x)[0], 3) if rates(x)[0] > 0 else None,
                 "machine_busy": i["machine_busy"], "limit_machine_busy": x["machine_busy"]}
-               for r, i, x, _ in rounds]
-        out = {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
+               for r, i, x, y in rounds]
+        return {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
                "limit_gbit_s": round(lg, 3), "limit_mpps": round(lmpps, 4),
                "ratio_vs_limit": round(g / lg, 3) if lg > 0 else None,
                "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
                "vionetd_us_per_frame": finite(us),
                "limit_us_per_frame": finite(lim["us_per_frame"]),
                "cpu_ratio": per_frame_ratio(lim, us),
+               "guest_layout_gbit_s": round(ly, 3),
+               "ratio_vs_guest_layout": round(g / ly, 3) if ly > 0 else None,
+               "guest_layout_us_per_frame": finite(lay["us_per_frame"]),
+               "cpu_ratio_vs_guest_layout": per_frame_ratio(lay, us),
                "rounds": per, "limit_machine_busy": lim["machine_busy"],
-               "frontend": res, "limit": lim, **info}
-        if run_layout:
-            lay = median_tool(y for _, _, _, y in rounds)
-            ly = rates(lay)[0]
-            out.update({"guest_layout_gbit_s": round(ly, 3),
-                        "ratio_vs_guest_layout": round(g / ly, 3) if ly > 0 else None,
-                        "guest_layout_us_per_frame": finite(lay["us_per_frame"]),
-                        "cpu_ratio_vs_guest_layout": per_frame_ratio(lay, us),
-                        "guest_layout": lay})
-            for p, (_, _, _, y) in zip(per, rounds):
-                p["guest_layout_gbit_s"] = round(rates(y)[0], 3)
-        return out
+               "frontend": res, "limit": lim, "guest_layout": lay, **info}
 
 
 def finite(x):

@@ -4,8 +4,8 @@ It builds tools/vhostbench.c, starts vionetd in a namespace of its own and
 drives it as a VMM would, for half a second per kind; here we only check
 that it ran end to end: every documented key is there and frames moved,
 through vionetd (its own counters and the tap's statistics agree with what
-the frontend counted) and through the bare tap (the limit, and for TX the
-same written in the guest's pieces); with two queue
+the frontend counted) and through the bare tap (the limit, and the same
+with the guest's memory layout); with two queue
 pairs, on both pairs; with dirty logging, pages were marked and none
 wrongly. Figures are not checked: they are the benchmark's to report.
 """
@@ -60,16 +60,22 @@ def test_tx_frames_reached_the_tap(result):
     assert r["tap"]["rx_bytes"] >= r["frontend"]["bytes"]
 
 
-def test_tx_guest_layout_limit(result):
-    """TX rows also measure the bare tap written in the frontend's pieces."""
-    r = result["tx_1514"]
+@pytest.mark.parametrize("kind", ["tx_1514", "rx_1514"])
+def test_guest_layout_limit(result, kind):
+    """Rows also measure the bare tap with the guest's memory layout: TX
+    written in the frontend's pieces, RX read into a ring's worth of its
+    buffers, one per 1514-byte frame."""
+    r = result[kind]
     assert r["limit"]["guest_layout"] == 0 and r["guest_layout"]["guest_layout"] == 1
     assert r["guest_layout"]["frames"] > 0 and r["guest_layout"]["errors"] == 0
+    assert r["guest_layout"]["bytes"] == r["guest_layout"]["frames"] * 1514
     assert r["ratio_vs_guest_layout"] == pytest.approx(
         r["vionetd_gbit_s"] / r["guest_layout_gbit_s"], rel=0.02)
     assert r["cpu_ratio_vs_guest_layout"] > 0
     assert all(x["guest_layout_gbit_s"] > 0 for x in r["rounds"])
-    assert "guest_layout" not in result["rx_1514"]
+    if kind.startswith("rx"):
+        assert r["guest_layout"]["buffers_per_frame"] == 1
+        assert r["guest_layout"]["buffers"] == 1024
 
 
 def test_rx_frames_came_from_the_tap(result):
@@ -111,10 +117,10 @@ def test_row_names():
 
 @pytest.fixture(scope="module")
 def more():
-    """Two queue pairs both ways, and logging without and with its
-    non-log row, one round each (keeps the test short)."""
+    """Two queue pairs both ways, logging without and with its non-log
+    row, and 64 KiB frames received, one round each (keeps the test short)."""
     return bench("tx_1514_q2", "rx_1514_q2", "tx_64k_log", "rx_1514", "rx_1514_log",
-                 rounds=1)
+                 "rx_64k", rounds=1)
 
 
 @pytest.mark.parametrize("kind", ["tx_1514_q2", "rx_1514_q2"])
@@ -147,6 +153,14 @@ def test_logging_rows(more, kind):
             r["vionetd_gbit_s"] / more["rx_1514"]["vionetd_gbit_s"], rel=0.02)
     else:
         assert r["ratio_vs_nolog"] is None and r["ratio_vs_nolog_missing"]
+
+
+def test_rx_guest_layout_limit_spreads_a_64k_frame(more):
+    """A 64 KiB frame and its header fill 16 page buffers of the pool, and
+    arrive whole."""
+    lay = more["rx_64k"]["guest_layout"]
+    assert lay["buffers_per_frame"] == 16 and lay["buffer_bytes"] == 4096
+    assert lay["frames"] > 0 and lay["bytes"] == lay["frames"] * (54 + 45 * 1448)
 
 
 def test_rounds(result):

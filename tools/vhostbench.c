@@ -15,6 +15,8 @@
  *                                 buffer, or (-G) in the pieces of tx's
  *                                 chains, one writev() each
  *   tapread -i TAP -t SEC         the RX limit: read a tap of our own
+ *                                 into one buffer, or (-G -k KIND) into the
+ *                                 buffers rx posts, one readv() each
  *   source -i IF -k KIND -t SEC   write frames INTO a tap (AF_PACKET with
  *                                 PACKET_VNET_HDR), so its reader gets them
  *
@@ -585,7 +587,7 @@ struct opts {
 	size_t piece;           /* tx: payload bytes per descriptor */
 	size_t bufsize;         /* rx: bytes per mergeable buffer */
 	int log;
-	int guest_layout;       /* tapwrite -G */
+	int guest_layout;       /* tapwrite -G, tapread -G */
 	uint64_t refuse;
 };
 
@@ -1240,8 +1242,12 @@ struct tapq {
 	const struct opts *o;
 	uint8_t *buf;
 	size_t flen, cap;
-	struct iovec v[MAX_PIECES];     /* -G: the frame in the guest's pieces */
+	struct iovec v[MAX_PIECES];     /* tapwrite -G: the frame in the guest's pieces */
 	int nv;
+	struct mem pool;        /* tapread -G: num buffers of bsize, as rx posts them */
+	uint8_t *bufs;
+	size_t bsize;
+	unsigned nbufs, next, per;
 	struct share s;
 };
 
@@ -1278,6 +1284,23 @@ static void *tapwrite_thread(void *arg)
 	return NULL;
 }
 
+/*
+ * tapread -G: the next frame's buffers, taken in turn from a pool laid out
+ * as rx lays out its ring's (-q buffers of -B bytes in one shared memory
+ * region), as many as a KIND frame fills: a backend copies each frame into
+ * buffers spread over the guest's ring, never into one warm buffer.
+ */
+static int pool_iov(struct tapq *q, struct iovec *v)
+{
+	unsigned i;
+
+	for (i = 0; i < q->per; i++) {
+		v[i] = (struct iovec){ q->bufs + (size_t)q->next * q->bsize, q->bsize };
+		q->next = q->next + 1 == q->nbufs ? 0 : q->next + 1;
+	}
+	return (int)q->per;
+}
+
 /* The RX limit, one queue: read until the end (counting from the first
  * frame on any queue), or 10 s without a frame. */
 static void *tapread_thread(void *arg)
@@ -1285,9 +1308,11 @@ static void *tapread_thread(void *arg)
 	struct tapq *q = arg;
 	uint64_t frames = 0, bytes = 0, k = 0;
 	double t = 0, end = 0, c0 = 0, idle = now() + 10, s;
+	struct iovec v[MAX_FRAME / 128 + 2];
 
 	for (;;) {
-		ssize_t n = read(q->fd, q->buf, q->cap);
+		ssize_t n = q->per ? readv(q->fd, v, pool_iov(q, v))
+				   : read(q->fd, q->buf, q->cap);
 
 		if (n < 0) {
 			struct pollfd p = { q->fd, POLLIN, 0 };
@@ -1351,12 +1376,22 @@ static int run_tap(const struct opts *o, int writer)
 			memcpy(q[i].buf, &h, sizeof(h));
 			if (o->guest_layout)
 				q[i].nv = frame_pieces(q[i].buf, VNET_LEN + q[i].flen, o->piece, q[i].v);
+		} else if (o->guest_layout) {
+			q[i].bsize = o->bufsize;
+			q[i].nbufs = o->num;
+			q[i].per = (unsigned)((VNET_LEN + kind_len(o->kind) + o->bufsize - 1) /
+					      o->bufsize);
+			if (q[i].per > q[i].nbufs)
+				die("a %s frame needs %u buffers, more than -q %u", o->kind,
+				    q[i].per, o->num);
+			mem_init(&q[i].pool, (size_t)o->num * o->bufsize + PAGE);
+			q[i].bufs = mem_alloc(&q[i].pool, (size_t)o->num * o->bufsize, PAGE);
 		} else {
 			q[i].cap = VNET_LEN + MAX_FRAME + 64;
 			q[i].buf = malloc(q[i].cap);
-			if (fcntl(q[i].fd, F_SETFL, O_NONBLOCK) < 0)
-				die("fcntl: %s", strerror(errno));
 		}
+		if (!writer && fcntl(q[i].fd, F_SETFL, O_NONBLOCK) < 0)
+			die("fcntl: %s", strerror(errno));
 	}
 	if (writer)
 		start_at(now());
@@ -1373,8 +1408,12 @@ static int run_tap(const struct opts *o, int writer)
 		add_share(&t, &sh[i], i == 0);
 	}
 	printf("{\"mode\": \"%s\", ", writer ? "tapwrite" : "tapread");
-	if (writer)
-		printf("\"kind\": \"%s\", \"guest_layout\": %d, ", o->kind, o->guest_layout);
+	if (o->kind)
+		printf("\"kind\": \"%s\", ", o->kind);
+	printf("\"guest_layout\": %d, ", o->guest_layout);
+	if (!writer && o->guest_layout)
+		printf("\"buffers_per_frame\": %u, \"buffer_bytes\": %zu, \"buffers\": %u, ",
+		       q[0].per, o->bufsize, o->num);
 	printf("\"pairs\": %u, \"frames\": %llu, \"bytes\": %llu, \"errors\": %llu, "
 	       "\"seconds\": %.6f, \"cpu_s\": %.4f, ", o->pairs,
 	       (unsigned long long)t.frames, (unsigned long long)t.bytes,
@@ -1477,13 +1516,14 @@ static void usage(void)
 		"usage: vhostbench tx|rx -s SOCK [-k KIND] [-t SEC] [-q NUM] [-Q PAIRS] [-L]"
 		" [-P BYTES] [-B BYTES] [-n BIT]...\n"
 		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES] [-G [-P BYTES]]\n"
-		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES]\n"
+		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES] [-G -k KIND [-q NUM] [-B BYTES]]\n"
 		"       vhostbench source -i IFNAME -k KIND [-t SEC] [-F FLOWS]\n"
 		"  KIND: 64k | 1514 | 64; -q: ring size; -Q: queue pairs, a thread each;\n"
 		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT;\n"
 		"  -G: tapwrite writes each frame in the pieces tx lays its chains out in;\n"
+		"      tapread reads each into the next of NUM buffers of BYTES, as rx posts them;\n"
 		"  -P: tx payload bytes per descriptor (default 32768);\n"
-		"  -B: rx bytes per mergeable buffer (default 4096)\n");
+		"  -B: rx (tapread -G) bytes per mergeable buffer (default 4096)\n");
 	exit(2);
 }
 
