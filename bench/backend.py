@@ -142,6 +142,25 @@ next chains' descriptors (virtq.c prefetch_ahead()) took the ring work from
 out in one write(), which took tx_1514 from 0.91 to 0.97-0.99 of the limit
 and tx_64 from 0.90 to 0.95-0.98; against guest_layout they are at 1.1-1.2.
 
+How far tx_64k moves from run to run of the same code: 18 runs of that row
+alone (--seconds 6 --rounds 3, 2026-11-30, 2 cores) gave ratio_vs_limit
+0.81 to 0.96, mean 0.887; guest_layout itself was 0.945 to 0.968 of the
+limit (mean 0.96), which is where a backend with no cost of its own would
+sit here. vionetd took 330 ns per frame more than guest_layout on average
+(8%): its ring work in user space (about 140 ns), the seccomp path of its
+one syscall per frame, the wakeups, and the rest thinly spread over the
+kernel's symbols. Eight alternating pairs of runs with the worker's filter
+not loaded (a local experiment, not an option of vionetd) gave the same
+mean, 0.887.
+
+Where RX's gap goes: vionetd's worker copies each frame into buffers
+spread over the ring, cold by the time the ring comes round, where the
+limit reads into one warm buffer. perf over one rx_64k run (12 s a side,
+2026-11-30): the kernel's copy was 5642 ns per frame for the rx worker and
+2867 for tapread, of 9156 and 6095 in all. guest_layout pays that copy
+too: in one run (--seconds 9 --rounds 3) ratio_vs_guest_layout was 0.95
+(rx_64k), 0.93 (rx_1514) and 1.09 (rx_64).
+
 Invariants: every process, tap and namespace made here is gone when main()
 returns, whatever happened (finally blocks, processes killed by their own
 pid); every wait is bounded.
