@@ -144,14 +144,14 @@ and tx_64 from 0.90 to 0.95-0.98; against guest_layout they are at 1.1-1.2.
 
 How far tx_64k moves from run to run of the same code: 18 runs of that row
 alone (--seconds 6 --rounds 3, 2026-11-30, 2 cores) gave ratio_vs_limit
-0.81 to 0.96, mean 0.887; guest_layout itself was 0.945 to 0.968 of the
-limit (mean 0.96), which is where a backend with no cost of its own would
-sit here. vionetd took 330 ns per frame more than guest_layout on average
-(8%): its ring work in user space (about 140 ns), the seccomp path of its
-one syscall per frame, the wakeups, and the rest thinly spread over the
-kernel's symbols. Eight alternating pairs of runs with the worker's filter
-not loaded (a local experiment, not an option of vionetd) gave the same
-mean, 0.887.
+0.81 to 0.96, mean 0.886, 13 of them under 0.9; guest_layout itself was
+0.93 to 0.98 of the limit (mean 0.96), which is where a backend with no
+cost of its own would sit here. vionetd took 340 ns per frame more than
+guest_layout on average (7.5%): its ring work in user space (about 140
+ns), the seccomp path of its one syscall per frame, the wakeups, and the
+rest thinly spread over the kernel's symbols. Eight alternating pairs of
+runs with and without the worker's filter loaded (a local experiment, not
+an option of vionetd) gave the same mean both ways, 0.887.
 
 Where RX's gap goes: vionetd's worker copies each frame into buffers
 spread over the ring, cold by the time the ring comes round, where the
