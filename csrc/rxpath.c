@@ -71,10 +71,16 @@ static void rx_compact(struct rx_ctx *c)
 	c->first_buf = c->first_iov = 0;
 }
 
-int rx_init(struct rx_ctx *c)
+/* Nothing gathered any more (the chains were handed back or completed). */
+static void rx_forget(struct rx_ctx *c)
 {
 	c->nbufs = c->niov = c->first_buf = c->first_iov = 0;
 	c->total = 0;
+}
+
+int rx_init(struct rx_ctx *c)
+{
+	rx_forget(c);
 	c->expect = c->seen_max = 0;
 	c->waiting_bufs = 0;
 	return 0;
@@ -94,8 +100,7 @@ void rx_reset(struct rx_ctx *c)
 static void rx_release(struct rx_ctx *c)
 {
 	vq_unpop(&c->q, c->nbufs);
-	c->nbufs = c->niov = c->first_buf = c->first_iov = 0;
-	c->total = 0;
+	rx_forget(c);
 }
 
 /* A bad chain came in the middle: the ones before it cannot be handed back
@@ -107,8 +112,7 @@ static void rx_abandon(struct rx_ctx *c)
 	for (i = 0; i < c->nbufs; i++)
 		vq_push(&c->q, BUF(c, i).head, 0);
 	c->cnt[DC_RX_ABANDONED] += c->nbufs;
-	c->nbufs = c->niov = c->first_buf = c->first_iov = 0;
-	c->total = 0;
+	rx_forget(c);
 }
 
 /*
@@ -339,10 +343,6 @@ static size_t rx_direct(const struct rx_ctx *c, unsigned *niov)
 	size_t direct = 0;
 	unsigned i;
 
-	if (!c->expect && c->niov <= RX_READ_PIECES) {
-		*niov = c->niov;
-		return c->total;
-	}
 	*niov = 0;
 	for (i = 0; i < c->nbufs && (!c->expect || direct < c->expect); i++) {
 		if (*niov + BUF(c, i).niov > RX_READ_PIECES)
