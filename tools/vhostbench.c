@@ -1244,10 +1244,9 @@ struct tapq {
 	size_t flen, cap;
 	struct iovec v[MAX_PIECES];     /* tapwrite -G: the frame in the guest's pieces */
 	int nv;
-	struct mem pool;        /* tapread -G: num buffers of bsize, as rx posts them */
+	struct mem pool;        /* tapread -G: -q buffers of -B bytes, as rx posts them */
 	uint8_t *bufs;
-	size_t bsize;
-	unsigned nbufs, next, per;
+	unsigned next, per;     /* the next buffer to read into; buffers per frame */
 	struct share s;
 };
 
@@ -1292,11 +1291,12 @@ static void *tapwrite_thread(void *arg)
  */
 static int pool_iov(struct tapq *q, struct iovec *v)
 {
+	size_t size = q->o->bufsize;
 	unsigned i;
 
 	for (i = 0; i < q->per; i++) {
-		v[i] = (struct iovec){ q->bufs + (size_t)q->next * q->bsize, q->bsize };
-		q->next = q->next + 1 == q->nbufs ? 0 : q->next + 1;
+		v[i] = (struct iovec){ q->bufs + q->next * size, size };
+		q->next = q->next + 1 == q->o->num ? 0 : q->next + 1;
 	}
 	return (int)q->per;
 }
@@ -1377,11 +1377,9 @@ static int run_tap(const struct opts *o, int writer)
 			if (o->guest_layout)
 				q[i].nv = frame_pieces(q[i].buf, VNET_LEN + q[i].flen, o->piece, q[i].v);
 		} else if (o->guest_layout) {
-			q[i].bsize = o->bufsize;
-			q[i].nbufs = o->num;
 			q[i].per = (unsigned)((VNET_LEN + kind_len(o->kind) + o->bufsize - 1) /
 					      o->bufsize);
-			if (q[i].per > q[i].nbufs)
+			if (q[i].per > o->num)
 				die("a %s frame needs %u buffers, more than -q %u", o->kind,
 				    q[i].per, o->num);
 			mem_init(&q[i].pool, (size_t)o->num * o->bufsize + PAGE);
