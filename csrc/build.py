@@ -11,7 +11,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["core.h", "sysdecl.h", "virtq.h"]  # headers whose declarations others use come first
+ORDER = ["core.h", "sysdecl.h", "virtq.h", "txuring.h"]  # headers whose declarations others use come first
 
 
 def _headers():
@@ -37,6 +37,7 @@ ffibuilder.set_source(
     "\n".join('#include "%s"' % n for n in _headers()),
     sources=sorted(os.path.relpath(p, os.path.dirname(HERE)) for p in glob.glob(os.path.join(HERE, "*.c"))),
     include_dirs=[HERE],
+    libraries=["uring"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fno-strict-aliasing"],
 )

@@ -43,6 +43,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_LINGER_FOUND] = "linger_found",
 	[DC_NOTIFY_DEFERRED] = "notify_deferred",
 	[DC_RX_SPILLED] = "rx_spilled",
+	[DC_TAP_SUBMITS] = "tap_submits",
 };
 
 uint64_t dp_now_ns(void)

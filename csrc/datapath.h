@@ -72,6 +72,8 @@ enum dp_counter {
 				 once (the last signal was recent) */
 	DC_RX_SPILLED,        /* RX: frames larger than the batch expected, their
 				 end copied from the spill buffer (rxpath.c) */
+	DC_TAP_SUBMITS,       /* TX: io_uring submissions, each writing the
+				 frames of a batch (txpath.c, txuring.c) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -127,10 +129,14 @@ enum {
 	VNF_GUEST_USO6 = 55
 };
 
+struct tx_stage;          /* txpath.c: frames waiting for one io_uring submission */
+
 struct tx_ctx {
 	struct vq q;
 	int kick_fd;          /* -1 until SET_VRING_KICK */
 	int tap_fd;
+	struct txu *uring;    /* txu_open()ed: a batch's frames in one system
+				 call; NULL: one write() or writev() each */
 	uint64_t features;    /* negotiated */
 	uint32_t flags;       /* TXF_* */
 	unsigned batch;       /* 0: DP_BATCH */
@@ -161,6 +167,7 @@ struct tx_ctx {
 	uint8_t *scratch;
 	size_t scratch_cap;
 	uint32_t *seg_lens;
+	struct tx_stage *stage;
 };
 
 struct rx_buf {

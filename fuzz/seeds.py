@@ -102,8 +102,10 @@ def c_seeds():
     for i, f in enumerate(tx_frames):
         data = ring_frame(f)
         chains = [[data], [data[:12], data[12:40], data[40:]]]
+        # b: batch bits (tx_run with a kick 8, small tap 16, io_uring 32)
         for flags, b in ((0x1, 0), (0x1 | 0x2 | 0x4 | 0x20 | 0x40, 0), (0x1 | 0x8 | 0x10, 8),
-                         (0x1 | 0x2 | 0x4 | 0x20 | 0x40, 16)):
+                         (0x1 | 0x2 | 0x4 | 0x20 | 0x40, 16), (0x1, 32), (0x1, 32 | 16 | 8),
+                         (0x1 | 0x2 | 0x4 | 0x20 | 0x40, 32 | 16)):
             img = ring_image(chains, num=8)
             write("fuzz_tx", "f%d-%x-%d" % (i, flags, b),
                   struct.pack("<QIBBB", Fr.ALL_HOST, flags, 3, 0, b) + img)

@@ -21,7 +21,7 @@ debian_packages() {
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
 	    kmod tcpdump procps psmisc systemd util-linux \
-	    clang llvm libclang-rt-14-dev; do
+	    clang llvm libclang-rt-14-dev liburing-dev; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then

@@ -51,8 +51,9 @@ class Rig:
     """Guest memory, one ring, eventfds, a socketpair "tap" and a control pair."""
 
     def __init__(self, kind, num=64, features=HOST_ALL, flags=None, event_idx=False,
-                 memsize=8 << 20):
+                 memsize=8 << 20, uring=False):
         self.kind = kind
+        self.uring = ffi.NULL
         self.mem = GuestMemory(memsize)
         self.gm = map_memory(self.mem)
         self.ring = SplitRing(self.mem, num)
@@ -68,6 +69,10 @@ class Rig:
         if kind == "tx":
             self.c.flags = lib.TXF_ENABLED if flags is None else flags
             assert lib.tx_init(self.c) == 0
+            if uring:
+                self.uring = lib.txu_open()
+                assert self.uring != ffi.NULL, "io_uring: %s" % os.strerror(ffi.errno)
+                self.c.uring = self.uring
         else:
             self.c.flags = lib.RXF_ENABLED if flags is None else flags
             assert lib.rx_init(self.c) == 0
@@ -76,6 +81,7 @@ class Rig:
     def close(self):
         if self.kind == "tx":
             lib.tx_fini(self.c)
+            lib.txu_close(self.uring)
         lib.gmem_unmap_all(self.gm)
         for s in (self.tap, self.peer, self.ctl, self.ctl_peer):
             s.close()
@@ -160,12 +166,14 @@ class Rig:
         return out
 
 
-@pytest.fixture
-def tx():
+@pytest.fixture(params=["writev", "io_uring"])
+def tx(request):
+    """A TX rig; every TX test runs with one write per frame and with a
+    batch's frames in one io_uring submission (txuring.c)."""
     rigs = []
 
     def make(**kw):
-        r = Rig("tx", **kw)
+        r = Rig("tx", uring=request.param == "io_uring", **kw)
         rigs.append(r)
         return r
     yield make
@@ -303,7 +311,9 @@ def test_tx_tap_full_loses_nothing(tx):
         r.tx_send(vnet(), d)
     r.run()
     assert r.c.cnt[lib.DC_TAP_FULL] >= 1
-    assert lib.vq_pending(r.q) > 0                 # kept in the ring, not dropped
+    used = r.ring.get_used()
+    # kept, not dropped: in the ring, or (io_uring) staged and not completed
+    assert lib.vq_pending(r.q) > 0 or len(used) < len(sent)
     got = r.recv_all()
     for _ in range(100):
         if len(got) == len(sent):
@@ -312,7 +322,7 @@ def test_tx_tap_full_loses_nothing(tx):
         got += r.recv_all()
     assert [g[12:] for g in got] == sent           # all, once, in order
     assert lib.vq_pending(r.q) == 0
-    assert len(r.ring.get_used()) == len(sent)
+    assert len(used + r.ring.get_used()) == len(sent)
 
 
 def test_tx_disabled_ring_discards(tx):

@@ -103,9 +103,10 @@ def packets_from(pkt, src_mac, want, timeout=3.0):
     return out
 
 
-def test_tx_into_real_tap(tapns):
+@pytest.mark.parametrize("uring", [False, True], ids=["writev", "io_uring"])
+def test_tx_into_real_tap(tapns, uring):
     tap, pkt = tapns
-    r = Rig("tx", features=HOST_ALL, flags=lib.TXF_ENABLED)
+    r = Rig("tx", features=HOST_ALL, flags=lib.TXF_ENABLED, uring=uring)
     try:
         r.c.tap_fd = tap
         plain = F.build(4, F.UDP, b"u" * 500)                      # NEEDS_CSUM
@@ -116,6 +117,7 @@ def test_tx_into_real_tap(tapns):
                   tso.data, (54, 8000))
         r.run()
         assert r.c.cnt[lib.DC_TAP_ERROR] == 0 and r.c.cnt[lib.DC_PASSTHROUGH] == 2
+        assert r.c.cnt[lib.DC_TAP_SUBMITS] == (1 if uring else 0)
         got = packets_from(pkt, F.SRC_MAC, 2)
         # the kernel took both headers: the frames arrive (the TSO one whole,
         # as a GSO packet, or cut in segments if something on the way did)

@@ -19,7 +19,7 @@ def test_fuzz_core_under_asan(tmp_path):
     subprocess.run(["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     "-I", os.path.join(ROOT, "csrc"), "-o", str(exe),
-                    os.path.join(ROOT, "tests", "fuzz_core.c"), *srcs],
+                    os.path.join(ROOT, "tests", "fuzz_core.c"), *srcs, "-luring"],
                    check=True, timeout=120)
     for seed in ("1", "12345", "987654321"):
         p = subprocess.run([str(exe), "4000", seed], capture_output=True, text=True,

@@ -20,7 +20,7 @@ def test_fuzz_ring_under_asan(tmp_path):
     subprocess.run(["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                     "-I", os.path.join(ROOT, "csrc"), "-o", str(exe),
-                    os.path.join(ROOT, "tests", "fuzz_ring.c"), *srcs],
+                    os.path.join(ROOT, "tests", "fuzz_ring.c"), *srcs, "-luring"],
                    check=True, capture_output=True, text=True)
     for seed in ("1", "0xdeadbeef", "424242"):
         p = subprocess.run([str(exe), "1500", seed], capture_output=True, text=True,

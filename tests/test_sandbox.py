@@ -63,7 +63,7 @@ def test_workers_are_confined_and_still_move_frames(running):
         assert sent_and_seen(vm, cap, b"after the sandbox")
         pids = worker_pids(d)
         assert len(pids) == 2
-        for pid in pids:
+        for pid, role in zip(pids, ("rx", "tx")):
             st = proc_status(pid)
             assert st["Uid"] == [str(user.pw_uid)] * 4
             assert st["Gid"] == [str(user.pw_gid)] * 4
@@ -71,8 +71,12 @@ def test_workers_are_confined_and_still_move_frames(running):
             assert st["NoNewPrivs"] == ["1"]
             assert st["Seccomp"] == ["2"]
             assert os.readlink("/proc/%d/root" % pid) == config.DEFAULT_CHROOT
-            # channel, stderr, tap, and with a ring: kick, call, guest memory fds closed
-            assert len(os.listdir("/proc/%d/fd" % pid)) <= 5
+            # channel, stderr, tap, and with a ring: kick, call, guest memory
+            # fds closed; the tx worker also has its io_uring (txuring.c)
+            fds = [os.readlink("/proc/%d/fd/%s" % (pid, n))
+                   for n in os.listdir("/proc/%d/fd" % pid)]
+            rings = fds.count("anon_inode:[io_uring]")
+            assert rings == (role == "tx") and len(fds) - rings <= 5
             with open("/proc/%d/cmdline" % pid) as f:
                 assert f.read().startswith("vionetd: ")
 
@@ -96,8 +100,8 @@ def test_dead_worker_is_replaced_and_serving_resumes(running):
 
 
 def fork_worker(test_hooks=True):
-    """A worker exactly as the parent makes one (with the test hook on unless
-    told otherwise), told it is a tx worker."""
+    """A tx worker exactly as the parent makes one (with the test hook on
+    unless told otherwise)."""
     parent_end, child_end = control.pair()
     conf = config.parse("", "test.conf")
     pid = os.fork()
@@ -105,7 +109,8 @@ def fork_worker(test_hooks=True):
         parent_end.close()
         code = 1
         try:
-            code = worker.main(child_end, "test", conf, test_hooks=test_hooks)
+            code = worker.main(child_end, "test", conf, test_hooks=test_hooks,
+                               role=pb.ROLE_TX)
         finally:
             os._exit(code)
     child_end.close()
@@ -132,6 +137,7 @@ def test_forbidden_call_kills_the_worker(call):
 
 
 SYSCALL_OF = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat"),
+              "io_uring_unrestricted": ("io_uring_setup",),
               "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",)}
 
 

@@ -31,9 +31,11 @@ def _name(i):
 
 
 class Datapath:
-    def __init__(self, rx):
+    def __init__(self, rx, uring=None):
         self.rx = rx
         self.ctx = ffi.new("struct rx_ctx *" if rx else "struct tx_ctx *")
+        if uring is not None:
+            self.ctx.uring = uring       # TX: a batch's frames in one submission
         self.mem = ffi.new("struct guest_mem *")
         self.log = ffi.new("struct dirty_log *")
         self.log.notify_fd = -1

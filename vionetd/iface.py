@@ -398,7 +398,7 @@ class Interface:
             code = 1
             try:
                 mine.close()
-                code = worker.main(theirs, name, self.conf, user=self.user)
+                code = worker.main(theirs, name, self.conf, user=self.user, role=role)
             finally:
                 os._exit(code)
         theirs.close()

@@ -83,7 +83,7 @@ FCNTL_ALLOWED = (1, 2, 3, 4)      # F_GETFD, F_SETFD, F_GETFL, F_SETFL
 PROT_EXEC = 0x4
 
 FORBIDDEN_TESTS = ("open", "socket", "connect", "execve", "fork", "ptrace", "kill",
-                   "fcntl_setown", "mmap_exec")
+                   "fcntl_setown", "mmap_exec", "io_uring_unrestricted", "io_uring_register")
 
 
 def syscall_name(nr):
@@ -180,6 +180,10 @@ def enter(calls, keep, user, root, keep_stderr=True, nonblocking_ioctl=False):
     f.load()
 
 
+def _nr(name):
+    return seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+
+
 def test_forbidden_call(name):
     """Tests only: try one forbidden call. A worker or session reaches this
     only when it was started with test hooks on (test_hooks=True), which the
@@ -203,5 +207,12 @@ def test_forbidden_call(name):
         libc.fcntl(0, 8, 1)                         # F_SETOWN to init
     elif name == "mmap_exec":
         libc.mmap(None, 4096, 0x4, 0x22, -1, 0)     # PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS
+    elif name == "io_uring_unrestricted":
+        # a ring of its own, which no restriction binds (its requests do not
+        # pass through seccomp)
+        params = ctypes.create_string_buffer(120)   # struct io_uring_params
+        libc.syscall(_nr("io_uring_setup"), 8, params)
+    elif name == "io_uring_register":
+        libc.syscall(_nr("io_uring_register"), 0, 0, None, 0)   # e.g. lifting restrictions
     else:
         raise ValueError("unknown forbidden call %r" % name)

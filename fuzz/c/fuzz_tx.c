@@ -10,21 +10,25 @@
  * tx_run() with a kick eventfd instead of tx_poll_once(); bit 4: a tap with
  * the smallest send buffer, read by the "kernel" only every other call, so
  * writes meet EAGAIN (frames handed back, segments left waiting) or
- * EMSGSIZE (a write error)), then guest
+ * EMSGSIZE (a write error); bit 5: passthrough frames staged and written
+ * through the io_uring of txuring.c, when the kernel allows one), then guest
  * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56.
  * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
  * a DHCP request of at most DIVERT_MAX bytes; used entries name valid heads;
  * the ring is consistent after tx_reset (nothing held).
  */
+#include <errno.h>
 #include <sys/eventfd.h>
 
 #include "txcheck.h"
+#include "txuring.h"
 
 static const uint8_t LOCKED[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct tx_ctx *c;
+	static struct txu *ring;
 	static struct ringmem r;
 	static int small[2], kick;
 	struct in in = { data, size };
@@ -38,6 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		c = calloc(1, sizeof(*c));
 		if (!c || tx_init(c))
 			abort();
+		ring = txu_open();      /* NULL where io_uring is off: bit 5 does nothing */
 		rm_init(&r);
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, small) ||
 		    setsockopt(small[0], SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf)) ||
@@ -55,6 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c->batch = b % 8;
 	memcpy(c->locked_mac, LOCKED, 6);
 	c->kick_fd = (b & 8) ? kick : -1;
+	c->uring = (b & 32) ? ring : NULL;
 	c->tap_fd = (b & 16) ? small[0] : r.tap[0];
 	tap_k = (b & 16) ? small[1] : r.tap[1];
 	c->waiting_out = 0;
@@ -82,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (ret == DP_DIVERT)
 			tx_check_divert(c);
 		else if (ret != DP_CTL)
-			FAIL("tx_poll_once returned %d", ret);
+			FAIL("tx_poll_once returned %d (errno %d)", ret, errno);
 		if (!vq_pending(&c->q) && !c->seg_count)
 			break;
 	}
