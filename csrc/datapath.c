@@ -44,6 +44,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_NOTIFY_DEFERRED] = "notify_deferred",
 	[DC_RX_SPILLED] = "rx_spilled",
 	[DC_TAP_SUBMITS] = "tap_submits",
+	[DC_TAP_URING_OFF] = "tap_uring_off",
 };
 
 uint64_t dp_now_ns(void)

@@ -74,6 +74,8 @@ enum dp_counter {
 				 end copied from the spill buffer (rxpath.c) */
 	DC_TAP_SUBMITS,       /* TX: io_uring submissions, each writing the
 				 frames of a batch (txpath.c, txuring.c) */
+	DC_TAP_URING_OFF,     /* TX: the tap refused a write that may not wait
+				 (EOPNOTSUPP): io_uring given up, a write per frame */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */

@@ -133,8 +133,13 @@ static void slot_complete(struct tx_ctx *c, const struct tx_slot *t)
 	vq_push(&c->q, t->head, 0);
 }
 
-/* Submit every unsent frame; 0, or -1 when io_uring failed (s->err). */
-static int stage_submit(struct tx_ctx *c)
+/*
+ * Submit every unsent frame in one go. A tap that cannot take a write
+ * without waiting (RWF_NOWAIT: EOPNOTSUPP) wrote nothing: io_uring is given
+ * up for this worker and those frames stay unsent. 0, or -1 when io_uring
+ * failed (s->err).
+ */
+static int uring_submit(struct tx_ctx *c)
 {
 	struct tx_stage *s = c->stage;
 	unsigned i, queued = 0;
@@ -158,11 +163,43 @@ static int stage_submit(struct tx_ctx *c)
 	for (i = 0; i < s->n; i++) {
 		struct tx_slot *t = &s->slot[i];
 
-		if (t->unsent) {
-			t->res = s->res[i];
-			t->unsent = t->res == -EAGAIN;
+		if (!t->unsent)
+			continue;
+		t->res = s->res[i];
+		t->unsent = t->res == -EAGAIN || t->res == -EOPNOTSUPP;
+		if (t->res == -EOPNOTSUPP && c->uring) {
+			c->uring = NULL;
+			c->cnt[DC_TAP_URING_OFF]++;
 		}
 	}
+	return 0;
+}
+
+/* Without io_uring: one writev() per unsent frame, in order, up to a full tap. */
+static void writev_each(struct tx_ctx *c)
+{
+	struct tx_stage *s = c->stage;
+	unsigned i;
+
+	for (i = 0; i < s->n; i++) {
+		struct tx_slot *t = &s->slot[i];
+
+		if (!t->unsent)
+			continue;
+		t->res = writev(c->tap_fd, s->iov + t->iov, t->niov) < 0 ? -errno : 0;
+		if (t->res == -EAGAIN)
+			return;
+		t->unsent = 0;
+	}
+}
+
+/* Write every unsent frame; 0, or -1 when io_uring failed (s->err). */
+static int stage_submit(struct tx_ctx *c)
+{
+	if (c->uring && uring_submit(c) < 0)
+		return -1;
+	if (!c->uring)
+		writev_each(c);
 	return 0;
 }
 

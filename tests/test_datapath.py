@@ -7,8 +7,10 @@ frame (vnet header first) the RX path reads, just as a tap with IFF_VNET_HDR
 behaves. Kick/call are real eventfds, the control channel a real socketpair.
 """
 import os
+import select
 import socket
 import struct
+import tty
 
 import pytest
 
@@ -323,6 +325,38 @@ def test_tx_tap_full_loses_nothing(tx):
     assert [g[12:] for g in got] == sent           # all, once, in order
     assert lib.vq_pending(r.q) == 0
     assert len(used + r.ring.get_used()) == len(sent)
+
+
+def test_tx_tap_that_cannot_refuse_to_wait_falls_back_to_writev():
+    """A tap whose writes cannot be told not to wait (RWF_NOWAIT: EOPNOTSUPP;
+    a pty is such a file) wrote nothing through io_uring: the frames go out
+    with writev(), in order, and io_uring is given up for good."""
+    r = Rig("tx", uring=True)
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        r.c.tap_fd = slave
+        sent = [F.build(4, F.UDP, bytes([65 + i]) * 40, csum="full").data for i in range(3)]
+        for d in sent:
+            r.tx_send(vnet(), d)
+        r.run()
+        assert r.c.cnt[lib.DC_TAP_URING_OFF] == 1 and r.c.uring == ffi.NULL
+        assert r.c.cnt[lib.DC_PASSTHROUGH] == 3 and r.c.cnt[lib.DC_TAP_ERROR] == 0
+        got = b""
+        while len(got) < sum(12 + len(d) for d in sent):
+            assert select.select([master], [], [], 5)[0], "the frames never came"
+            got += os.read(master, 4096)
+        for d in sent:                                  # in order, behind a header
+            assert got[12:12 + len(d)] == d
+            got = got[12 + len(d):]
+        assert got == b""
+        assert len(r.ring.get_used()) == 3
+    finally:
+        r.c.tap_fd = r.tap.fileno()
+        os.close(master)
+        os.close(slave)
+        r.close()
 
 
 def test_tx_disabled_ring_discards(tx):
