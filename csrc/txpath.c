@@ -625,8 +625,8 @@ static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_s
 	}
 	*more = 1;
 out:
-	if (c->stage->n)
-		stage_flush(c);
+	if (c->stage->n && !c->waiting_out)
+		stage_flush(c);         /* what this batch staged */
 	if (c->stage->err) {
 		errno = c->stage->err;
 		ret = DP_ERROR;
@@ -720,7 +720,6 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 		}
 		if (more && !c->waiting_out) {
 			unsigned done;
-
 			int r = tx_batch(c, &more, &done, 0);
 
 			if (r != DP_CTL)
