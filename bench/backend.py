@@ -208,6 +208,7 @@ RING_TX, RING_RX = 1024, 1024
 RX_BUF = {"64k": 4096, "1514": 1536, "64": 1536}
 ROUNDS = 3              # alternations of vionetd and the limit per row (Bench.alternate)
 TX_PIECE = 32768        # tx payload bytes per descriptor (vhostbench -P; Linux's 32 KiB frags)
+TX_BATCH = 64           # the batched limit's writes per submission: vionetd's (DP_BATCH)
 FLOWS = 256             # TCP flows of the source in _q2 rows (spread over the tap queues)
 TOOL_SRC = os.path.join(ROOT, "tools", "vhostbench.c")
 BUILD_DIR = os.path.join(ROOT, "build", "bench")
@@ -236,7 +237,7 @@ def build_tool(build_dir=BUILD_DIR):
     out = os.path.join(build_dir, "vhostbench")
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(TOOL_SRC):
         return out
-    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", out + ".tmp", TOOL_SRC]
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", out + ".tmp", TOOL_SRC, "-luring"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError("building vhostbench failed:\n" + p.stderr)
@@ -492,7 +493,8 @@ class Bench:
                                    "-t", str(s), "-Q", str(self.pairs), *layout],
                         ns=self.ns).result(s + 30)
         return self.alternate("tx", run_vionetd, run_limit,
-                              lambda: run_limit(["-G", "-P", str(TX_PIECE)]))
+                              lambda: run_limit(["-G", "-P", str(TX_PIECE)]),
+                              lambda: run_limit(["-U", str(TX_BATCH)]))
 
     def rx(self, size):
         s = self.seconds / self.rounds
@@ -526,20 +528,22 @@ class Bench:
                               lambda: run_limit(["-G", "-k", size, "-q", str(self.ring_rx),
                                                  "-B", str(RX_BUF[size])]))
 
-    def alternate(self, direction, run_vionetd, run_limit, run_layout):
+    def alternate(self, direction, run_vionetd, run_limit, run_layout, run_batched=None):
         """self.rounds rounds of (vionetd, then the limit, then the
-        guest-layout limit), seconds/rounds each: the figures
-        are the medians over the rounds, so that a burst of someone else's
-        load on the machine hits one round of one side, not the whole
-        figure. The row's frontend/counters/tap/worker CPU are those of the
-        median vionetd round."""
-        rounds = []
+        guest-layout limit, then for TX the batched limit), seconds/rounds
+        each: the figures are the medians over the rounds, so that a burst
+        of someone else's load on the machine hits one round of one side,
+        not the whole figure. The row's frontend/counters/tap/worker CPU are
+        those of the median vionetd round."""
+        rounds, batched = [], []
         for _ in range(self.rounds):
             res, info = self.measure(direction, run_vionetd)
             m0 = cpu_times()
             lim = run_limit()
             lim["machine_busy"] = busy_between(m0, cpu_times())
             rounds.append((res, info, lim, run_layout()))
+            if run_batched:
+                batched.append(run_batched())
         mid = len(rounds) // 2
         us = sorted(us_per_frame(i["worker_cpu_s"], i["counters"], direction)
                     for _, i, _, _ in rounds)[mid]
@@ -567,7 +571,18 @@ class Bench:
                "guest_layout_us_per_frame": finite(lay["us_per_frame"]),
                "cpu_ratio_vs_guest_layout": per_frame_ratio(lay, us),
                "rounds": per, "limit_machine_busy": lim["machine_busy"],
-               "frontend": res, "limit": lim, "guest_layout": lay, **info}
+               "frontend": res, "limit": lim, "guest_layout": lay,
+               **(batched_figures(median_tool(batched), g, us) if batched else {}), **info}
+
+
+def batched_figures(bat, g, us):
+    """A TX row against the limit that writes in io_uring batches."""
+    b = rates(bat)[0]
+    return {"batched_limit_gbit_s": round(b, 3),
+            "ratio_vs_batched_limit": round(g / b, 3) if b > 0 else None,
+            "batched_limit_us_per_frame": finite(bat["us_per_frame"]),
+            "cpu_ratio_vs_batched_limit": per_frame_ratio(bat, us),
+            "batched_limit": bat}
 
 
 def finite(x):
@@ -659,9 +674,9 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx, rounds=ROUNDS):
 
 
 def table(out, f):
-    fmt = "%-11s %11s %9s %11s %7s %7s %8s %6s %6s"
-    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "layout", "cpu_s", "busy",
-                 "nolog"), file=f)
+    fmt = "%-11s %11s %9s %11s %7s %7s %7s %8s %6s %6s"
+    print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "layout", "batched", "cpu_s",
+                 "busy", "nolog"), file=f)
     for k in KINDS:
         if k not in out:
             continue
@@ -670,10 +685,12 @@ def table(out, f):
             print("%-11s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
             continue
         nolog, layout = r.get("ratio_vs_nolog"), r.get("ratio_vs_guest_layout")
+        batched = r.get("ratio_vs_batched_limit")
         print(fmt % (k, "%.2f Gb/s" % r["vionetd_gbit_s"], "%.3f" % r["vionetd_mpps"],
                      "%.2f Gb/s" % r["limit_gbit_s"],
                      "-" if r["ratio_vs_limit"] is None else "%.2f" % r["ratio_vs_limit"],
                      "-" if layout is None else "%.2f" % layout,
+                     "-" if batched is None else "%.2f" % batched,
                      "%.2f" % r["vionetd_cpu_s"], "%.0f%%" % (100 * r["machine_busy"]),
                      "-" if nolog is None else "%.2f" % nolog),
               file=f)

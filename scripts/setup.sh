@@ -1,7 +1,8 @@
 #!/bin/sh
 # setup.sh: install everything vionetd and its tests need, from nothing.
 #
-# Idempotent and non-interactive: Debian packages (QEMU, iproute2, tools for
+# Idempotent and non-interactive: Debian packages (liburing for the tx
+# worker's io_uring and the benchmark tool, QEMU, iproute2, tools for
 # the guest image, systemd-analyze for the unit's test, libvirt through
 # scripts/libvirt.sh, clang with libFuzzer and llvm-cov for fuzz/), QEMU 10
 # from bookworm-backports (it knows USO), and a Python virtual environment in

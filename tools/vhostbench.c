@@ -1,7 +1,7 @@
 /*
  * vhostbench.c: drive vionetd (or a bare tap) at full speed, without a guest.
  *
- * A test tool, built by bench/backend.py (gcc -O2 -pthread); not part of
+ * A test tool, built by bench/backend.py (gcc -O2 -pthread -luring); not part of
  * vionetd. One mode per run, one JSON line on stdout at the end (modes that
  * must be ready before a traffic source starts print "ready" first):
  *
@@ -13,7 +13,8 @@
  *   tapwrite -i TAP -k KIND -t SEC   the TX limit: write the same frames
  *                                 straight into a tap of our own, from one
  *                                 buffer, or (-G) in the pieces of tx's
- *                                 chains, one writev() each
+ *                                 chains, one writev() each, or (-U N) N
+ *                                 writes per io_uring submission
  *   tapread -i TAP -t SEC         the RX limit: read a tap of our own
  *                                 into one buffer, or (-G -k KIND) into the
  *                                 buffers rx posts, one readv() each
@@ -82,6 +83,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <liburing.h>
 
 /* ---- numbers (virtio 1.2; QEMU docs/interop/vhost-user.rst) ----------- */
 
@@ -588,6 +590,7 @@ struct opts {
 	size_t bufsize;         /* rx: bytes per mergeable buffer */
 	int log;
 	int guest_layout;       /* tapwrite -G, tapread -G */
+	unsigned batch;         /* tapwrite -U: writes per io_uring submission (0: none) */
 	uint64_t refuse;
 };
 
@@ -1251,9 +1254,46 @@ struct tapq {
 };
 
 /*
+ * tapwrite -U N: the frame written N times per io_uring submission, as
+ * vionetd's tx worker writes a batch (csrc/txuring.c): the tap work with the
+ * system call per frame taken out. Returns the frames written.
+ */
+static uint64_t tapwrite_batched(struct tapq *q, double end, double *t, uint64_t *errors)
+{
+	struct io_uring ring;
+	struct io_uring_cqe *cqe;
+	struct iovec one = { q->buf, VNET_LEN + q->flen };
+	uint64_t frames = 0;
+	unsigned j, n = q->o->batch;
+	int r;
+
+	if ((r = io_uring_queue_init(n, &ring, 0)) < 0)
+		die("io_uring: %s", strerror(-r));
+	while ((*t = now()) < end) {
+		for (j = 0; j < n; j++)
+			io_uring_prep_writev(io_uring_get_sqe(&ring), q->fd, q->nv ? q->v : &one,
+					     q->nv ? (unsigned)q->nv : 1, 0);
+		if ((r = io_uring_submit_and_wait(&ring, n)) < 0)
+			die("io_uring_submit: %s", strerror(-r));
+		for (j = 0; j < n; j++) {
+			if ((r = io_uring_wait_cqe(&ring, &cqe)) < 0)
+				die("io_uring_wait_cqe: %s", strerror(-r));
+			if (cqe->res < 0)
+				(*errors)++;
+			else
+				frames++;
+			io_uring_cqe_seen(&ring, cqe);
+		}
+	}
+	io_uring_queue_exit(&ring);
+	return frames;
+}
+
+/*
  * The TX limit, one queue: write the frame as fast as the tap takes it, from
  * one buffer, or (-G) with one writev() of the pieces a guest would give it
- * in (frame_pieces()), which is the form in which any backend finds it.
+ * in (frame_pieces()), which is the form in which any backend finds it; -U:
+ * in batches through io_uring (tapwrite_batched()).
  */
 static void *tapwrite_thread(void *arg)
 {
@@ -1264,7 +1304,9 @@ static void *tapwrite_thread(void *arg)
 
 	q->s.t0 = start_time();
 	end = q->s.t0 + q->o->seconds;
-	for (;;) {
+	if (q->o->batch)
+		frames = tapwrite_batched(q, end, &t, &errors);
+	while (!q->o->batch) {
 		if ((++n & 15) == 0 && (t = now()) >= end)
 			break;
 		r = q->nv ? writev(q->fd, q->v, q->nv) : write(q->fd, q->buf, VNET_LEN + q->flen);
@@ -1408,7 +1450,7 @@ static int run_tap(const struct opts *o, int writer)
 	printf("{\"mode\": \"%s\", ", writer ? "tapwrite" : "tapread");
 	if (o->kind)
 		printf("\"kind\": \"%s\", ", o->kind);
-	printf("\"guest_layout\": %d, ", o->guest_layout);
+	printf("\"guest_layout\": %d, \"batch\": %u, ", o->guest_layout, o->batch);
 	if (!writer && o->guest_layout)
 		printf("\"buffers_per_frame\": %u, \"buffer_bytes\": %zu, \"buffers\": %u, ",
 		       q[0].per, o->bufsize, o->num);
@@ -1513,13 +1555,14 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: vhostbench tx|rx -s SOCK [-k KIND] [-t SEC] [-q NUM] [-Q PAIRS] [-L]"
 		" [-P BYTES] [-B BYTES] [-n BIT]...\n"
-		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES] [-G [-P BYTES]]\n"
+		"       vhostbench tapwrite -i IFNAME -k KIND [-t SEC] [-Q QUEUES] [-G [-P BYTES]] [-U N]\n"
 		"       vhostbench tapread -i IFNAME [-t SEC] [-Q QUEUES] [-G -k KIND [-q NUM] [-B BYTES]]\n"
 		"       vhostbench source -i IFNAME -k KIND [-t SEC] [-F FLOWS]\n"
 		"  KIND: 64k | 1514 | 64; -q: ring size; -Q: queue pairs, a thread each;\n"
 		"  -L: dirty logging on; -F: TCP flows; -n BIT: do not accept feature BIT;\n"
 		"  -G: tapwrite writes each frame in the pieces tx lays its chains out in;\n"
 		"      tapread reads each into the next of NUM buffers of BYTES, as rx posts them;\n"
+		"  -U: tapwrite submits its writes through io_uring, N at a time;\n"
 		"  -P: tx payload bytes per descriptor (default 32768);\n"
 		"  -B: rx (tapread -G) bytes per mergeable buffer (default 4096)\n");
 	exit(2);
@@ -1536,7 +1579,7 @@ int main(int argc, char **argv)
 		usage();
 	mode = argv[1];
 	optind = 2;
-	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LGP:B:")) != -1) {
+	while ((c = getopt(argc, argv, "s:k:t:q:i:n:Q:F:LGP:B:U:")) != -1) {
 		switch (c) {
 		case 's': o.sock = optarg; break;
 		case 'k': o.kind = optarg; break;
@@ -1550,6 +1593,7 @@ int main(int argc, char **argv)
 		case 'G': o.guest_layout = 1; break;
 		case 'P': o.piece = (size_t)atol(optarg); break;
 		case 'B': o.bufsize = (size_t)atol(optarg); break;
+		case 'U': o.batch = (unsigned)atoi(optarg); break;
 		default: usage();
 		}
 	}
@@ -1563,6 +1607,8 @@ int main(int argc, char **argv)
 		die("flows must be in 1..60000");
 	if (o.piece < 64 || o.piece > 65536)
 		die("piece size must be in 64..65536");
+	if (o.batch > 4096)
+		die("-U must be in 0..4096");
 	if (o.bufsize < 128 || o.bufsize > PAGE || o.bufsize % 64)
 		die("rx buffer size must be a multiple of 64 in 128..%d", PAGE);
 	if (!strcmp(mode, "tx") || !strcmp(mode, "rx")) {
