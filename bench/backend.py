@@ -51,6 +51,13 @@ Rows and their limits:
     fills, taken in turn); a backend copies into buffers spread over the
     guest's ring, which are cold by the time the ring comes round, never
     into one warm buffer.
+  - tx_*: a third limit, batched_limit: the one-buffer limit with its writes
+    submitted through io_uring, TX_BATCH to a submission (`tapwrite -U`),
+    as vionetd's tx worker submits a batch (csrc/txuring.c): the tap work
+    without a system call per frame. The limit above pays one per frame
+    and vionetd does not, so ratio_vs_limit can pass 1 (small frames most);
+    ratio_vs_batched_limit compares with a writer that does not pay it
+    either.
   - *_q2: the interface has `queues 2` (vionetd.conf(5)): its tap is
     multiqueue, one fd and one rx and one tx worker per pair. The frontend
     negotiates MQ and drives each pair's ring from a thread of its own
@@ -81,14 +88,16 @@ frame of those workers, lingering included, and of the limit's threads)
 and their quotient cpu_ratio (what ratio_vs_limit would be if each side
 had the cores it wants and the worker were the slowest stage);
 guest_layout_gbit_s, ratio_vs_guest_layout, guest_layout_us_per_frame and
-cpu_ratio_vs_guest_layout, the same against the guest-layout limit; and, to
+cpu_ratio_vs_guest_layout, the same against the guest-layout limit; TX rows
+also batched_limit_gbit_s, ratio_vs_batched_limit,
+batched_limit_us_per_frame and cpu_ratio_vs_batched_limit; and, to
 read them: the daemon's counter deltas (batches, kicks, notifications, tap
 full...), the tap's own statistics, the frontend's kicks and waits, and
 how busy the machine was (/proc/stat) during the run and before the
 benchmark started.
 
-Rounds. Each row alternates vionetd and its two limits
---rounds times (default 3; --seconds is shared between the rounds of each
+Rounds. Each row alternates vionetd and its limits (two for RX, three
+for TX) --rounds times (default 3; --seconds is shared between the rounds of each
 side), and reports the median of each side: a burst of someone else's load
 on the machine then hits one round of one side instead of deciding the
 ratio. Each round's figures are in rounds[]; frontend, counters, tap and
@@ -105,8 +114,9 @@ once, while the limit is one thread per queue doing the tap work alone.
 TX: the kernel's tap work (skb build, checksum, the drop in ip_rcv) runs
 in the writer's context, so vionetd's tx worker and the tapwrite thread
 each want one core per queue and do the same kernel work; the worker adds
-its ring work, a writev of several pieces, its seccomp filter and the
-calls that wake the frontend. RX: the source wants a core of its own in
+its ring work, the copy of each frame's head into its stage and the calls
+that wake the frontend, and saves the system call per frame that the
+limit pays (one io_uring submission per batch). RX: the source wants a core of its own in
 both; the worker adds the copy into guest buffers spread over the ring
 (the limit reads into one hot buffer). On a 2-core host all of that shares
 two cores with whatever else runs there, so ratio_vs_limit also says how
@@ -123,8 +133,8 @@ and 6 or more cores). On 2 cores a _q2 row runs 4-5 busy threads on 2
 cores: its figure is about the one-pair figure and its ratio is the
 scheduler's as much as vionetd's.
 
-Where TX's remaining gap goes: perf record -a over one tx_64k run (12 s a
-side, 2026-11-30, 2 cores), each process's samples over the frames it
+TX before io_uring (up to ba69009, one write() or writev() per frame).
+perf record -a over one tx_64k run (12 s a side, 2026-11-30, 2 cores), each process's samples over the frames it
 moved, in ns per frame (limit / guest_layout / vionetd's tx worker):
   the kernel's copy of the frame      1939 / 1989 / 2023
   write() or writev()'s own path       135 /  223 /  203
@@ -142,7 +152,7 @@ next chains' descriptors (virtq.c prefetch_ahead()) took the ring work from
 out in one write(), which took tx_1514 from 0.91 to 0.97-0.99 of the limit
 and tx_64 from 0.90 to 0.95-0.98; against guest_layout they are at 1.1-1.2.
 
-How far tx_64k moves from run to run of the same code: 18 runs of that row
+How far tx_64k moved from run to run of that code: 18 runs of the row
 alone (--seconds 6 --rounds 3, 2026-11-30, 2 cores) gave ratio_vs_limit
 0.81 to 0.96, mean 0.886, 13 of them under 0.9; guest_layout itself was
 0.93 to 0.98 of the limit (mean 0.96), which is where a backend with no
@@ -151,7 +161,21 @@ guest_layout on average (7.5%): its ring work in user space (about 140
 ns), the seccomp path of its one syscall per frame, the wakeups, and the
 rest thinly spread over the kernel's symbols. Eight alternating pairs of
 runs with and without the worker's filter loaded (a local experiment, not
-an option of vionetd) gave the same mean both ways, 0.887.
+an option of vionetd) gave the same mean both ways, 0.887. A system call
+costs about 315 ns on this host (a writev() of 12 bytes to /dev/null),
+and about 35 ns more under a seccomp filter.
+
+TX with io_uring (d17b0a2 on): the tx worker stages a batch's frames and
+writes them with one io_uring submission (csrc/txpath.c "The stage"). The
+counters show 64 frames a submission in every TX row. Six runs of
+tx_64k, tx_64k_log and tx_64k_q2 (--seconds 6 --rounds 3, 2026-11-30,
+2 cores), ratio_vs_limit mean [range]: tx_64k 1.025 [0.99-1.05],
+tx_64k_log 1.070 [1.05-1.10], tx_64k_q2 0.986 [0.94-1.06], none under
+0.9; ratio_vs_batched_limit 0.940, 0.934, 0.911. CPU per tx_64k frame:
+vionetd 4.08 us, the limit 4.19, guest_layout 4.35, batched_limit 3.84.
+In one run of the defaults, tx_1514 was 1.28 of the limit and 0.85 of
+batched_limit, tx_64 1.33 and 0.88: with the system call gone, the ring
+work and the head copy are what vionetd adds to a small frame.
 
 Where RX's gap goes: vionetd's worker copies each frame into buffers
 spread over the ring, cold by the time the ring comes round, where the

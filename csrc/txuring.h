@@ -31,7 +31,7 @@ int txu_try_opcode(struct txu *u, int opcode);
 int txu_queue_writev(struct txu *u, int fd, const struct iovec *v, unsigned n,
 		     unsigned tag);
 /* Submit what is queued and wait for all of it; res[tag] = each result
- * (bytes or -errno). The count submitted, or -errno (nothing was). */
+ * (bytes or -errno). The count, or -errno when io_uring itself failed. */
 int txu_submit(struct txu *u, int32_t *res);
 
 #endif

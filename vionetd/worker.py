@@ -3,12 +3,14 @@
 The parent forks a worker per ring (rx: tap to guest, tx: guest to tap). The
 worker confines itself (sandbox.py) before it holds anything of a guest, then
 only ever receives: its tap, the guest's memory regions and the ring's
-eventfds arrive as fds on the control channel (control.py). It opens nothing.
+eventfds arrive as fds on the control channel (control.py). It opens nothing
+after that; a tx worker opens its io_uring (csrc/txuring.c) just before.
 
 The loop: the C data path (csrc/txpath.c, csrc/rxpath.c) runs until the
 control channel becomes readable, returns here, the message is handled, and
 the data path is entered again. So the rings are always consistent when
-Python looks at them: no chain is half-taken when a stop is answered.
+Python looks at them: no chain is half-taken when a stop is answered (a tx
+worker may hold staged chains while its tap is full: txpath.c).
 """
 import os
 import signal
