@@ -6,7 +6,8 @@
 #   vmlinuz-6.1   initrd-6.1.gz    Debian bookworm's own kernel (the older guest)
 #   qemu10/       QEMU 10 from bookworm-backports, unpacked beside the
 #                 system's QEMU 7.2 (run it with -L qemu10/usr/share/qemu)
-#   bin/          the static guest tools (tools/*.c), usable on the host too
+#   bin/          the static guest tools (GUEST_TOOLS, from tools/), usable on
+#                 the host too
 #   kernels.txt   which Debian kernel each short name is
 #
 # The initramfs is generic: busybox, iperf3, ethtool, the virtio-net module
@@ -28,12 +29,15 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 OUT=guest/out
 STAMP=$OUT/.stamp
 BPO=bookworm-backports
+# The tools the guest runs; tools/vhostbench.c is the host's benchmark tool,
+# built by bench/backend.py.
+GUEST_TOOLS="udpgso_send"
 
 die() { echo "guest-image: $*" >&2; exit 1; }
 
 inputs_hash() {
 	cat scripts/guest-image.sh guest/init guest/lib/*.sh guest/plans/*.sh \
-	    tools/*.c | sha256sum | cut -d' ' -f1
+	    $(for n in $GUEST_TOOLS; do echo tools/$n.c; done) | sha256sum | cut -d' ' -f1
 }
 
 up_to_date() {
@@ -101,9 +105,8 @@ qemu10() {
 
 tools() {
 	mkdir -p $OUT/bin
-	for c in tools/*.c; do
-		n=$(basename "$c" .c)
-		gcc -static -O2 -Wall -Wextra -o "$OUT/bin/$n" "$c"
+	for n in $GUEST_TOOLS; do
+		gcc -static -O2 -Wall -Wextra -o "$OUT/bin/$n" "tools/$n.c"
 	done
 }
 
