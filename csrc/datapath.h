@@ -133,6 +133,13 @@ enum {
 
 struct tx_stage;          /* txpath.c: frames waiting for one io_uring submission */
 
+/* A TX frame's vnet header and first bytes, copied from the guest once and
+ * validated: end to end, so the two are one piece (txpath.c join_hdr()). */
+struct tx_copy {
+	struct vnet_hdr hdr;
+	uint8_t head[TX_COPY_MAX];
+};
+
 struct tx_ctx {
 	struct vq q;
 	int kick_fd;          /* -1 until SET_VRING_KICK */
@@ -162,8 +169,8 @@ struct tx_ctx {
 	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned seg_next, seg_count;
 	size_t seg_off;
-	struct vnet_hdr hdr;
-	uint8_t head[TX_COPY_MAX];     /* right after hdr: see txpath.c join_hdr() */
+	struct tx_copy *cp;   /* the current frame's copy: own, or its stage slot's */
+	struct tx_copy own;
 	struct vq_chain chain;
 	struct iovec wiov[1024];
 	uint8_t *scratch;

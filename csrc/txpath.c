@@ -72,7 +72,7 @@ struct tx_slot {
 	uint8_t unsent;         /* to be submitted */
 	int32_t res;            /* what the write returned: bytes or -errno */
 	uint32_t iov;           /* its pieces: stage->iov[iov, iov + niov) */
-	uint8_t copy[VNET_HDR_LEN + TX_COPY_MAX];
+	struct tx_copy copy;    /* its header and head, the first piece */
 };
 
 struct tx_stage {
@@ -90,8 +90,12 @@ static int stage_has_room(const struct tx_stage *s)
 	return s->n < TXU_ENTRIES && s->iov_used + VQ_IOV_MAX + 1 <= STAGE_IOV;
 }
 
-/* A slot for the chain just taken; the caller checked stage_has_room(). */
-static struct tx_slot *stage_slot(struct tx_ctx *c, unsigned niov)
+/*
+ * The slot for the chain just taken (the caller checked stage_has_room()):
+ * niov pieces already built at stage->iov + iov_used (stage_next_iov()),
+ * the first of them its copy, made in this slot (tx_batch() sets c->cp).
+ */
+static void stage_slot(struct tx_ctx *c, unsigned niov)
 {
 	struct tx_stage *s = c->stage;
 	struct tx_slot *t = &s->slot[s->n++];
@@ -102,19 +106,18 @@ static struct tx_slot *stage_slot(struct tx_ctx *c, unsigned niov)
 	t->res = 0;
 	t->iov = s->iov_used;
 	s->iov_used += niov;
-	return t;
 }
 
-/* Stage the frame of c->wiov[0, n): the header and head copy, then guest memory. */
-static enum tx_res stage_frame(struct tx_ctx *c, int n)
+/* Where the next staged frame's pieces go. */
+static struct iovec *stage_next_iov(struct tx_ctx *c)
 {
-	struct tx_slot *t = stage_slot(c, (unsigned)n);
-	struct iovec *v = c->stage->iov + t->iov;
+	return c->stage->iov + c->stage->iov_used;
+}
 
-	memcpy(t->copy, c->wiov[0].iov_base, c->wiov[0].iov_len);
-	memcpy(v, c->wiov, (size_t)n * sizeof(*v));
-	v[0].iov_base = t->copy;
-	return TX_STAGED;
+/* Where the next chain's copy goes: in the slot that may stage it. */
+static struct tx_copy *stage_next_copy(struct tx_ctx *c)
+{
+	return &c->stage->slot[c->stage->n].copy;
 }
 
 /* The chain just taken is done: complete it now, or after the staged ones. */
@@ -252,6 +255,7 @@ int tx_init(struct tx_ctx *c)
 	c->scratch = malloc(c->scratch_cap);
 	c->seg_lens = malloc(TX_MAX_SEGS * sizeof(*c->seg_lens));
 	c->stage = calloc(1, sizeof(*c->stage));
+	c->cp = &c->own;
 	if (!c->scratch || !c->seg_lens || !c->stage) {
 		tx_fini(c);
 		return -1;
@@ -336,37 +340,36 @@ static int tx_flush_segments(struct tx_ctx *c)
 }
 
 /*
- * The frame as an iovec: [head copy][guest bytes after it]. hlen bytes of
- * head; the guest part skips the vnet header and those bytes. Returns the
- * count, written from index first of c->wiov.
+ * The frame as an iovec in v: [head copy][guest bytes after it]. hlen bytes
+ * of head; the guest part skips the vnet header and those bytes. Returns
+ * the count (at most VQ_IOV_MAX + 1).
  */
-static int frame_iov(struct tx_ctx *c, int first, size_t hlen)
+static int frame_iov(struct tx_ctx *c, struct iovec *v, size_t hlen)
 {
 	int n;
 
-	c->wiov[first].iov_base = c->head;
-	c->wiov[first].iov_len = hlen;
-	n = iov_tail(c->chain.iov, c->chain.niov, VNET_HDR_LEN + hlen,
-		     c->wiov + first + 1, 1024 - first - 1);
+	v[0].iov_base = c->cp->head;
+	v[0].iov_len = hlen;
+	n = iov_tail(c->chain.iov, c->chain.niov, VNET_HDR_LEN + hlen, v + 1, VQ_IOV_MAX);
 	return n < 0 ? -1 : n + 1;
 }
 
-/* c->hdr and c->head lie end to end, so header and head copy are one piece. */
+/* The copy's hdr and head lie end to end, so header and head are one piece. */
 _Static_assert(sizeof(struct vnet_hdr) == VNET_HDR_LEN &&
-	       offsetof(struct tx_ctx, head) == offsetof(struct tx_ctx, hdr) + VNET_HDR_LEN,
-	       "tx_ctx: hdr must end where head begins");
+	       offsetof(struct tx_copy, head) == VNET_HDR_LEN,
+	       "tx_copy: hdr must end where head begins");
 
-/* Make c->wiov[0] the header and the head copy together (after frame_iov). */
-static void join_hdr(struct tx_ctx *c)
+/* Make v[0] the header and the head copy together (after frame_iov). */
+static void join_hdr(struct tx_ctx *c, struct iovec *v)
 {
-	c->wiov[0].iov_base = &c->hdr;
-	c->wiov[0].iov_len += VNET_HDR_LEN;
+	v[0].iov_base = &c->cp->hdr;
+	v[0].iov_len += VNET_HDR_LEN;
 }
 
 /* The header the kernel gets: validated fields only, hdr_len recomputed. */
 static void rebuild_hdr(struct tx_ctx *c, const struct frame_info *fi, size_t frame_len)
 {
-	struct vnet_hdr *h = &c->hdr;
+	struct vnet_hdr *h = &c->cp->hdr;
 	uint32_t hl = fi->hdrs_len;
 
 	h->flags &= VNET_F_NEEDS_CSUM;  /* DATA_VALID means nothing to a tap */
@@ -381,14 +384,17 @@ static void rebuild_hdr(struct tx_ctx *c, const struct frame_info *fi, size_t fr
 
 static enum tx_res tx_passthrough(struct tx_ctx *c, size_t hlen)
 {
+	struct iovec *v = c->uring ? stage_next_iov(c) : c->wiov;
 	int n, r;
 
-	if ((n = frame_iov(c, 0, hlen)) < 0)
+	if ((n = frame_iov(c, v, hlen)) < 0)
 		return TX_DONE;         /* cannot happen: niov <= VQ_IOV_MAX */
-	join_hdr(c);
-	if (c->uring)
-		return stage_frame(c, n);
-	if ((r = tap_send(c, c->wiov, n)) == 1)
+	join_hdr(c, v);
+	if (c->uring) {
+		stage_slot(c, (unsigned)n);
+		return TX_STAGED;
+	}
+	if ((r = tap_send(c, v, n)) == 1)
 		return TX_AGAIN;
 	if (r == 0)
 		c->cnt[DC_PASSTHROUGH]++;
@@ -398,28 +404,28 @@ static enum tx_res tx_passthrough(struct tx_ctx *c, size_t hlen)
 /* Copy the whole frame (head copy + guest rest) into scratch. */
 static void linearise(struct tx_ctx *c, size_t hlen, size_t frame_len)
 {
-	memcpy(c->scratch, c->head, hlen);
+	memcpy(c->scratch, c->cp->head, hlen);
 	iov_to_buf(c->chain.iov, c->chain.niov, VNET_HDR_LEN + hlen,
 		   c->scratch + hlen, frame_len - hlen);
 }
 
 static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
 {
-	size_t end = (size_t)c->hdr.csum_start + c->hdr.csum_offset + 2;
+	size_t end = (size_t)c->cp->hdr.csum_start + c->cp->hdr.csum_offset + 2;
 	uint16_t v;
 	int n, r;
 
 	if (end <= hlen) {
 		/* The field is in our copy: sum in place, no payload copy. */
-		if ((n = frame_iov(c, 0, hlen)) < 0 ||
-		    csum_complete_iov(c->wiov, n, frame_len, c->hdr.csum_start,
-				      c->hdr.csum_offset, &v) < 0) {
+		if ((n = frame_iov(c, c->wiov, hlen)) < 0 ||
+		    csum_complete_iov(c->wiov, n, frame_len, c->cp->hdr.csum_start,
+				      c->cp->hdr.csum_offset, &v) < 0) {
 			c->cnt[DC_SW_CSUM_FAIL]++;
 			return TX_DONE;
 		}
-		memcpy(c->head + c->hdr.csum_start + c->hdr.csum_offset, &v, 2);
-		c->hdr = zero_hdr;      /* the sum is done: nothing left for the kernel */
-		join_hdr(c);
+		memcpy(c->cp->head + c->cp->hdr.csum_start + c->cp->hdr.csum_offset, &v, 2);
+		c->cp->hdr = zero_hdr;      /* the sum is done: nothing left for the kernel */
+		join_hdr(c, c->wiov);
 		if ((r = tap_send(c, c->wiov, n)) == 1)
 			return TX_AGAIN;
 		if (r == 0)
@@ -427,7 +433,7 @@ static enum tx_res tx_sw_csum(struct tx_ctx *c, size_t hlen, size_t frame_len)
 		return TX_DONE;
 	}
 	linearise(c, hlen, frame_len);
-	if (csum_complete(c->scratch, frame_len, c->hdr.csum_start, c->hdr.csum_offset) < 0) {
+	if (csum_complete(c->scratch, frame_len, c->cp->hdr.csum_start, c->cp->hdr.csum_offset) < 0) {
 		c->cnt[DC_SW_CSUM_FAIL]++;
 		return TX_DONE;
 	}
@@ -445,9 +451,9 @@ static enum tx_res tx_sw_gso(struct tx_ctx *c, const struct frame_info *fi,
 {
 	int n, segs;
 
-	if ((n = frame_iov(c, 0, hlen)) < 0)
+	if ((n = frame_iov(c, c->wiov, hlen)) < 0)
 		return TX_DONE;
-	segs = gso_segment(&c->hdr, fi, c->head, c->wiov, n, frame_len,
+	segs = gso_segment(&c->cp->hdr, fi, c->cp->head, c->wiov, n, frame_len,
 			   c->scratch, c->scratch_cap, c->seg_lens, TX_MAX_SEGS);
 	if (segs < 0) {
 		c->cnt[DC_SW_GSO_FAIL]++;
@@ -503,7 +509,7 @@ static int arp_claims_other(const struct tx_ctx *c, const struct frame_info *fi,
 		return 0;
 	if (hlen < arp + 14)
 		return 1;               /* too short to tell: refuse */
-	return memcmp(c->head + arp + 8, c->locked_mac, 6) != 0;
+	return memcmp(c->cp->head + arp + 8, c->locked_mac, 6) != 0;
 }
 
 static enum tx_res tx_frame(struct tx_ctx *c)
@@ -519,18 +525,18 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	}
 	frame_len = ch->len - VNET_HDR_LEN;
 	hlen = frame_len <= TX_COPY_MAX ? frame_len : HEAD_MAX;
-	iov_to_buf(ch->iov, ch->niov, 0, &c->hdr, VNET_HDR_LEN);
-	iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN, c->head, hlen);
+	iov_to_buf(ch->iov, ch->niov, 0, &c->cp->hdr, VNET_HDR_LEN);
+	iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN, c->cp->head, hlen);
 	memset(&fi, 0, sizeof(fi));
 	/* headers are parsed from the first HEAD_MAX bytes, however many we copied */
-	r = vnet_validate(&c->hdr, c->head, hlen < HEAD_MAX ? hlen : HEAD_MAX, frame_len,
+	r = vnet_validate(&c->cp->hdr, c->cp->head, hlen < HEAD_MAX ? hlen : HEAD_MAX, frame_len,
 			  c->features, &fi);
 	if (r != VR_OK) {
 		if (r > 0 && r < VR_REASON_MAX)
 			c->cnt[DC_VR_BASE + r]++;
 		return TX_DONE;
 	}
-	if (c->flags & TXF_LOCKED_MAC && memcmp(c->head + 6, c->locked_mac, 6)) {
+	if (c->flags & TXF_LOCKED_MAC && memcmp(c->cp->head + 6, c->locked_mac, 6)) {
 		c->cnt[DC_LOCKED_MAC_DROP]++;
 		return TX_DONE;
 	}
@@ -538,12 +544,12 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		c->cnt[DC_LOCKED_ARP_DROP]++;
 		return TX_DONE;
 	}
-	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->head, hlen, frame_len)) {
+	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, frame_len)) {
 		if (frame_len > DIVERT_MAX) {
 			c->cnt[DC_DIVERT_TOO_LONG]++;
 			return TX_DONE;
 		}
-		memcpy(c->divert, c->head, hlen);
+		memcpy(c->divert, c->cp->head, hlen);
 		iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN + hlen, c->divert + hlen,
 			   frame_len - hlen);
 		c->divert_len = (uint32_t)frame_len;
@@ -553,11 +559,11 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	rebuild_hdr(c, &fi, frame_len);
 	c->cnt[DC_FRAMES]++;
 	c->cnt[DC_BYTES] += frame_len;
-	c->cnt[DC_GSO_IN] += c->hdr.gso_type != VNET_GSO_NONE;
-	c->cnt[DC_CSUM_IN] += !!(c->hdr.flags & VNET_F_NEEDS_CSUM);
-	if (c->flags & sw_gso_flag(c->hdr.gso_type))
+	c->cnt[DC_GSO_IN] += c->cp->hdr.gso_type != VNET_GSO_NONE;
+	c->cnt[DC_CSUM_IN] += !!(c->cp->hdr.flags & VNET_F_NEEDS_CSUM);
+	if (c->flags & sw_gso_flag(c->cp->hdr.gso_type))
 		return tx_sw_gso(c, &fi, hlen, frame_len);
-	if (c->hdr.gso_type == VNET_GSO_NONE && c->hdr.flags & VNET_F_NEEDS_CSUM &&
+	if (c->cp->hdr.gso_type == VNET_GSO_NONE && c->cp->hdr.flags & VNET_F_NEEDS_CSUM &&
 	    c->flags & TXF_SW_CSUM)
 		return tx_sw_csum(c, hlen, frame_len);
 	return tx_passthrough(c, hlen);
@@ -605,6 +611,8 @@ static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_s
 			tx_complete(c);
 			continue;
 		}
+		/* copied once, where a staged frame keeps it */
+		c->cp = c->uring ? stage_next_copy(c) : &c->own;
 		res = tx_frame(c);
 		if (res == TX_AGAIN) {
 			/* Not written at all: give the chain back, retry later. */
