@@ -1289,6 +1289,24 @@ static uint64_t tapwrite_batched(struct tapq *q, double end, double *t, uint64_t
 	return frames;
 }
 
+/* The frame written one write() or writev() at a time. Returns the frames written. */
+static uint64_t tapwrite_each(struct tapq *q, double end, double *t, uint64_t *errors)
+{
+	uint64_t frames = 0, n = 0;
+	ssize_t r;
+
+	for (;;) {
+		if ((++n & 15) == 0 && (*t = now()) >= end)
+			break;
+		r = q->nv ? writev(q->fd, q->v, q->nv) : write(q->fd, q->buf, VNET_LEN + q->flen);
+		if (r < 0)
+			(*errors)++;
+		else
+			frames++;
+	}
+	return frames;
+}
+
 /*
  * The TX limit, one queue: write the frame as fast as the tap takes it, from
  * one buffer, or (-G) with one writev() of the pieces a guest would give it
@@ -1298,24 +1316,13 @@ static uint64_t tapwrite_batched(struct tapq *q, double end, double *t, uint64_t
 static void *tapwrite_thread(void *arg)
 {
 	struct tapq *q = arg;
-	uint64_t frames = 0, errors = 0, n = 0;
+	uint64_t frames, errors = 0;
 	double t = 0, c0 = thread_cpu(), end;
-	ssize_t r;
 
 	q->s.t0 = start_time();
 	end = q->s.t0 + q->o->seconds;
-	if (q->o->batch)
-		frames = tapwrite_batched(q, end, &t, &errors);
-	while (!q->o->batch) {
-		if ((++n & 15) == 0 && (t = now()) >= end)
-			break;
-		r = q->nv ? writev(q->fd, q->v, q->nv) : write(q->fd, q->buf, VNET_LEN + q->flen);
-		if (r < 0) {
-			errors++;
-			continue;
-		}
-		frames++;
-	}
+	frames = q->o->batch ? tapwrite_batched(q, end, &t, &errors)
+			     : tapwrite_each(q, end, &t, &errors);
 	q->s.t1 = t;
 	q->s.frames = frames;
 	q->s.bytes = frames * q->flen;
