@@ -35,6 +35,7 @@ STATES = ("waiting", "connecting", "connected", "running")
 SESSION_DELAY = (0.5, 30.0)   # first and largest delay before a new session
 SESSION_YOUNG = 10.0          # a session that dies younger doubles the delay
 SPAWN_BUDGET = (20, 10.0)     # at most 20 worker forks per 10 s per interface
+EXIT_WAIT = 2.0               # stop(): how long killed processes may take to exit
 ANNOUNCE_BUDGET = (8, 10.0)   # RARPs per 10 s (QEMU's defaults send 5 in about 1.5 s)
 MESSAGES_PER_TURN = 32        # session messages handled per readable event
 
@@ -121,6 +122,7 @@ class Interface:
         self.stopping = True
         if self.respawn:
             self.respawn.cancel()
+        killed = [p for p in (*self.workers.values(), self.session_pid) if p]
         self._end_session()
         if self.listener:               # (client mode: the socket is the VMM's)
             self.listener.close()
@@ -132,6 +134,7 @@ class Interface:
         for fd in self.tap_fds:
             os.close(fd)            # the tap is not persistent: closing deletes it
         self.tap_fds = []
+        wait_exited(killed, EXIT_WAIT)
 
     @property
     def client_mode(self):
@@ -477,3 +480,18 @@ def describe_exit(status):
         name = signal.Signals(sig).name if sig in signal.Signals.__members__.values() else str(sig)
         return "killed by %s" % name
     return "exited with status %d" % os.WEXITSTATUS(status)
+
+
+def wait_exited(pids, timeout):
+    """Wait, at most timeout seconds, until the killed children have exited
+    (not reaped: SIGCHLD does that). Until then their fds keep the tap, and
+    an interface restarted under the same tap name would get EBUSY."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    break
+            except ChildProcessError:
+                break               # already reaped
+            time.sleep(0.002)
