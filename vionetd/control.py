@@ -1,16 +1,27 @@
-"""The control channel: protobuf messages and file descriptors over a socketpair.
+"""The protobuf channels between vionetd's processes, and their dispatch.
 
-Between the parent and each worker there is one AF_UNIX SOCK_SEQPACKET
-socketpair. One datagram carries one protobuf message (ToWorker or FromWorker,
-proto/vionetd.proto) and, as SCM_RIGHTS, the file descriptors that message
-says it carries. SEQPACKET keeps message boundaries and delivers the fds with
-their message, so neither side ever has to reassemble or guess.
+Run by every process: the parent (to each session), a session (to the parent
+and to each of its workers) and a worker (to its session).
+
+Each channel is one AF_UNIX SOCK_SEQPACKET socketpair. One datagram carries
+one protobuf message (proto/vionetd.proto: ToSession/FromSession between the
+parent and a session, ToWorker/FromWorker between a session and a worker;
+the parent writes a new worker's first two messages before it hands the
+channel over) and, as SCM_RIGHTS, the file descriptors that message says it
+carries. SEQPACKET keeps message boundaries and delivers the fds with their
+message, so neither side ever has to reassemble or guess.
+
+Each endpoint handles what it receives through one Table: a row per message
+field, saying which function handles it and whether that function takes the
+message's fds. Fds of a message whose handler does not take them are closed
+here, before the handler runs.
 
 Invariants:
 - a datagram larger than MAX_MESSAGE is a protocol error, not a partial read;
 - received fds are always either handed to the caller or closed here;
-- a message that does not parse raises ChannelError; the caller decides
-  (the parent kills and replaces the worker; a worker exits).
+- a message that does not parse, or that its endpoint's table does not
+  know, raises ChannelError; the caller decides (the parent kills and
+  replaces a session, a session replaces a worker, a worker exits).
 """
 import array
 import os
@@ -20,6 +31,9 @@ from vionetd import vionetd_pb2 as pb
 
 MAX_MESSAGE = 64 * 1024   # an Inject frame (<= 64 KiB) plus its envelope
 MAX_FDS = 8               # as vhost-user: at most 8 memory regions per table
+
+# Ring 2i is queue pair i's RX ring (its rx worker), ring 2i+1 its TX ring.
+ROLE_NAME = {pb.ROLE_RX: "rx", pb.ROLE_TX: "tx"}
 
 
 class ChannelError(Exception):
@@ -42,7 +56,8 @@ def send(sock, msg, fds=()):
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
-def _take_fds(ancdata):
+def fds_of(ancdata):
+    """The fds of a recvmsg()'s SCM_RIGHTS control messages."""
     fds = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -61,7 +76,7 @@ def recv(sock, msg_type, wait=True):
     """
     data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
                                        0 if wait else socket.MSG_DONTWAIT)
-    fds = _take_fds(anc)
+    fds = fds_of(anc)
     try:
         if not data and not fds:
             return None, []
@@ -79,17 +94,48 @@ def recv(sock, msg_type, wait=True):
 
 
 def close_fds(fds):
+    """Close every fd of fds (a list is emptied), ignoring errors."""
     for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
+    if isinstance(fds, list):
+        fds.clear()
 
 
-def to_worker(**kw):
-    """ToWorker(name=submessage) in one call: to_worker(ring_stop=pb.RingStop())."""
-    return pb.ToWorker(**kw)
+class Row:
+    """One message field's handler: fn(body) or, with takes_fds, fn(body,
+    fds), which then owns the fds (closes what it does not keep)."""
+    __slots__ = ("fn", "takes_fds")
+
+    def __init__(self, fn, takes_fds=False):
+        self.fn = fn
+        self.takes_fds = takes_fds
 
 
-def from_worker(**kw):
-    return pb.FromWorker(**kw)
+def with_fds(fn):
+    """A row whose handler takes the message's fds."""
+    return Row(fn, takes_fds=True)
+
+
+class Table:
+    """One channel endpoint's dispatch: field name -> handler (a function of
+    the message's body, or a Row)."""
+
+    def __init__(self, rows):
+        self.rows = {k: v if isinstance(v, Row) else Row(v) for k, v in rows.items()}
+
+    def dispatch(self, msg, fds):
+        """Call the handler of msg's field and return what it returns. A
+        field without a row closes the fds and raises ChannelError."""
+        kind = msg.WhichOneof("msg")
+        row = self.rows.get(kind)
+        if row is None:
+            close_fds(fds)
+            raise ChannelError("unexpected message %r" % kind)
+        body = getattr(msg, kind)
+        if row.takes_fds:
+            return row.fn(body, fds)
+        close_fds(fds)
+        return row.fn(body)

@@ -144,6 +144,14 @@ def has(features: int, b: int) -> bool:
     return bool(features >> b & 1)
 
 
+def vmm_may_ack(offered: int) -> int:
+    """What a VMM may ack in SET_FEATURES: the device's offer and the two
+    vhost bits every connection offers besides (PROTOCOL_FEATURES, and
+    LOG_ALL for migration). The session checks the VMM against it, the
+    parent checks the session, and the fuzz oracle checks the parent."""
+    return offered | mask(VHOST_USER_F_PROTOCOL_FEATURES, LOG_ALL)
+
+
 # Always offered, whatever the policy (see the block comment).
 BASE = mask(VERSION_1, MRG_RXBUF, RING_INDIRECT_DESC, RING_EVENT_IDX,
             VHOST_USER_F_PROTOCOL_FEATURES, MTU)

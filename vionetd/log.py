@@ -39,6 +39,13 @@ def setup(foreground, verbose=False):
     set_level("verbose" if verbose else "brief")
 
 
+def printable(text, limit=None):
+    """text with every unprintable character replaced by "?", cut to limit:
+    what other processes send is logged through this."""
+    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return text
+
+
 def set_level(level):
     if level not in ("brief", "verbose"):
         raise ValueError("log level is brief or verbose, not %r" % level)

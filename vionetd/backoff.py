@@ -1,0 +1,52 @@
+"""Rate limits shared by every process: the parent and the sessions.
+
+Two small policies that were written out again wherever they were needed:
+
+- Backoff: a delay that doubles with each failure in a row, from `first` up
+  to `largest`, and falls back to `first` after a success. Restarting a
+  session, restarting a worker, dialing a VMM's socket and accepting after
+  short VMM connections all wait this way.
+- take_slot: a sliding-window budget ("at most N events in S seconds"), for
+  worker forks and RARP announcements.
+
+Neither sleeps: both return a delay, and the caller arms a timer with it.
+"""
+import time
+
+
+class Backoff:
+    """A delay of first * 2**(n-1) for the n-th failure in a row, at most
+    largest."""
+
+    def __init__(self, first, largest):
+        self.first = first
+        self.largest = largest
+        self.failures = 0
+
+    def delay(self, failures):
+        """The delay after `failures` failures in a row (0: none)."""
+        if failures <= 0:
+            return 0.0
+        return min(self.largest, self.first * 2 ** min(failures - 1, 32))
+
+    def fail(self):
+        """Count one more failure; return the delay before the next try."""
+        self.failures += 1
+        return self.delay(self.failures)
+
+    def reset(self):
+        self.failures = 0
+
+
+def take_slot(times, budget):
+    """A sliding-window rate limit: budget is (count, seconds), times the
+    deque of past events. Records now and returns 0 if fewer than count
+    fall in the window; else the seconds until the oldest leaves it."""
+    now = time.monotonic()
+    count, window = budget
+    while times and now - times[0] > window:
+        times.popleft()
+    if len(times) >= count:
+        return window - (now - times[0]) or 1e-6
+    times.append(now)
+    return 0
