@@ -1,8 +1,12 @@
 """The event loop of the parent and of each session: one selector, timers.
 
-Everything a vionetd process waits for goes through one Loop: readable fds
-(watch) and deadlines (call_later). Nothing sleeps: a restart that must wait
-is a timer, not a time.sleep() in a handler.
+Run by the parent and by every session (workers run the C data path's loop).
+Everything such a process waits for goes through one Loop: readable fds
+(watch) and deadlines (call_later). Nothing sleeps and nothing polls: a
+restart that must wait is a timer, an answer that must come is a Reply
+completed by the handler of the message that brings it (or by a timer that
+gives up on it), and a loop with no timer due waits for its fds alone, so
+an idle process is not woken.
 
 Invariants:
 - a callback that raises is logged and the loop goes on: one peer's trouble
@@ -68,12 +72,16 @@ class Loop:
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
 
-    def run_once(self, max_wait=1.0):
-        """Wait for one round of events (at most max_wait seconds, less if a
-        timer is due) and dispatch them, then every timer that is due."""
+    def run_once(self, max_wait=None):
+        """Wait for one round of events (at most max_wait seconds, None: no
+        limit; less if a timer is due) and dispatch them, then every timer
+        that is due."""
         wait = max_wait
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)     # a cancelled timer wakes nobody
         if self._timers:
-            wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
+            due = max(0.0, self._timers[0][0] - time.monotonic())
+            wait = due if wait is None else min(wait, due)
         for key, _ in self.sel.select(timeout=wait):
             if self.watching(key.fileobj):      # not unwatched earlier this turn
                 dispatch(self.sel.get_key(key.fileobj).data)
@@ -82,6 +90,36 @@ class Loop:
             _, _, t = heapq.heappop(self._timers)
             if not t.cancelled:
                 dispatch(t.fn)
+
+
+class Reply:
+    """An answer that will come later: what a request's sender keeps.
+
+    Whoever receives the answer calls set(value); whoever gave up on it
+    (a timeout, a peer that died) calls set(None). Only the first set()
+    counts. then(fn) calls fn(value) once the answer is there: at once if
+    it already is. A vhost-user Backend method that must wait yields one
+    (vhost_user/backend.py)."""
+    __slots__ = ("done", "value", "_then")
+
+    def __init__(self):
+        self.done = False
+        self.value = None
+        self._then = []
+
+    def set(self, value):
+        if self.done:
+            return
+        self.done, self.value = True, value
+        then, self._then = self._then, []
+        for fn in then:
+            fn(value)
+
+    def then(self, fn):
+        if self.done:
+            fn(self.value)
+        else:
+            self._then.append(fn)
 
 
 def dispatch(callback):
