@@ -1,4 +1,4 @@
-"""The vhost-user protocol layer (vionetd/vhost_user.py) against tests/vmm.py.
+"""The vhost-user protocol layer (vionetd/vhost_user/) against tests/vmm.py.
 
 A Connection runs over a real unix socketpair with a recording Backend; the
 frontend calls conn.handle_readable after each message it sends (pump), so
@@ -184,7 +184,7 @@ def test_negotiation_like_qemu(rig, style):
     assert acked == be.offer | F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)
     assert conn.features == acked and conn.protocol_negotiated
     assert conn.protocol_features == F.PROTOCOL_OFFER and conn.reply_ack
-    assert conn.ring_ready(0) and conn.ring_ready(1)
+    assert conn.running(0) and conn.running(1)
     assert be.ready == {0: True, 1: True}
     names = be.names()
     # the order the backend saw: owner before memory, memory before rings,
@@ -226,7 +226,7 @@ def test_stop_returns_backend_base_after_not_ready(rig):
     fe.negotiate([rig.mem])
     be.next_base = {0: 17, 1: 0xffff}
     assert fe.stop() == [17, 0xffff]
-    assert not conn.ring_ready(0) and not conn.ring_ready(1)
+    assert not conn.running(0) and not conn.running(1)
     names = be.names()
     # ring 0 reported not ready (disabled) before its base is asked for
     assert be.calls.index(("ready", 0, False)) < \
@@ -234,10 +234,10 @@ def test_stop_returns_backend_base_after_not_ready(rig):
     assert names.count("get_vring_base") == 2
     # restart: base, kick and enable again make it ready
     fe.set_vring_base(0, 17)
-    assert not conn.ring_ready(0)
+    assert not conn.running(0)
     fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
     fe.set_vring_enable(0, True)
-    assert conn.ring_ready(0) and be.ready[0]
+    assert conn.running(0) and be.ready[0]
 
 
 def test_get_vring_base_of_running_ring_reports_stop_first(rig):
@@ -262,9 +262,9 @@ def test_without_protocol_features_ring_starts_on_kick(rig):
         fe.set_vring_addr(i, fe.gpa_to_user(desc), fe.gpa_to_user(used),
                           fe.gpa_to_user(avail))
         fe.set_vring_call(i, None)
-        assert not conn.ring_ready(i)
+        assert not conn.running(i)
         fe.set_vring_kick(i, fe._eventfd(fe.kick, i))
-        assert conn.ring_ready(i)
+        assert conn.running(i)
     assert be.ready == {0: True, 1: True}
     assert not fe.pending()
 
@@ -280,11 +280,11 @@ def test_with_protocol_features_ring_waits_for_enable(rig):
                       fe.gpa_to_user(avail))
     fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
     # started (a TX ring would be drained and discarded) but not enabled
-    assert conn.ring_ready(0) and not conn.ring_enabled(0)
+    assert conn.running(0) and not conn.ring_enabled(0)
     assert fe.set_vring_enable(0, True, need_reply=True) == 0
-    assert conn.ring_ready(0) and conn.ring_enabled(0)
+    assert conn.running(0) and conn.ring_enabled(0)
     fe.set_vring_enable(0, False)
-    assert conn.ring_ready(0) and not conn.ring_enabled(0)
+    assert conn.running(0) and not conn.ring_enabled(0)
     assert ("set_vring_enable", 0, False) in rig.backend.calls
 
 
@@ -333,7 +333,7 @@ def test_memory_hotplug_while_running(rig):
     more = GuestRegion(1 * MiB, guest_addr=0x100000000)
     try:
         assert fe.set_memory([rig.mem, more]) == 0
-        assert len(conn.regions) == 2 and conn.ring_ready(0)
+        assert len(conn.regions) == 2 and conn.running(0)
         assert be.calls[-1][0] == "set_mem_table" and be.calls[-1][2] == 2
         # a table without the rings' memory is a protocol error
         with pytest.raises(ProtocolError, match="outside the memory table"):
@@ -441,7 +441,7 @@ def test_migration_start_and_end_like_qemu(rig):
             assert fe.set_vring_addr(i, fe.gpa_to_user(desc), fe.gpa_to_user(used),
                                      fe.gpa_to_user(avail), flags=V.VRING_F_LOG,
                                      log=used, need_reply=True) == 0
-            assert conn.rings[i].log == used and conn.ring_ready(i)
+            assert conn.rings[i].log == used and conn.running(i)
             assert be.calls[-1] == ("set_vring_addr", i, fe.gpa_to_user(desc),
                                     fe.gpa_to_user(used), fe.gpa_to_user(avail), used)
         assert be.ready == {0: True, 1: True}
