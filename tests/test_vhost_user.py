@@ -9,6 +9,7 @@ daemon will. Every test checks that no file descriptor leaked.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import time
@@ -18,7 +19,9 @@ import pytest
 
 from vionetd import features as F
 from vionetd import vhost_user as V
+from vionetd.eventloop import Reply
 from vionetd.vhost_user import ProtocolError
+from vionetd.vhost_user import requests as R
 from tests.vmm import Frontend, GuestRegion, SplitLayout, eventfd
 
 MiB = 1 << 20
@@ -133,10 +136,12 @@ class RecBackend(V.Backend):
 
 
 class Rig:
-    def __init__(self, timeout=2.0, offer=None):
+    def __init__(self, timeout=2.0, offer=None, backend=None):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.backend = RecBackend(offer)
-        self.conn = V.Connection(a, self.backend, name="test", timeout=timeout)
+        self.backend = RecBackend(offer) if backend is None else backend
+        self.resumed: list = []             # what resumed() was called with
+        self.conn = V.Connection(a, self.backend, name="test", timeout=timeout,
+                                 resumed=self.resumed.append)
         self.fe = Frontend(b, pump=self.conn.handle_readable)
         self.mem = GuestRegion(4 * MiB, guest_addr=0)
         self.extra: list[int] = []
@@ -765,3 +770,283 @@ def test_fds_with_a_message_that_takes_none_are_closed(rig):
         os.close(fd)
     rig.extra = [fd for fd in rig.extra if fd not in sent]
     assert open_fds() == before
+
+
+# ---- the request table and its documentation --------------------------------
+
+REFUSAL_TEXT = {R.SOFT: "refused softly",
+                R.UNLESS_REPLY: "refused unless a failure reply is possible",
+                R.FATAL: "refused, always fatal"}
+
+
+def documented_requests() -> dict[int, tuple[str, str]]:
+    """The per-request table of vionetd/vhost_user/__init__.py's docstring:
+    number -> (name, what we do, continuation lines joined)."""
+    lines = V.__doc__.split("Requests (number, name, what we do)\n", 1)[1].splitlines()
+    rows: dict[int, tuple[str, str]] = {}
+    last = None
+    for line in lines:
+        m = re.match(r"^ {1,3}(\d+) ([A-Z_]+) +(.*)$", line)
+        if m:
+            last = int(m.group(1))
+            assert last not in rows, f"request {last} documented twice"
+            rows[last] = (m.group(2), m.group(3))
+        elif line.startswith(" " * 20) and last is not None:
+            name, text = rows[last]
+            rows[last] = (name, text + " " + line.strip())
+        else:
+            break
+    return rows
+
+
+def test_documentation_table_matches_the_request_table():
+    doc = documented_requests()
+    table = {row.req: row for row in R.TABLE}
+    assert len(table) == len(R.TABLE), "a request has two rows"
+    assert sorted(doc) == sorted(table), "documented and handled requests differ"
+    assert list(doc) == sorted(doc), "the documentation is not in request order"
+    for req, row in table.items():
+        name, text = doc[req]
+        assert name == row.name == V.request_name(req), req
+        if row.refuse is None:
+            assert row.handler is not None and not text.startswith("refused"), name
+        else:
+            assert row.handler is None and text.startswith(REFUSAL_TEXT[row.refuse]), name
+    assert "Any other number is refused softly" in V.__doc__
+    assert R.lookup(99).refuse == R.SOFT
+
+
+def test_request_table_rows_are_consistent():
+    for row in R.TABLE:
+        assert row.reply in (R.ACK, R.PAYLOAD, R.EMPTY), row
+        assert row.refuse in (None, R.SOFT, R.UNLESS_REPLY, R.FATAL), row
+    takes_fds = {row.req for row in R.TABLE if row.fds}
+    assert takes_fds == {V.SET_MEM_TABLE, V.SET_LOG_BASE, V.SET_LOG_FD,
+                         V.SET_VRING_KICK, V.SET_VRING_CALL, V.SET_VRING_ERR}
+
+
+# ---- Backend methods that wait -----------------------------------------------
+
+class WaitBackend(RecBackend):
+    """RecBackend whose methods are generators; those named in wait_in yield
+    a Reply the test sets (a value: go on; None: refuse), recorded first as
+    ("wait", method, args)."""
+
+    def __init__(self, wait_in=()):
+        super().__init__()
+        self.wait_in = set(wait_in)
+        self.replies: list[Reply] = []
+        self.abandoned: list[str] = []      # closed while waiting
+        self.given_fds: list[int] = []
+
+    def _wait(self, name, *args):
+        if name not in self.wait_in:
+            return
+        self.calls.append(("wait", name) + args)
+        r = Reply()
+        self.replies.append(r)
+        try:
+            value = yield r
+        except GeneratorExit:
+            self.abandoned.append(name)
+            raise
+        if value is None:
+            raise V.BackendError(f"{name}: no answer")
+
+    def set_features(self, f):
+        yield from self._wait("set_features", f)
+        super().set_features(f)
+
+    def set_mem_table(self, regions, fds):
+        self.given_fds = list(fds)
+        yield from self._wait("set_mem_table")   # before it takes the fds
+        super().set_mem_table(regions, fds)
+
+    def set_vring_enable(self, i, on):
+        yield from self._wait("set_vring_enable", i, on)
+        super().set_vring_enable(i, on)
+
+    def ring_ready_changed(self, i, ready):
+        yield from self._wait("ring_ready_changed", i, ready)
+        super().ring_ready_changed(i, ready)
+
+
+@pytest.fixture
+def wrig():
+    before = open_fds()
+    r = Rig(backend=WaitBackend())
+    try:
+        yield r
+    finally:
+        r.close()
+    assert open_fds() == before, "file descriptor leak"
+
+
+def ack(fe, req):
+    return struct.unpack("<Q", fe.recv_reply(req))[0]
+
+
+def test_generator_backend_without_waiting_negotiates(wrig):
+    assert wrig.fe.negotiate([wrig.mem]) & F.bit(F.VERSION_1)
+    assert wrig.conn.running(0) and wrig.conn.running(1)
+    assert not wrig.conn.waiting and wrig.resumed == []
+
+
+def test_ack_waits_for_the_reply(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    be.wait_in = {"set_features"}
+    fe.send(V.SET_FEATURES, struct.pack("<Q", fe.offered), need_reply=True)
+    assert conn.waiting and be.calls[-1] == ("wait", "set_features", fe.offered)
+    assert not fe.pending(0.05)
+    n = conn.messages
+    # more comes; nothing is read while waiting
+    fe.send(V.GET_QUEUE_NUM)
+    assert conn.messages == n and conn.handle_readable() is True
+    assert conn.messages == n and not fe.pending()
+    be.replies[0].set(True)                 # the answer: the message finishes
+    assert not conn.waiting and wrig.resumed == [None]
+    assert ack(fe, V.SET_FEATURES) == 0
+    assert conn.features == fe.offered and ("set_features", fe.offered) in be.calls
+    # the Connection did not read on by itself: the caller does
+    assert conn.messages == n and not fe.pending(0.05)
+    assert conn.handle_readable() is True
+    assert fe.recv_reply(V.GET_QUEUE_NUM) == struct.pack("<Q", 1)
+
+
+def test_reply_already_done_does_not_suspend(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    done = Reply()
+    done.set(7)
+    seen = []
+
+    def set_features(f):
+        seen.append((yield done))
+        return None
+    be.set_features = set_features
+    assert fe.set_features(fe.offered, need_reply=True) == 0
+    assert seen == [7] and not conn.waiting and wrig.resumed == []
+
+
+def test_no_answer_is_a_failure_ack_with_reply_ack(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    be.wait_in = {"set_features"}
+    fe.send(V.SET_FEATURES, struct.pack("<Q", fe.offered), need_reply=True)
+    be.replies[0].set(None)                 # no answer: the backend refuses
+    assert ack(fe, V.SET_FEATURES) == 1
+    assert wrig.resumed == [None] and conn.features is None
+    assert fe.get_queue_num() == 1          # still talking
+
+
+def test_no_answer_without_reply_ack_ends_the_connection(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    fe.get_features()
+    fe.set_owner()
+    be.wait_in = {"set_features"}
+    fe.send(V.SET_FEATURES, struct.pack("<Q", fe.offered))
+    assert conn.waiting
+    be.replies[0].set(None)
+    assert not conn.waiting
+    (error,) = wrig.resumed
+    assert isinstance(error, ProtocolError)
+    assert str(error).startswith("test: SET_FEATURES: backend refused")
+
+
+def test_set_vring_enable_waits(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    be.wait_in = {"set_vring_enable"}
+    fe.send(V.SET_VRING_ENABLE, struct.pack("<II", 1, 1), need_reply=True)
+    assert conn.waiting and not fe.pending(0.05)
+    assert not conn.rings[1].enabled
+    be.replies[0].set(True)
+    assert ack(fe, V.SET_VRING_ENABLE) == 0 and conn.rings[1].enabled
+    assert wrig.resumed == [None]
+
+
+def test_waiting_stop_comes_before_get_vring_base(wrig):
+    """GET_VRING_BASE reports the stop first; a stop that waits holds the
+    base (and the reply) back until the worker has answered."""
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    fe.negotiate([wrig.mem])
+    be.next_base = {1: 5}
+    be.wait_in = {"ring_ready_changed"}
+    fe.send(V.GET_VRING_BASE, struct.pack("<II", 1, 0))
+    assert conn.waiting and not conn.running(1) and conn.running(0)
+    assert be.calls[-1] == ("wait", "ring_ready_changed", 1, False)
+    assert "get_vring_base" not in be.names() and not fe.pending(0.05)
+    be.replies[0].set(True)
+    assert fe.recv_reply(V.GET_VRING_BASE) == struct.pack("<II", 1, 5)
+    assert be.calls[-2:] == [("ready", 1, False), ("get_vring_base", 1)]
+    assert wrig.resumed == [None]
+
+
+def test_ack_is_sent_before_the_readiness_report(wrig):
+    """The order of a message's effects: handler, ack, then the report. A
+    start that waits comes after the kick's ack."""
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    fe.set_features(fe.offered)
+    fe.set_memory([wrig.mem])
+    desc, avail, used = SplitLayout(0, 64).addresses(0)
+    fe.set_vring_num(0, 64)
+    fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                      fe.gpa_to_user(avail))
+    be.wait_in = {"ring_ready_changed"}
+    fe.send(V.SET_VRING_KICK, struct.pack("<Q", 0), [fe._eventfd(fe.kick, 0)],
+            need_reply=True)
+    assert ack(fe, V.SET_VRING_KICK) == 0      # already, while the start waits
+    assert conn.waiting and conn.running(0)
+    assert be.calls[-1] == ("wait", "ring_ready_changed", 0, True)
+    be.replies[0].set(None)                    # the worker did not start
+    (error,) = wrig.resumed
+    assert "ring 0: backend could not start it" in str(error)
+
+
+def test_close_while_waiting_closes_the_fds_and_stops_rings(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    fe.negotiate([wrig.mem])
+    more = GuestRegion(1 * MiB, guest_addr=0x100000000)
+    try:
+        be.wait_in = {"set_mem_table", "ring_ready_changed"}
+        before = len(open_fds())
+        fe.send(V.SET_MEM_TABLE, struct.pack("<II", 2, 0) + b"".join(
+            struct.pack("<QQQQ", *r.region) for r in (wrig.mem, more)),
+            [wrig.mem.fd, more.fd])
+        assert conn.waiting and len(be.given_fds) == 2
+        assert len(open_fds()) == before + 2        # the message's fds, held
+        for fd in be.given_fds:
+            os.fstat(fd)
+        conn.close()
+        assert be.abandoned[0] == "set_mem_table"
+        for fd in be.given_fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        assert len(open_fds()) == before - 1        # and the socket
+        # every ring reported stopped; the stops' Replies are not waited for
+        assert [c for c in be.calls if c[0] == "wait"][-2:] == [
+            ("wait", "ring_ready_changed", 0, False),
+            ("wait", "ring_ready_changed", 1, False)]
+        assert be.abandoned[1:] == ["ring_ready_changed"] * 2
+        assert be.calls[-1] == ("disconnected",)
+        assert not conn.waiting and not conn.running(0) and not conn.running(1)
+        for r in be.replies:                        # a late answer: nothing
+            r.set(True)
+        assert wrig.resumed == []
+    finally:
+        more.close()
+
+
+def test_handle_readable_reads_nothing_while_waiting(wrig):
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    be.wait_in = {"set_features"}
+    fe.send(V.SET_FEATURES, struct.pack("<Q", fe.offered))
+    fe.sock.shutdown(socket.SHUT_WR)          # EOF is not seen either
+    for _ in range(3):
+        assert conn.handle_readable() is True
+    be.replies[0].set(True)
+    assert wrig.resumed == [None]
+    assert conn.handle_readable() is False
