@@ -179,6 +179,18 @@ def owned(rig, *calls):
     fe.set_owner()
 
 
+def ring0_but_kick(rig):
+    """owned(), features, memory, and ring 0 set up but for its kick."""
+    fe = rig.fe
+    owned(rig)
+    fe.set_features(fe.offered)
+    fe.set_memory([rig.mem])
+    desc, avail, used = SplitLayout(0, 64).addresses(0)
+    fe.set_vring_num(0, 64)
+    fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
+                      fe.gpa_to_user(avail))
+
+
 # ---- full negotiations ---------------------------------------------------------
 
 @pytest.mark.parametrize("style", ["qemu72", "qemu10"])
@@ -276,13 +288,7 @@ def test_without_protocol_features_ring_starts_on_kick(rig):
 
 def test_with_protocol_features_ring_waits_for_enable(rig):
     fe, conn = rig.fe, rig.conn
-    owned(rig)
-    fe.set_features(fe.offered)
-    fe.set_memory([rig.mem])
-    desc, avail, used = SplitLayout(0, 64).addresses(0)
-    fe.set_vring_num(0, 64)
-    fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
-                      fe.gpa_to_user(avail))
+    ring0_but_kick(rig)
     fe.set_vring_kick(0, fe._eventfd(fe.kick, 0))
     # started (a TX ring would be drained and discarded) but not enabled
     assert conn.running(0) and not conn.ring_enabled(0)
@@ -695,10 +701,12 @@ def test_partial_message_waits_then_is_overdue(rig):
     at once, the fds that came are held, and after `timeout` seconds
     overdue() tells the caller to drop the VMM; close() closes the fds."""
     fd = rig.fds(1)[0]
+    assert not rig.conn.message_pending
     rig.fe.send_raw(raw(V.SET_FEATURES, b"", size=8), [fd])
     t0 = time.monotonic()
     assert rig.conn.handle_readable() is True
     assert time.monotonic() - t0 < 0.5
+    assert rig.conn.message_pending
     assert not rig.conn.overdue(time.monotonic())
     assert rig.conn.overdue(time.monotonic() + rig.conn.timeout + 0.1)
     held = set(os.listdir("/proc/self/fd"))
@@ -987,13 +995,7 @@ def test_ack_is_sent_before_the_readiness_report(wrig):
     """The order of a message's effects: handler, ack, then the report. A
     start that waits comes after the kick's ack."""
     fe, conn, be = wrig.fe, wrig.conn, wrig.backend
-    owned(wrig)
-    fe.set_features(fe.offered)
-    fe.set_memory([wrig.mem])
-    desc, avail, used = SplitLayout(0, 64).addresses(0)
-    fe.set_vring_num(0, 64)
-    fe.set_vring_addr(0, fe.gpa_to_user(desc), fe.gpa_to_user(used),
-                      fe.gpa_to_user(avail))
+    ring0_but_kick(wrig)
     be.wait_in = {"ring_ready_changed"}
     fe.send(V.SET_VRING_KICK, struct.pack("<Q", 0), [fe._eventfd(fe.kick, 0)],
             need_reply=True)
@@ -1050,3 +1052,24 @@ def test_handle_readable_reads_nothing_while_waiting(wrig):
     be.replies[0].set(True)
     assert wrig.resumed == [None]
     assert conn.handle_readable() is False
+
+
+def test_a_bug_after_waiting_drops_the_vmm_not_the_caller(wrig, caplog):
+    """An exception other than BackendError from a method that waited ends
+    the message as a ProtocolError given to resumed(); whoever set the
+    Reply is not hit by it."""
+    fe, conn, be = wrig.fe, wrig.conn, wrig.backend
+    owned(wrig)
+    r = Reply()
+
+    def set_features(f):
+        yield r
+        raise RuntimeError("oops")
+    be.set_features = set_features
+    fe.send(V.SET_FEATURES, struct.pack("<Q", fe.offered), need_reply=True)
+    assert conn.waiting
+    with caplog.at_level("ERROR", logger="vionetd.vhost_user"):
+        r.set(1)
+    (error,) = wrig.resumed
+    assert isinstance(error, ProtocolError) and "internal error: RuntimeError: oops" in str(error)
+    assert not conn.waiting and any("oops" in rec.getMessage() for rec in caplog.records)

@@ -17,21 +17,28 @@ the connection is closed while the method is suspended.
 Refusing. A method raises BackendError to refuse: the frontend gets a
 failure reply if it asked for one (need_reply with REPLY_ACK); otherwise the
 refusal is fatal (the Connection raises ProtocolError), since the frontend
-would go on believing it worked. A reply that carries a payload
-(GET_FEATURES, GET_VRING_BASE, SET_LOG_BASE) cannot say "failed": there a
-BackendError is always fatal.
+would go on believing it worked. A request answered by a reply of its own
+(GET_FEATURES, GET_VRING_BASE, SET_LOG_BASE's empty one) cannot be answered
+"failed": there a BackendError is always fatal.
 
 Waiting. Any method may be a generator function. It yields
 vionetd.eventloop.Reply objects; each yield gives back the Reply's value
 (None when no answer will come: the method decides what that means, e.g.
-raises BackendError). Its final `return` value is the method's result. A
-Reply that is already done when yielded gives its value back at once; one
-that is not suspends the whole message: the Connection sets `waiting`,
-reads nothing more, and resumes the message (reply or ack, readiness
-report) when the Reply is set, inside whatever set it. A plain method is
-called and its result used as it is. call() is how the Connection calls
-every Backend method; call_nowait() is how close() calls
-ring_ready_changed(i, False), whose Reply it does not wait for.
+raises BackendError). Its final `return` value is the method's result; a
+plain method's result is used as it is. A Reply already done when yielded
+gives its value back at once. One that is not suspends the whole message:
+the Connection sets `waiting` and reads nothing more (the caller stops
+watching its socket); when the Reply is set, the message goes on right
+there, inside whatever set it: the rest of the handler, the reply or ack,
+the readiness report. Then `waiting` is cleared and the Connection's
+resumed(error) is called: error None, or the ProtocolError that ended the
+message (the caller drops the connection). The caller watches the socket
+again; the Connection does not read on by itself.
+ring_ready_changed(i, False) may wait too (a worker stopping its ring);
+close() calls it for each running ring but does not wait for its Reply.
+call() is how the Connection calls every Backend method, call_nowait() is
+how close() calls ring_ready_changed(), and Steps drives a message's
+handling.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from vionetd.eventloop import Reply
 
 if TYPE_CHECKING:
     from vionetd.vhost_user.wire import MemRegion
+
 
 class ProtocolError(Exception):
     """The frontend broke the protocol: close this connection."""
@@ -130,6 +138,7 @@ class Steps:
         return False
 
     def _resume(self, gen, value) -> None:
+        """The Reply gen waits for is set: run it on, tell `finished`."""
         if self._pending is not gen:
             return                  # abandoned meanwhile
         self._pending = None

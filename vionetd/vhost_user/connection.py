@@ -50,6 +50,7 @@ class Connection:
         if not 1 <= queue_pairs <= MAX_QUEUE_PAIRS:
             raise ValueError(f"queue pairs {queue_pairs} not in 1..{MAX_QUEUE_PAIRS}")
         self.sock, self.backend, self.name = sock, backend, name
+        self.timeout = timeout                  # seconds a message may take
         self._framing = Framing(sock, timeout)
         self._resumed = resumed
         self.queue_pairs = queue_pairs
@@ -72,10 +73,6 @@ class Connection:
         return self.sock.fileno()
 
     @property
-    def timeout(self) -> float:
-        return self._framing.timeout
-
-    @property
     def waiting(self) -> bool:
         """A message waits for a Reply: do not call handle_readable()."""
         return self._steps.waiting
@@ -91,8 +88,7 @@ class Connection:
             F.has(self.features, F.VHOST_USER_F_PROTOCOL_FEATURES)
 
     def translate_user(self, addr: int, length: int) -> Optional[tuple[int, int]]:
-        """(region index, offset) of a user address range, or None
-        (checks.translate())."""
+        """(region index, offset) of a user address range, or None."""
         return checks.translate(self.regions, addr, length)
 
     def user_to_guest(self, addr: int, length: int = 1) -> Optional[int]:
@@ -114,6 +110,11 @@ class Connection:
         states" in vhost-user.rst). A running but disabled ring supplies
         no RX and takes and discards TX."""
         return self.rings[i].enabled or not self.protocol_negotiated
+
+    @property
+    def message_pending(self) -> bool:
+        """A message has begun and is still incomplete (see overdue())."""
+        return self._framing.pending
 
     def overdue(self, now: float) -> bool:
         """A message began more than `timeout` seconds before now and is
@@ -159,6 +160,7 @@ class Connection:
             close_fds(msg.fds)
 
     def _handle(self, row: R.Row, msg: Message):
+        """Parse the body, call the handler, send its reply or ack."""
         name, fds = row.name, msg.fds
         if fds and not row.fds:         # closed at once; the message may be good
             log.warning("%s: %s came with %d file descriptor(s); closed",

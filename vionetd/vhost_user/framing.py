@@ -36,6 +36,7 @@ CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)      # room for MAX_FDS ints
 
 
 class Message(NamedTuple):
+    """One complete request, and the fds that came with it (the caller's)."""
     req: int
     flags: int
     payload: bytes
@@ -73,10 +74,15 @@ class Framing:
         self._since = None
         return msg
 
+    @property
+    def pending(self) -> bool:
+        """A message has begun and is still incomplete."""
+        return self._since is not None
+
     def overdue(self, now: float) -> bool:
         """True if a message began more than `timeout` seconds before now
         and is still incomplete."""
-        return self._since is not None and now - self._since > self.timeout
+        return self.pending and now - self._since > self.timeout
 
     def send(self, req: int, payload: bytes) -> None:
         """Send a reply to req at once, or raise ProtocolError."""
