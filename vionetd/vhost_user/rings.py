@@ -7,11 +7,11 @@ Ring 2i is queue pair i's RX ring, ring 2i+1 its TX ring; an interface has
 us about one ring, and whether the backend was last told it runs.
 
 Invariants
-  - A ring is ready when the memory table and features are set, and it has
-    a size, addresses that lie inside the memory table (one region each)
-    and a kick fd given since the last GET_VRING_BASE stopped it ("Ring
-    states" in vhost-user.rst: a ring starts on its kick and stops on
-    GET_VRING_BASE).
+  - A ring is ready when the connection is open, the memory table and
+    features are set, and it has a size, addresses that lie inside the
+    memory table (one region each) and a kick fd given since the last
+    GET_VRING_BASE stopped it ("Ring states" in vhost-user.rst: a ring
+    starts on its kick and stops on GET_VRING_BASE).
   - edges() is the one place that compares readiness with what was last
     reported (RingState.reported) and says which rings changed; it marks
     them reported as it goes, before the backend hears of it.
@@ -84,8 +84,8 @@ class RingTable:
         """RESET: every ring as new, except what was last reported."""
         self._rings = [RingState(reported=r.reported) for r in self._rings]
 
-    def ready(self, i: int, regions: Sequence, negotiated: bool) -> bool:
-        """ready() - whether ring i can move frames (module invariants)
+    def _ready(self, i: int, regions: Sequence, negotiated: bool) -> bool:
+        """_ready() - whether ring i can move frames (module invariants)
         @i: ring index
         @regions: the memory table
         @negotiated: features are set and the connection is open
@@ -105,7 +105,7 @@ class RingTable:
         reported first.
         """
         for i, r in enumerate(self._rings):
-            ready = self.ready(i, regions, negotiated)
+            ready = self._ready(i, regions, negotiated)
             if ready != r.reported:
                 r.reported = ready
                 yield i, ready
