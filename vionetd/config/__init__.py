@@ -24,20 +24,16 @@ import ipaddress
 import os
 import pwd
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-# ---- defaults and vocabulary ---------------------------------------------
+from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,  # noqa: F401
+                                  DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
+                                  DEFAULT_USER, DIRECTIONS, MODES,
+                                  OFF, OFFLOAD_NAMES, PASSTHROUGH, SOFTWARE,
+                                  Config, ConfigError, Interface, Offload,
+                                  Switch, Vm)
 
-DEFAULT_SOCKET = "/run/vionetd.sock"
-DEFAULT_USER = "_vionetd"
-DEFAULT_CHROOT = "/var/empty"
-DEFAULT_PREFIX = "100.64.0.0/10"
-DEFAULT_SOCKET_MODE = 0o660      # mode of the vhost-user sockets vionetd creates
-
-DIRECTIONS = ("tx", "rx")
-OFFLOAD_NAMES = ("csum", "tso4", "tso6", "ecn", "uso")
-PASSTHROUGH, SOFTWARE, OFF = "passthrough", "software", "off"
-MODES = (PASSTHROUGH, SOFTWARE, OFF)
+# ---- limits and vocabulary ------------------------------------------------
 
 # sun_path is 108 bytes on Linux, one of them the terminating NUL.
 SUN_PATH_MAX = 107
@@ -74,108 +70,6 @@ _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _MODE = re.compile(r"0?[0-7]{3}\Z")
-
-
-# ---- the result -----------------------------------------------------------
-
-class ConfigError(Exception):
-    """An error in a configuration file: str() is "FILE:LINE: message"."""
-
-    def __init__(self, filename: str, line: int | None, message: str):
-        self.filename = filename
-        self.line = line
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return "%s: %s" % (self.filename, self.message)
-        return "%s:%d: %s" % (self.filename, self.line, self.message)
-
-
-def _all(mode: str) -> dict[str, str]:
-    return dict.fromkeys(OFFLOAD_NAMES, mode)
-
-
-@dataclass
-class Offload:
-    """Per direction, per offload: passthrough, software or off."""
-    tx: dict[str, str] = field(default_factory=lambda: _all(PASSTHROUGH))
-    rx: dict[str, str] = field(default_factory=lambda: _all(PASSTHROUGH))
-
-    def mode(self, direction: str, name: str) -> str:
-        return getattr(self, direction)[name]
-
-    def offered(self, direction: str, name: str) -> bool:
-        """True if the guest may be offered this offload (mode is not off)."""
-        return self.mode(direction, name) != OFF
-
-
-@dataclass
-class Switch:
-    name: str
-    bridge: str
-    line: int = field(default=0, compare=False, repr=False)
-
-
-@dataclass
-class Interface:
-    vm: str
-    index: int
-    name: str | None = None          # tap name; None: the parent picks one
-    socket: str | None = None        # vhost-user socket QEMU connects to
-    # Who may use the socket vionetd creates: user and group names (None:
-    # root's, as created) and its mode. For a socket vionetd connects to
-    # (connect) all three are None: that socket is the VMM's.
-    socket_owner: str | None = None
-    socket_group: str | None = None
-    socket_mode: int | None = DEFAULT_SOCKET_MODE
-    connect: bool = False            # the VMM listens, vionetd connects
-    lladdr: str | None = None        # guest MAC, lower case; None: random
-    locked: bool = False             # drop guest frames from another MAC
-    switch: str | None = None
-    mtu: int | None = None
-    queues: int = 1                  # queue pairs the VMM may use
-    local: bool = False              # /31 from local prefix, DHCP by vionetd
-    hostname: str | None = None      # DHCP option 12
-    offload: Offload = field(default_factory=Offload)
-    line: int = field(default=0, compare=False, repr=False)
-
-    @property
-    def key(self) -> str:
-        """Stable name of this interface: "vm/index", as in process titles."""
-        return "%s/%d" % (self.vm, self.index)
-
-
-@dataclass
-class Vm:
-    name: str
-    interfaces: list[Interface] = field(default_factory=list)
-    disabled: bool = False
-    user: str = DEFAULT_USER         # the VM's processes run as this user
-    line: int = field(default=0, compare=False, repr=False)
-
-
-@dataclass
-class Config:
-    socket: str = DEFAULT_SOCKET
-    user: str = DEFAULT_USER
-    # Defaults of the vhost-user sockets vionetd creates (the interfaces
-    # hold the resulting values); the control socket is not concerned.
-    socket_owner: str | None = None
-    socket_group: str | None = None
-    socket_mode: int = DEFAULT_SOCKET_MODE
-    chroot: str = DEFAULT_CHROOT
-    local_prefix: ipaddress.IPv4Network = field(
-        default_factory=lambda: ipaddress.IPv4Network(DEFAULT_PREFIX))
-    dns: list[ipaddress.IPv4Address] = field(default_factory=list)
-    switches: dict[str, Switch] = field(default_factory=dict)
-    vms: dict[str, Vm] = field(default_factory=dict)
-
-    def interfaces(self):
-        """Every interface of every VM, in file order."""
-        for vm in self.vms.values():
-            yield from vm.interfaces
 
 
 # ---- lexer ----------------------------------------------------------------
