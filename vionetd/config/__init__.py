@@ -24,8 +24,9 @@ import ipaddress
 import os
 import pwd
 import re
-from dataclasses import dataclass
 
+from vionetd.config.lexer import (MAX_EXPANDED, MAX_MACRO_DEPTH,  # noqa: F401
+                                  Lexer, Token)
 from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,  # noqa: F401
                                   DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
                                   DEFAULT_USER, DIRECTIONS, MODES,
@@ -41,12 +42,8 @@ SUN_PATH_MAX = 107
 IFNAME_MAX = 15
 MTU_MIN, MTU_MAX = 68, 65535
 MAX_FILE_SIZE = 1 << 20
-MAX_MACRO_DEPTH = 8
-# Tokens all macro expansions of a file may produce: nested macros multiply
-# ("billion laughs"), so the total is bounded, not only the depth.
 MAX_QUEUES = 16          # queue pairs of one interface (vhost_user.MAX_QUEUE_PAIRS)
 QUEUES_AUTO = min(os.cpu_count() or 1, MAX_QUEUES)   # "queues auto"
-MAX_EXPANDED = 100000
 
 # Words that are statements somewhere in the grammar. Unquoted, they are
 # never taken as a name where a name is optional, nor as a macro name.
@@ -60,8 +57,6 @@ KEYWORDS = frozenset((
 SOCKET_OPTIONS = ("owner", "group", "mode", "connect")
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_MACRO_USE = re.compile(r"[A-Za-z0-9_]+")
-_BARE = re.compile(r"[A-Za-z0-9_./:+@-]+")
 _VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
 # Linux's dev_valid_name() refuses "/", ":" and white space; we keep to
 # a plainer set so names survive shells and logs unquoted.
@@ -70,147 +65,6 @@ _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _MODE = re.compile(r"0?[0-7]{3}\Z")
-
-
-# ---- lexer ----------------------------------------------------------------
-
-@dataclass
-class _Token:
-    kind: str            # "word", "{", "}", "=", "eof"
-    value: str
-    line: int
-    quoted: bool = False
-
-    def is_word(self, *values: str) -> bool:
-        """An unquoted word, one of values if any are given."""
-        return (self.kind == "word" and not self.quoted
-                and (not values or self.value in values))
-
-    def describe(self) -> str:
-        if self.kind == "eof":
-            return "end of file"
-        return '"%s"' % self.value
-
-
-class _Lexer:
-    """Turns text into tokens on demand, expanding $macros as it goes (the
-    parser defines macros between tokens, so lexing must be lazy)."""
-
-    def __init__(self, text: str, filename: str, macros: dict[str, str],
-                 line: int = 1, depth: int = 0, fixed_line: bool = False,
-                 budget: list[int] | None = None):
-        self.text = text
-        self.pos = 0
-        self.line = line
-        self.filename = filename
-        self.macros = macros
-        self.depth = depth
-        self.fixed_line = fixed_line   # macro text: report the $use's line
-        self.pending: list[_Token] = []
-        self.budget = [MAX_EXPANDED] if budget is None else budget
-
-    def error(self, line: int, message: str):
-        raise ConfigError(self.filename, line, message)
-
-    def peek(self, n: int = 0) -> _Token:
-        while len(self.pending) <= n:
-            self.pending.extend(self._lex())
-        return self.pending[n]
-
-    def next(self) -> _Token:
-        tok = self.peek()
-        if tok.kind != "eof":
-            self.pending.pop(0)
-        return tok
-
-    def _newline(self):
-        if not self.fixed_line:
-            self.line += 1
-
-    def _skip_blank(self):
-        text = self.text
-        while self.pos < len(text):
-            c = text[self.pos]
-            if c == "\n":
-                self._newline()
-                self.pos += 1
-            elif c in " \t\r":
-                self.pos += 1
-            elif c == "\\" and text.startswith("\n", self.pos + 1):
-                self._newline()        # line continuation, as in vm.conf
-                self.pos += 2
-            elif c == "#":
-                end = text.find("\n", self.pos)
-                self.pos = len(text) if end < 0 else end
-            else:
-                return
-
-    def _lex(self) -> list[_Token]:
-        self._skip_blank()
-        if self.pos >= len(self.text):
-            return [_Token("eof", "", self.line)]
-        c = self.text[self.pos]
-        if c in "{}=":
-            self.pos += 1
-            return [_Token(c, c, self.line)]
-        if c == '"':
-            return [self._string()]
-        if c == "$":
-            return self._macro()
-        m = _BARE.match(self.text, self.pos)
-        if m:
-            self.pos = m.end()
-            return [_Token("word", m.group(), self.line)]
-        shown = c if c.isprintable() else repr(c)
-        self.error(self.line, 'unexpected character "%s"; strings with such '
-                   "characters must be quoted" % shown)
-
-    def _string(self) -> _Token:
-        line = self.line
-        out = []
-        self.pos += 1
-        while self.pos < len(self.text):
-            c = self.text[self.pos]
-            if c == '"':
-                self.pos += 1
-                return _Token("word", "".join(out), line, quoted=True)
-            if c == "\n":
-                break
-            if c == "\\" and self.pos + 1 < len(self.text) \
-                    and self.text[self.pos + 1] in '"\\':
-                c = self.text[self.pos + 1]
-                self.pos += 1
-            elif not c.isprintable():
-                self.error(line, "control character %r in string" % c)
-            out.append(c)
-            self.pos += 1
-        self.error(line, 'unterminated string: expected \'"\' before end '
-                   "of line")
-
-    def _macro(self) -> list[_Token]:
-        line = self.line
-        m = _MACRO_USE.match(self.text, self.pos + 1)
-        if not m:
-            self.error(line, 'expected macro name after "$"')
-        self.pos = m.end()
-        name = m.group()
-        if name not in self.macros:
-            self.error(line, "undefined macro $%s" % name)
-        if self.depth >= MAX_MACRO_DEPTH:
-            self.error(line, "macro $%s nested too deeply (recursive?)" % name)
-        sub = _Lexer(self.macros[name], self.filename, self.macros,
-                     line=line, depth=self.depth + 1, fixed_line=True,
-                     budget=self.budget)
-        toks = []
-        while (tok := sub.next()).kind != "eof":
-            self.budget[0] -= 1
-            if self.budget[0] < 0:
-                self.error(line, "macros expand to more than %d words"
-                           % MAX_EXPANDED)
-            toks.append(tok)
-        if not toks:
-            self.error(line, "macro $%s is empty" % name)
-        return toks
 
 
 # ---- parser ---------------------------------------------------------------
@@ -233,7 +87,7 @@ class _Parser:
     def __init__(self, text: str, filename: str):
         self.filename = filename
         self.macros: dict[str, str] = {}
-        self.lex = _Lexer(text, filename, self.macros)
+        self.lex = Lexer(text, filename, self.macros)
         self.conf = Config()
         self.seen: dict[tuple, int] = {}       # (scope, keyword) -> line
         self.where: dict[tuple, int] = {}      # (iface key, what) -> line
@@ -248,14 +102,14 @@ class _Parser:
     def error(self, line: int | None, message: str):
         raise ConfigError(self.filename, line, message)
 
-    def expect(self, kind: str, after: str) -> _Token:
+    def expect(self, kind: str, after: str) -> Token:
         tok = self.lex.next()
         if tok.kind != kind:
             self.error(tok.line, 'expected "%s" %s, got %s'
                        % (kind, after, tok.describe()))
         return tok
 
-    def word(self, what: str, after: str) -> _Token:
+    def word(self, what: str, after: str) -> Token:
         """A required argument: a quoted string or a bare word."""
         tok = self.lex.next()
         if tok.kind != "word":
@@ -263,7 +117,7 @@ class _Parser:
                        % (what, after, tok.describe()))
         return tok
 
-    def optional_name(self) -> _Token | None:
+    def optional_name(self) -> Token | None:
         tok = self.lex.peek()
         if tok.kind == "word" and (tok.quoted or tok.value not in KEYWORDS):
             return self.lex.next()
@@ -276,7 +130,7 @@ class _Parser:
                        % (keyword, self.seen[(scope, keyword)]))
         self.seen[(scope, keyword)] = line
 
-    def unknown(self, tok: _Token, where: str, expected: list[str]):
+    def unknown(self, tok: Token, where: str, expected: list[str]):
         what = ('unknown keyword %s' % tok.describe()) if tok.kind == "word" \
             else 'unexpected %s' % tok.describe()
         self.error(tok.line, "%s %s; expected %s"
@@ -345,27 +199,27 @@ class _Parser:
 
     # -- values
 
-    def abs_path(self, tok: _Token, what: str) -> str:
+    def abs_path(self, tok: Token, what: str) -> str:
         if not tok.value.startswith("/"):
             self.error(tok.line, '%s: expected an absolute path, got "%s"'
                        % (what, tok.value))
         return tok.value
 
-    def sock_path(self, tok: _Token) -> str:
+    def sock_path(self, tok: Token) -> str:
         path = self.abs_path(tok, "socket")
         if len(path.encode()) > SUN_PATH_MAX:
             self.error(tok.line, "socket path longer than %d bytes: %s"
                        % (SUN_PATH_MAX, path))
         return path
 
-    def user(self, tok: _Token) -> str:
+    def user(self, tok: Token) -> str:
         if not _USER.match(tok.value):
             self.error(tok.line, 'bad user name "%s"' % tok.value)
         if tok.value == "root":
             self.error(tok.line, "user: workers must not run as root")
         return tok.value
 
-    def known_user(self, tok: _Token) -> str:
+    def known_user(self, tok: Token) -> str:
         """A user that VM processes run as: not root, and known to the
         system (looked up now, so that vionetd -n reports it)."""
         name = self.user(tok)
@@ -375,7 +229,7 @@ class _Parser:
             self.error(tok.line, 'unknown user "%s"' % name)
         return name
 
-    def owner(self, tok: _Token) -> str:
+    def owner(self, tok: Token) -> str:
         if not _USER.match(tok.value):
             self.error(tok.line, 'bad user name "%s"' % tok.value)
         try:
@@ -385,7 +239,7 @@ class _Parser:
                        % tok.value)
         return tok.value
 
-    def group(self, tok: _Token) -> str:
+    def group(self, tok: Token) -> str:
         if not _USER.match(tok.value):
             self.error(tok.line, 'bad group name "%s"' % tok.value)
         try:
@@ -395,7 +249,7 @@ class _Parser:
                        % tok.value)
         return tok.value
 
-    def mode(self, tok: _Token) -> int:
+    def mode(self, tok: Token) -> int:
         if not _MODE.match(tok.value):
             self.error(tok.line, 'bad socket mode "%s": expected three or '
                        "four octal digits such as 0660" % tok.value)
@@ -422,7 +276,7 @@ class _Parser:
             opts[tok.value] = (getattr(self, tok.value)(arg), tok.line)
         return opts
 
-    def socket_defaults(self, kw: _Token):
+    def socket_defaults(self, kw: Token):
         """Top level "socket owner USER group GROUP mode MODE": the
         defaults of the vhost-user sockets vionetd creates."""
         self.once("global", "socket owner/group/mode", kw.line)
@@ -452,7 +306,7 @@ class _Parser:
         iface.socket_group = opts.get("group", (conf.socket_group,))[0]
         iface.socket_mode = opts.get("mode", (conf.socket_mode,))[0]
 
-    def prefix(self, tok: _Token) -> ipaddress.IPv4Network:
+    def prefix(self, tok: Token) -> ipaddress.IPv4Network:
         try:
             net = ipaddress.ip_network(tok.value, strict=False)
         except ValueError:
@@ -469,14 +323,14 @@ class _Parser:
         self.where[("global", "prefix")] = tok.line
         return net
 
-    def ipv4(self, tok: _Token) -> ipaddress.IPv4Address:
+    def ipv4(self, tok: Token) -> ipaddress.IPv4Address:
         try:
             return ipaddress.IPv4Address(tok.value)
         except ValueError:
             self.error(tok.line, 'expected an IPv4 address, got "%s"'
                        % tok.value)
 
-    def ifname(self, tok: _Token, what: str) -> str:
+    def ifname(self, tok: Token, what: str) -> str:
         name = tok.value
         if len(name) > IFNAME_MAX:
             self.error(tok.line, '%s "%s" longer than %d characters'
@@ -486,7 +340,7 @@ class _Parser:
                        '".", "-" or "_"' % (what, name))
         return name
 
-    def lladdr(self, tok: _Token) -> str:
+    def lladdr(self, tok: Token) -> str:
         mac = tok.value.lower()
         if not _MAC.match(mac):
             self.error(tok.line, 'bad lladdr "%s": expected six hex octets '
@@ -498,7 +352,7 @@ class _Parser:
             self.error(tok.line, "lladdr %s is the null address" % mac)
         return mac
 
-    def number(self, tok: _Token, what: str, low: int, high: int) -> int:
+    def number(self, tok: Token, what: str, low: int, high: int) -> int:
         if not tok.value.isdigit() or not tok.value.isascii():
             self.error(tok.line, 'expected a number after %s, got "%s"'
                        % (what, tok.value))
@@ -508,7 +362,7 @@ class _Parser:
                        % (what, n, low, high))
         return n
 
-    def hostname(self, tok: _Token) -> str:
+    def hostname(self, tok: Token) -> str:
         name = tok.value.rstrip(".")
         if not name or len(name) > 253 \
                 or not all(_LABEL.match(lb) for lb in name.split(".")):
@@ -518,7 +372,7 @@ class _Parser:
 
     # -- statements
 
-    def dns(self, tok: _Token):
+    def dns(self, tok: Token):
         nxt = self.lex.peek()
         if nxt.kind != "word" or (not nxt.quoted and nxt.value in KEYWORDS):
             self.error(nxt.line, "expected an IPv4 address after dns, got %s"
@@ -528,7 +382,7 @@ class _Parser:
                 and self.lex.peek(1).kind != "=":
             self.conf.dns.append(self.ipv4(self.lex.next()))
 
-    def switch(self, kw: _Token):
+    def switch(self, kw: Token):
         tok = self.word("a switch name", "switch")
         name = tok.value
         if not name:
@@ -558,7 +412,7 @@ class _Parser:
                        "it stands for)" % name)
         self.conf.switches[name] = Switch(name, bridge, line=kw.line)
 
-    def vm(self, kw: _Token):
+    def vm(self, kw: Token):
         tok = self.word("a vm name", "vm")
         name = tok.value
         if not _VM_NAME.match(name):
@@ -605,7 +459,7 @@ class _Parser:
         self.vm_done(vm, kw)
         self.conf.vms[name] = vm
 
-    def vm_done(self, vm: Vm, kw: _Token):
+    def vm_done(self, vm: Vm, kw: Token):
         """A socket in the vm block belongs to the first interface."""
         if not vm.interfaces:
             self.error(kw.line, 'vm "%s" has no interface' % vm.name)
@@ -624,7 +478,7 @@ class _Parser:
                 self.error(iface.line, "%s: interface has no socket (add "
                            '"socket PATH" to its block)' % iface.key)
 
-    def interface(self, vm: Vm, kw: _Token, local: bool):
+    def interface(self, vm: Vm, kw: Token, local: bool):
         iface = Interface(vm.name, len(vm.interfaces), local=local,
                           line=kw.line)
         offload_lines: dict[tuple[str, str], int] = {}
@@ -645,7 +499,7 @@ class _Parser:
                        "given by DHCP on local interfaces only" % iface.key)
         vm.interfaces.append(iface)
 
-    def interface_body(self, iface: Interface, kw: _Token, offload_lines):
+    def interface_body(self, iface: Interface, kw: Token, offload_lines):
         scope = ("interface", iface.key)
         while True:
             tok = self.lex.next()
@@ -705,7 +559,7 @@ class _Parser:
 
     # -- offloads
 
-    def offload(self, iface: Interface, kw: _Token, lines):
+    def offload(self, iface: Interface, kw: Token, lines):
         """offload [tx | rx] (NAME | all) MODE; later lines win."""
         tok = self.word("tx, rx, all or an offload name", "offload")
         dirs = DIRECTIONS
