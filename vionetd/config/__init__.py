@@ -19,12 +19,9 @@ Invariants:
 """
 from __future__ import annotations
 
-import grp
-import ipaddress
-import os
-import pwd
 import re
 
+from vionetd.config import values
 from vionetd.config.lexer import (MAX_EXPANDED, MAX_MACRO_DEPTH,  # noqa: F401
                                   Lexer, Token)
 from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,  # noqa: F401
@@ -33,17 +30,12 @@ from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,  # noqa: F401
                                   OFF, OFFLOAD_NAMES, PASSTHROUGH, SOFTWARE,
                                   Config, ConfigError, Interface, Offload,
                                   Switch, Vm)
+from vionetd.config.values import (IFNAME_MAX, MAX_QUEUES, MTU_MAX,  # noqa: F401
+                                   MTU_MIN, QUEUES_AUTO, SUN_PATH_MAX)
 
 # ---- limits and vocabulary ------------------------------------------------
 
-# sun_path is 108 bytes on Linux, one of them the terminating NUL.
-SUN_PATH_MAX = 107
-# IFNAMSIZ is 16 on Linux, one of them the terminating NUL.
-IFNAME_MAX = 15
-MTU_MIN, MTU_MAX = 68, 65535
 MAX_FILE_SIZE = 1 << 20
-MAX_QUEUES = 16          # queue pairs of one interface (vhost_user.MAX_QUEUE_PAIRS)
-QUEUES_AUTO = min(os.cpu_count() or 1, MAX_QUEUES)   # "queues auto"
 
 # Words that are statements somewhere in the grammar. Unquoted, they are
 # never taken as a name where a name is optional, nor as a macro name.
@@ -58,13 +50,6 @@ SOCKET_OPTIONS = ("owner", "group", "mode", "connect")
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
-# Linux's dev_valid_name() refuses "/", ":" and white space; we keep to
-# a plainer set so names survive shells and logs unquoted.
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
-_MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
-_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
-_MODE = re.compile(r"0?[0-7]{3}\Z")
 
 
 # ---- parser ---------------------------------------------------------------
@@ -150,7 +135,7 @@ class _Parser:
                 self.socket_defaults(tok)
             elif tok.is_word("socket"):
                 self.once("global", "socket", tok.line)
-                self.conf.socket = self.sock_path(
+                self.conf.socket = values.sock_path(
                     self.word("a path", "socket"))
                 nxt = self.lex.peek()
                 if nxt.is_word(*SOCKET_OPTIONS):
@@ -161,10 +146,10 @@ class _Parser:
                                % (nxt.value, nxt.value))
             elif tok.is_word("user"):
                 self.once("global", "user", tok.line)
-                self.conf.user = self.user(self.word("a user name", "user"))
+                self.conf.user = values.user(self.word("a user name", "user"))
             elif tok.is_word("chroot"):
                 self.once("global", "chroot", tok.line)
-                self.conf.chroot = self.abs_path(
+                self.conf.chroot = values.abs_path(
                     self.word("a directory", "chroot"), "chroot")
             elif tok.is_word("local"):
                 nxt = self.lex.next()
@@ -172,8 +157,9 @@ class _Parser:
                     self.error(nxt.line, 'expected "prefix" after "local", '
                                "got %s" % nxt.describe())
                 self.once("global", "local prefix", tok.line)
-                self.conf.local_prefix = self.prefix(
-                    self.word("an IPv4 prefix", '"local prefix"'))
+                ptok = self.word("an IPv4 prefix", '"local prefix"')
+                self.conf.local_prefix = values.prefix(ptok)
+                self.where[("global", "prefix")] = ptok.line
             elif tok.is_word("dns"):
                 self.dns(tok)
             elif tok.is_word("switch"):
@@ -199,62 +185,6 @@ class _Parser:
 
     # -- values
 
-    def abs_path(self, tok: Token, what: str) -> str:
-        if not tok.value.startswith("/"):
-            self.error(tok.line, '%s: expected an absolute path, got "%s"'
-                       % (what, tok.value))
-        return tok.value
-
-    def sock_path(self, tok: Token) -> str:
-        path = self.abs_path(tok, "socket")
-        if len(path.encode()) > SUN_PATH_MAX:
-            self.error(tok.line, "socket path longer than %d bytes: %s"
-                       % (SUN_PATH_MAX, path))
-        return path
-
-    def user(self, tok: Token) -> str:
-        if not _USER.match(tok.value):
-            self.error(tok.line, 'bad user name "%s"' % tok.value)
-        if tok.value == "root":
-            self.error(tok.line, "user: workers must not run as root")
-        return tok.value
-
-    def known_user(self, tok: Token) -> str:
-        """A user that VM processes run as: not root, and known to the
-        system (looked up now, so that vionetd -n reports it)."""
-        name = self.user(tok)
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            self.error(tok.line, 'unknown user "%s"' % name)
-        return name
-
-    def owner(self, tok: Token) -> str:
-        if not _USER.match(tok.value):
-            self.error(tok.line, 'bad user name "%s"' % tok.value)
-        try:
-            pwd.getpwnam(tok.value)
-        except KeyError:
-            self.error(tok.line, 'socket owner: unknown user "%s"'
-                       % tok.value)
-        return tok.value
-
-    def group(self, tok: Token) -> str:
-        if not _USER.match(tok.value):
-            self.error(tok.line, 'bad group name "%s"' % tok.value)
-        try:
-            grp.getgrnam(tok.value)
-        except KeyError:
-            self.error(tok.line, 'socket group: unknown group "%s"'
-                       % tok.value)
-        return tok.value
-
-    def mode(self, tok: Token) -> int:
-        if not _MODE.match(tok.value):
-            self.error(tok.line, 'bad socket mode "%s": expected three or '
-                       "four octal digits such as 0660" % tok.value)
-        return int(tok.value, 8)
-
     def socket_options(self, connect_ok: bool = True) -> dict:
         """The words after "socket PATH": owner USER, group GROUP,
         mode MODE and connect, each at most once, in any order.
@@ -273,7 +203,7 @@ class _Parser:
             what = {"owner": "a user name", "group": "a group name",
                     "mode": "an octal mode such as 0660"}[tok.value]
             arg = self.word(what, "socket %s" % tok.value)
-            opts[tok.value] = (getattr(self, tok.value)(arg), tok.line)
+            opts[tok.value] = (getattr(values, tok.value)(arg), tok.line)
         return opts
 
     def socket_defaults(self, kw: Token):
@@ -306,70 +236,6 @@ class _Parser:
         iface.socket_group = opts.get("group", (conf.socket_group,))[0]
         iface.socket_mode = opts.get("mode", (conf.socket_mode,))[0]
 
-    def prefix(self, tok: Token) -> ipaddress.IPv4Network:
-        try:
-            net = ipaddress.ip_network(tok.value, strict=False)
-        except ValueError:
-            self.error(tok.line, 'expected an IPv4 prefix such as '
-                       '100.64.0.0/10, got "%s"' % tok.value)
-        if net.version != 4:
-            self.error(tok.line, "local prefix must be IPv4, got %s" % net)
-        if str(net) != tok.value and "/" in tok.value:
-            self.error(tok.line, "local prefix %s has host bits set (did you "
-                       "mean %s?)" % (tok.value, net))
-        if net.prefixlen > 31:
-            self.error(tok.line, "local prefix %s too small: it must hold "
-                       "at least one /31" % net)
-        self.where[("global", "prefix")] = tok.line
-        return net
-
-    def ipv4(self, tok: Token) -> ipaddress.IPv4Address:
-        try:
-            return ipaddress.IPv4Address(tok.value)
-        except ValueError:
-            self.error(tok.line, 'expected an IPv4 address, got "%s"'
-                       % tok.value)
-
-    def ifname(self, tok: Token, what: str) -> str:
-        name = tok.value
-        if len(name) > IFNAME_MAX:
-            self.error(tok.line, '%s "%s" longer than %d characters'
-                       % (what, name, IFNAME_MAX))
-        if not _IFNAME.match(name) or name in (".", ".."):
-            self.error(tok.line, 'bad %s "%s": expected letters, digits, '
-                       '".", "-" or "_"' % (what, name))
-        return name
-
-    def lladdr(self, tok: Token) -> str:
-        mac = tok.value.lower()
-        if not _MAC.match(mac):
-            self.error(tok.line, 'bad lladdr "%s": expected six hex octets '
-                       "such as 52:54:00:12:34:56" % tok.value)
-        first = int(mac[:2], 16)
-        if first & 1:
-            self.error(tok.line, "lladdr %s is a multicast address" % mac)
-        if mac == "00:00:00:00:00:00":
-            self.error(tok.line, "lladdr %s is the null address" % mac)
-        return mac
-
-    def number(self, tok: Token, what: str, low: int, high: int) -> int:
-        if not tok.value.isdigit() or not tok.value.isascii():
-            self.error(tok.line, 'expected a number after %s, got "%s"'
-                       % (what, tok.value))
-        n = int(tok.value)
-        if not low <= n <= high:
-            self.error(tok.line, "%s %d out of range %d..%d"
-                       % (what, n, low, high))
-        return n
-
-    def hostname(self, tok: Token) -> str:
-        name = tok.value.rstrip(".")
-        if not name or len(name) > 253 \
-                or not all(_LABEL.match(lb) for lb in name.split(".")):
-            self.error(tok.line, 'bad hostname "%s": expected labels of '
-                       'letters, digits and "-" separated by "."' % tok.value)
-        return name
-
     # -- statements
 
     def dns(self, tok: Token):
@@ -380,7 +246,7 @@ class _Parser:
         while (nxt := self.lex.peek()).kind == "word" \
                 and not (not nxt.quoted and nxt.value in KEYWORDS) \
                 and self.lex.peek(1).kind != "=":
-            self.conf.dns.append(self.ipv4(self.lex.next()))
+            self.conf.dns.append(values.ipv4(self.lex.next()))
 
     def switch(self, kw: Token):
         tok = self.word("a switch name", "switch")
@@ -399,7 +265,7 @@ class _Parser:
                 break
             if tok.is_word("interface"):
                 self.once(scope, "interface", tok.line)
-                bridge = self.ifname(self.word("a bridge name", "interface"),
+                bridge = values.ifname(self.word("a bridge name", "interface"),
                                      "bridge name")
                 self.where[("switch", name)] = tok.line
             elif tok.kind == "eof":
@@ -430,11 +296,11 @@ class _Parser:
                 break
             if tok.is_word("socket"):
                 self.once(scope, "socket", tok.line)
-                path = self.sock_path(self.word("a path", "socket"))
+                path = values.sock_path(self.word("a path", "socket"))
                 self.vm_socket[name] = (path, tok.line, self.socket_options())
             elif tok.is_word("user"):
                 self.once(scope, "user", tok.line)
-                vm.user = self.known_user(self.word("a user name", "user"))
+                vm.user = values.known_user(self.word("a user name", "user"))
                 self.vm_user.add(name)
             elif tok.is_word("interface"):
                 self.interface(vm, tok, local=False)
@@ -484,7 +350,7 @@ class _Parser:
         offload_lines: dict[tuple[str, str], int] = {}
         name = self.optional_name()
         if name is not None:
-            iface.name = self.ifname(name, "tap name")
+            iface.name = values.ifname(name, "tap name")
             self.where[(iface.key, "name")] = name.line
         if self.lex.peek().kind == "{":
             self.lex.next()
@@ -510,7 +376,7 @@ class _Parser:
                            "file reached)" % iface.key)
             if tok.is_word("socket"):
                 self.once(scope, "socket", tok.line)
-                iface.socket = self.sock_path(self.word("a path", "socket"))
+                iface.socket = values.sock_path(self.word("a path", "socket"))
                 self.sock_opts[iface.key] = self.socket_options()
                 self.where[(iface.key, "socket")] = tok.line
             elif tok.is_word("lladdr", "locked"):
@@ -530,7 +396,7 @@ class _Parser:
                     self.error(tok.line, "%s: %s needs an address (the "
                                "guest's MAC, as the VMM sets it), such as "
                                "52:54:00:12:34:56" % (iface.key, what))
-                iface.lladdr = self.lladdr(mac)
+                iface.lladdr = values.lladdr(mac)
                 self.where[(iface.key, "lladdr")] = mac.line
             elif tok.is_word("switch"):
                 self.once(scope, "switch", tok.line)
@@ -538,18 +404,17 @@ class _Parser:
                 self.where[(iface.key, "switch")] = tok.line
             elif tok.is_word("mtu"):
                 self.once(scope, "mtu", tok.line)
-                iface.mtu = self.number(self.word("a number", "mtu"), "mtu",
-                                        MTU_MIN, MTU_MAX)
+                iface.mtu = values.number(self.word("a number", "mtu"), "mtu",
+                                        values.MTU_MIN, values.MTU_MAX)
             elif tok.is_word("queues"):
                 self.once(scope, "queues", tok.line)
-                n = self.word("a number or auto", "queues")
-                iface.queues = QUEUES_AUTO if n.value == "auto" and not n.quoted else \
-                    self.number(n, "queues", 1, MAX_QUEUES)
+                iface.queues = values.queues(
+                    self.word("a number or auto", "queues"))
             elif tok.is_word("local"):
                 iface.local = True
             elif tok.is_word("hostname"):
                 self.once(scope, "hostname", tok.line)
-                iface.hostname = self.hostname(
+                iface.hostname = values.hostname(
                     self.word("a host name", "hostname"))
                 self.where[(iface.key, "hostname")] = tok.line
             elif tok.is_word("offload"):
