@@ -116,7 +116,7 @@ def test_vhost_user_close_tells_the_backend_even_if_a_stop_is_refused():
             vmm.sendmsg([m], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                struct.pack("%di" % len(fds), *fds))] if fds else [])
             assert conn.handle_readable()
-        assert conn.ring_ready(0)
+        assert conn.running(0)
         try:
             conn.close()
         except vu.ProtocolError:
