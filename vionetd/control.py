@@ -1,4 +1,4 @@
-"""The protobuf channels between vionetd's processes, and their dispatch.
+"""Run by every process: the protobuf channels between them, and their dispatch.
 
 Run by every process: the parent (to each session), a session (to the parent
 and to each of its workers) and a worker (to its session).
@@ -126,9 +126,10 @@ class Table:
     def __init__(self, rows):
         self.rows = {k: v if isinstance(v, Row) else Row(v) for k, v in rows.items()}
 
-    def dispatch(self, msg, fds):
-        """Call the handler of msg's field and return what it returns. A
-        field without a row closes the fds and raises ChannelError."""
+    def dispatch(self, msg, fds, *context):
+        """Call the handler of msg's field, fn(*context, body[, fds]), and
+        return what it returns. A field without a row closes the fds and
+        raises ChannelError."""
         kind = msg.WhichOneof("msg")
         row = self.rows.get(kind)
         if row is None:
@@ -136,6 +137,6 @@ class Table:
             raise ChannelError("unexpected message %r" % kind)
         body = getattr(msg, kind)
         if row.takes_fds:
-            return row.fn(body, fds)
+            return row.fn(*context, body, fds)
         close_fds(fds)
-        return row.fn(body)
+        return row.fn(*context, body)

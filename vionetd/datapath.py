@@ -1,11 +1,11 @@
-"""The worker's handle on the C data path (csrc/datapath.h, csrc/virtq.h).
+"""Run by a worker: its handle on the C data path (csrc/datapath.h, csrc/virtq.h).
 
 One Datapath per worker: a TX context (guest ring -> tap) or an RX context
 (tap -> guest ring), the guest memory table it maps, the ring's eventfds.
 Python only sets things up and reads counters; C moves every frame.
 
 Invariants: the memory table is never replaced under a running ring (the
-parent stops the ring first; we stop it too if it did not); every fd this
+session stops the ring first; set_memory() stops it too if it did not); every fd this
 object was given is closed when it is replaced or the ring stops. The ring
 marks the dirty log (ctx.q.log) exactly while the negotiated features have
 LOG_ALL and a log is mapped: _apply_log() decides, after every change.
@@ -15,7 +15,7 @@ import os
 from vionetd import features as F
 from vionetd.core import ffi, lib
 
-RX_GSO_FEATURES = (1 << 7) | (1 << 8) | (1 << 10) | (1 << 54) | (1 << 55)   # GUEST_TSO4/6, UFO, USO4/6
+RX_GSO_FEATURES = F.mask(F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_UFO, F.GUEST_USO4, F.GUEST_USO6)
 
 
 class DatapathError(ValueError):
@@ -28,6 +28,31 @@ class RingFailed(DatapathError):
 
 def _name(i):
     return ffi.string(lib.dp_counter_name(i)).decode()
+
+
+def rx_flags(enabled, sw):
+    """The RX context's flags (RXF_*) for the ring's state and the software
+    offloads the parent asked for."""
+    flags = lib.RXF_ENABLED if enabled else 0
+    if sw is not None and sw.rx_csum:
+        flags |= lib.RXF_SW_CSUM
+    return flags
+
+
+def tx_flags(enabled, sw, locked, local):
+    """The TX context's flags (TXF_*): software offloads, the locked MAC,
+    DHCP diverted on a local interface."""
+    flags = lib.TXF_ENABLED if enabled else 0
+    if sw is not None:
+        for on, flag in ((sw.tx_csum, lib.TXF_SW_CSUM), (sw.tx_tso4, lib.TXF_SW_TSO4),
+                         (sw.tx_tso6, lib.TXF_SW_TSO6), (sw.tx_uso, lib.TXF_SW_USO)):
+            if on:
+                flags |= flag
+    if locked:
+        flags |= lib.TXF_LOCKED_MAC
+    if local:
+        flags |= lib.TXF_DHCP_DIVERT
+    return flags
 
 
 class Datapath:
@@ -128,28 +153,12 @@ class Datapath:
             # tag), so one small buffer is enough; with it, up to 64 KiB.
             gso = self.features & RX_GSO_FEATURES
             c.frame_max = 0 if gso else self.mtu + 18
-        sw = self.software
-        if self.rx:
-            flags = lib.RXF_ENABLED if self.enabled else 0
-            if sw is not None and sw.rx_csum:
-                flags |= lib.RXF_SW_CSUM
+            c.flags = rx_flags(self.enabled, self.software)
         else:
-            flags = lib.TXF_ENABLED if self.enabled else 0
-            if sw is not None:
-                if sw.tx_csum:
-                    flags |= lib.TXF_SW_CSUM
-                if sw.tx_tso4:
-                    flags |= lib.TXF_SW_TSO4
-                if sw.tx_tso6:
-                    flags |= lib.TXF_SW_TSO6
-                if sw.tx_uso:
-                    flags |= lib.TXF_SW_USO
             if len(self.locked) == 6:
-                flags |= lib.TXF_LOCKED_MAC
                 c.locked_mac = list(self.locked)
-            if self.local:
-                flags |= lib.TXF_DHCP_DIVERT
-        c.flags = flags
+            c.flags = tx_flags(self.enabled, self.software, len(self.locked) == 6,
+                               self.local)
 
     def start_ring(self, msg, kick, call):
         if self.ring_started:

@@ -1,9 +1,11 @@
-"""A worker: one direction of one queue pair, run by the C core.
+"""Run by a worker: one direction of one queue pair, moved by the C core.
 
-The parent forks a worker per ring (rx: tap to guest, tx: guest to tap). The
-worker confines itself (sandbox.py) before it holds anything of a guest, then
+The parent forks one worker per ring when the session asks (rx: tap to
+guest, tx: guest to tap) and hands its channel to the session, which
+handles what it says from then on. The worker confines itself (sandbox.py) before it holds anything of a guest, then
 only ever receives: its tap, the guest's memory regions and the ring's
-eventfds arrive as fds on the control channel (control.py). It opens nothing
+eventfds arrive as fds on its channel (control.py), each message through
+the worker's dispatch table (Worker.table). It opens nothing
 after that; a tx worker opens its io_uring (csrc/txuring.c) just before.
 
 The loop: the C data path (csrc/txpath.c, csrc/rxpath.c) runs until the
@@ -43,63 +45,71 @@ class Worker:
     def __init__(self, chan, name, test_hooks=False, uring=None):
         self.chan = chan
         self.name = name
-        self.test_hooks = test_hooks
         self.uring = uring      # a TX worker's io_uring (open_uring), or None
         self.role = None
         self.dp = None
+        rows = {
+            "hello": self._hello,
+            "tap": control.with_fds(self._tap),
+            "mem_table": control.with_fds(lambda body, fds: self.dp.set_memory(body.regions,
+                                                                              fds)),
+            "dirty_log": control.with_fds(self._dirty_log),
+            "features": lambda body: self.dp.set_features(body),
+            "ring_start": control.with_fds(self._ring_start),
+            "ring_stop": self._ring_stop,
+            "ring_enable": self._ring_enable,
+            "stats": self._stats,
+            "dhcp_reply": lambda body: self.dp.inject(dhcp.build(body)),
+        }
+        if test_hooks:
+            rows["test_forbidden_call"] = sandbox.test_forbidden_call
+        self.table = control.Table(rows)
 
     def handle(self, msg, fds):
-        kind = msg.WhichOneof("msg")
-        body = getattr(msg, kind) if kind else None
-        if kind == "hello":
-            self.role = body.role
-            rx = body.role == pb.ROLE_RX
-            self.dp = Datapath(rx=rx, uring=None if rx else self.uring)
-        elif self.dp is None:
-            raise control.ChannelError("%s before hello" % kind)
-        elif kind == "tap":
-            self.dp.set_tap(self._one_fd(fds))
-            return
-        elif kind == "mem_table":
-            self.dp.set_memory(body.regions, fds)
-            return
-        elif kind == "dirty_log":
-            want = (1 + body.has_notify) if body.size else 0
-            if len(fds) != want:
-                raise control.ChannelError("dirty_log with %d fds" % len(fds))
-            self.dp.set_log(body.size, body.offset, list(fds))
-            return
-        elif kind == "features":
-            self.dp.set_features(body)
-        elif kind == "ring_start":
-            want = 2 if body.has_call else 1
-            if len(fds) != want:
-                raise control.ChannelError("ring_start with %d fds" % len(fds))
-            self.dp.start_ring(body, fds[0], fds[1] if body.has_call else None)
-            return
-        elif kind == "ring_stop":
-            last = self.dp.stop_ring()
-            control.send(self.chan, pb.FromWorker(ring_stopped=pb.RingStopped(last_avail=last)))
-        elif kind == "ring_enable":
-            self.dp.enable(body.enabled)
-            control.send(self.chan, pb.FromWorker(ring_enabled=body.enabled))
-        elif kind == "stats":
-            counters = [pb.Counter(name=k, value=v) for k, v in self.dp.counters()]
-            control.send(self.chan, pb.FromWorker(stats=pb.Stats(counters=counters)))
-        elif kind == "dhcp_reply":
-            self.dp.inject(dhcp.build(body))
-        elif kind == "test_forbidden_call" and self.test_hooks:
-            sandbox.test_forbidden_call(body)
-        else:
-            raise control.ChannelError("unknown message %r" % kind)
-        control.close_fds(fds)   # messages above carry none; refuse to keep strays
+        """One message from the session, through the table. Every message
+        but the first (hello) needs the data path hello made."""
+        if self.dp is None and msg.WhichOneof("msg") != "hello":
+            control.close_fds(fds)
+            raise control.ChannelError("%s before hello" % msg.WhichOneof("msg"))
+        self.table.dispatch(msg, fds)
 
-    @staticmethod
-    def _one_fd(fds):
+    def _reply(self, **kw):
+        control.send(self.chan, pb.FromWorker(**kw))
+
+    def _hello(self, body):
+        self.role = body.role
+        rx = body.role == pb.ROLE_RX
+        self.dp = Datapath(rx=rx, uring=None if rx else self.uring)
+
+    def _tap(self, body, fds):
         if len(fds) != 1:
             control.close_fds(fds)
             raise control.ChannelError("expected one fd, got %d" % len(fds))
-        return fds[0]
+        self.dp.set_tap(fds[0])
+
+    def _dirty_log(self, body, fds):
+        want = (1 + body.has_notify) if body.size else 0
+        if len(fds) != want:
+            control.close_fds(fds)
+            raise control.ChannelError("dirty_log with %d fds" % len(fds))
+        self.dp.set_log(body.size, body.offset, list(fds))
+
+    def _ring_start(self, body, fds):
+        if len(fds) != (2 if body.has_call else 1):
+            control.close_fds(fds)
+            raise control.ChannelError("ring_start with %d fds" % len(fds))
+        self.dp.start_ring(body, fds[0], fds[1] if body.has_call else None)
+
+    def _ring_stop(self, body):
+        self._reply(ring_stopped=pb.RingStopped(last_avail=self.dp.stop_ring()))
+
+    def _ring_enable(self, body):
+        self.dp.enable(body.enabled)
+        self._reply(ring_enabled=body.enabled)
+
+    def _stats(self, body):
+        counters = [pb.Counter(name=k, value=v) for k, v in self.dp.counters()]
+        self._reply(stats=pb.Stats(counters=counters))
 
     def run(self):
         chan_fd = self.chan.fileno()
@@ -117,7 +127,7 @@ class Worker:
                     continue
             msg, fds = control.recv(self.chan, pb.ToWorker)
             if msg is None:
-                return 0        # the parent has gone: so do we
+                return 0        # the session has gone: so do we
             self.handle(msg, fds)
 
     def _divert(self):
