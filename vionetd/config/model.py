@@ -45,6 +45,13 @@ class ConfigError(Exception):
         return "%s:%d: %s" % (self.filename, self.line, self.message)
 
 
+def alternatives(what: list[str]) -> str:
+    """How messages say "expected ...": "a", "a or b", "a, b or c"."""
+    if len(what) == 1:
+        return what[0]
+    return ", ".join(what[:-1]) + " or " + what[-1]
+
+
 def _all(mode: str) -> dict[str, str]:
     return dict.fromkeys(OFFLOAD_NAMES, mode)
 
