@@ -19,6 +19,7 @@ import ipaddress
 import os
 import pwd
 import re
+from typing import Callable
 
 from vionetd.config.lexer import Token
 
@@ -72,35 +73,32 @@ def user(tok: Token) -> str:
     return name
 
 
-def known_user(tok: Token) -> str:
-    """A user that VM processes run as: not root, and known to the
-    system (looked up now, so that vionetd -n reports it)."""
-    name = user(tok)
+def _known(tok: Token, name: str, lookup: Callable, unknown: str) -> str:
+    """name if lookup (getpwnam or getgrnam) finds it, else the error
+    unknown % name at tok's line. Looked up now, so that vionetd -n
+    reports a name the system does not know."""
     try:
-        pwd.getpwnam(name)
+        lookup(name)
     except KeyError:
-        tok.error('unknown user "%s"' % name)
+        tok.error(unknown % name)
     return name
+
+
+def known_user(tok: Token) -> str:
+    """A user that VM processes run as: not root, and known to the system."""
+    return _known(tok, user(tok), pwd.getpwnam, 'unknown user "%s"')
 
 
 def owner(tok: Token) -> str:
     """The owner of a socket vionetd creates: a user the system knows."""
-    name = _name(tok, "user")
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        tok.error('socket owner: unknown user "%s"' % name)
-    return name
+    return _known(tok, _name(tok, "user"), pwd.getpwnam,
+                  'socket owner: unknown user "%s"')
 
 
 def group(tok: Token) -> str:
     """The group of a socket vionetd creates: a group the system knows."""
-    name = _name(tok, "group")
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        tok.error('socket group: unknown group "%s"' % name)
-    return name
+    return _known(tok, _name(tok, "group"), grp.getgrnam,
+                  'socket group: unknown group "%s"')
 
 
 def mode(tok: Token) -> int:
