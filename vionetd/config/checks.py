@@ -1,22 +1,24 @@
 """Run by the parent and `vionetd -n`: vionetd.conf's checks across statements.
 
 The grammar (grammar.py) checks each statement as it reads it. What
-depends on several statements is checked here, in two passes:
-- interface_done(), when an interface's block closes: its offload policy
-  against the virtio feature dependencies, and local against switch and
-  hostname;
+depends on several statements is checked here, at two moments:
+- interface_done(), when an interface's statements have been read: its
+  offload policy against the virtio feature dependencies, then local
+  against switch and hostname;
 - whole_file(), at the end of the file, since global settings may come
-  after the blocks that use them: the defaults are filled in (each VM's
-  user, each interface's socket owner, group and mode), then names that
-  must be unique are checked (sockets, tap names, MAC addresses, bridges),
-  switches named by interfaces must exist, and the local prefix must hold
-  a /31 per local interface.
+  after the blocks that use them: no two switches on one bridge; each VM's
+  user and each interface's socket owner, group and mode filled in from
+  the global settings unless given; then, interface by interface in file
+  order, socket options against connect, unique sockets, tap names (not a
+  bridge either) and MAC addresses, known switches; last, a local prefix
+  that holds a /31 per local interface.
 
 Invariants:
-- Errors name the line of the statement at fault, from the Notes the
-  grammar kept (the Config's own line fields are those of the blocks).
-- Checks run in file order, so of several errors the first in the file
-  (by interface) is the one reported, as with the grammar's own errors.
+- The first error found, in the order above, is the one raised.
+- Errors name the line of the statement at fault, which the grammar keeps
+  in the Notes; an offload dependency names the last offload statement
+  involved (the interface's line if none), and a local prefix too small
+  for the interfaces names no line if the prefix is the default one.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ Invariants:
   the system's user and group databases, so that vionetd -n reports an
   unknown one); they never read further tokens nor record anything.
 - A value they return fits where the parent puts it: socket paths fit in
-  sun_path, tap and bridge names in IFNAMSIZ, MAC addresses are unicast and
-  lower case, host names are valid DHCP option 12 values.
+  sun_path, tap and bridge names in IFNAMSIZ, MAC addresses are unicast
+  and lower case, host names are dot-separated labels of letters, digits
+  and "-", 253 characters at most.
 """
 from __future__ import annotations
 
