@@ -175,6 +175,8 @@ class VmmLink:
             return
         self.ending = True
         self.loop.unwatch(self.conn.sock)
+        if self.listener is not None:     # the next VMM is accepted after the close
+            self.loop.unwatch(self.listener)
         self.loop.call_later(0, lambda: self._close(why))
 
     def _close(self, why):
@@ -212,8 +214,9 @@ class VmmLink:
         if self.listener is None:
             self.loop.call_later(delay, self._dial)
         elif delay:
-            self.loop.unwatch(self.listener)
             self.loop.call_later(delay, lambda: self.loop.watch(self.listener, self._accept))
+        else:
+            self.loop.watch(self.listener, self._accept)
 
     def close(self):
         if self.conn is not None:
