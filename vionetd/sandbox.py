@@ -1,16 +1,18 @@
-"""The sandbox: what a session or a worker gives up before it meets a peer.
+"""Run by every session and worker: what it gives up before it meets a peer.
 
 Applied by every session and worker right after the fork, before it reads a
 byte from a VMM or maps a guest, in this order (each step needs the
 privileges the next one drops):
 
-0. die with the parent (PR_SET_PDEATHSIG);
 1. close every fd but those it keeps (its channels, a session's listening
    socket, stderr while -d);
 2. chroot to an empty directory, so a path means nothing;
 3. drop to the unprivileged user and its group, with no supplementary groups;
-4. rlimits: no new processes, no core dumps, no files, few descriptors;
-5. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
+4. die with the parent (PR_SET_PDEATHSIG; after step 3, since changing
+   credentials clears it), and make sure the parent is still the one that
+   forked us (it may have died before the call);
+5. rlimits: no new processes, no core dumps, no files, few descriptors;
+6. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
    pledge("stdio recvfd"): nothing that opens, creates sockets, connects,
    executes, forks, traces or signals another process; fcntl only with the
    commands that read or set fd flags (F_SETOWN and F_SETSIG would let it
@@ -18,7 +20,7 @@ privileges the next one drops):
 
 The list is COMMON below (what the interpreter and the channels need) plus
 the calls of the process's own code, declared next to that code:
-session.SYSCALLS and worker.SYSCALLS, each call with its reason.
+session/main.py's SYSCALLS and worker.SYSCALLS, each call with its reason.
 
 A call outside the list traps: csrc/sigsys.c reports its number over the
 process's channel, then the process dies by SIGSYS; the receiver logs both
@@ -45,7 +47,7 @@ COMMON = {
     "close": "fds replaced by newer ones",
     "getsockopt": "Python's socket layer queries the socket type",
     "fcntl": "Python reads and sets fd flags (only F_GETFD/F_SETFD/F_GETFL/F_SETFL)",
-    "poll": "waiting for a channel's answer with a deadline",
+    "poll": "the data path's wait for its kick, tap and channel (rxpath.c, txpath.c)",
     # the interpreter's memory
     "mmap": "malloc (never PROT_EXEC)",
     "munmap": "free",
@@ -132,12 +134,16 @@ def no_new_privs():
     prctl(38, 1, "PR_SET_NO_NEW_PRIVS")
 
 
-def die_with_parent():
+def die_with_parent(parent):
     """SIGKILL when the parent dies, however it dies: a killed daemon
     leaves no session holding a VMM's connection or a worker holding a tap,
-    so a new daemon can take both at once. (A parent that died before this
-    call closed the channel, which ends the process as well.)"""
+    so a new daemon can take both at once, and a stopped process (SIGSTOP)
+    that reads nothing goes too. Called after the uid change, which clears
+    the setting (prctl(2)); a parent that died before it is caught by
+    getppid(), which is then no longer the pid that forked us."""
     prctl(1, signal.SIGKILL, "PR_SET_PDEATHSIG")
+    if os.getppid() != parent:
+        raise OSError(errno.ESRCH, "the parent (pid %d) has gone" % parent)
 
 
 def seccomp_filter(calls, nonblocking_ioctl=False):
@@ -169,10 +175,11 @@ def enter(calls, keep, user, root, keep_stderr=True, nonblocking_ioctl=False):
     """Confine the calling process to COMMON + calls. keep: the fds it keeps
     (the first is its channel, where a forbidden call is reported). Raises
     OSError if any step fails: a process that cannot be confined must not run."""
-    die_with_parent()
+    parent = os.getppid()
     close_fds(set(keep) | ({2} if keep_stderr else set()))
     f = seccomp_filter(calls, nonblocking_ioctl)   # resolves names: before chroot
     drop_privileges(user, root)
+    die_with_parent(parent)
     limit_resources()
     no_new_privs()
     if lib.sigsys_install(keep[0]) != 0:
