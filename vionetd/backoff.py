@@ -1,4 +1,4 @@
-"""Rate limits shared by every process: the parent and the sessions.
+"""Run by the parent and by every session: the backoff and rate limit they share.
 
 Two small policies that were written out again wherever they were needed:
 

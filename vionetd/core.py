@@ -1,4 +1,4 @@
-"""The C core, as Python sees it: the cffi module and a few thin helpers.
+"""Run by the workers (and sessions, for the SIGSYS reporter): the C core for Python.
 
 Everything per frame happens in C (csrc/); this module only loads it.
 """

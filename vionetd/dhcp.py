@@ -1,4 +1,4 @@
-"""DHCP for local interfaces (RFC 2131, options RFC 2132), split by privilege.
+"""Run by the parent and by the workers of local interfaces: DHCP (RFC 2131, 2132).
 
 Three steps, each in the process that may do it:
 

@@ -1,4 +1,4 @@
-"""The event loop of the parent and of each session: one selector, timers.
+"""Run by the parent and by every session: their event loop, one selector and timers.
 
 Run by the parent and by every session (workers run the C data path's loop).
 Everything such a process waits for goes through one Loop: readable fds

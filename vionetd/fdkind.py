@@ -1,4 +1,4 @@
-"""What a VMM hands us as a file descriptor, checked before anyone uses it.
+"""Run by a session: what a VMM hands us as a file descriptor, checked before use.
 
 vhost-user passes kick and call notifiers and guest memory as fds. A VMM can
 pass anything instead: a pipe without a writer (every poll says "hang up"),

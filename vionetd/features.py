@@ -1,4 +1,4 @@
-"""Feature bits: what vionetd offers a guest, and what follows from its answer.
+"""Run by the parent and by sessions and workers: feature bits, offer and answer.
 
 Three sets meet here (vionetd(8), "Offloads"): the operator's policy per
 direction, what the kernel's tap accepts (a TUN_F_* mask probed at start with

@@ -1,4 +1,4 @@
-"""DHCP leases of local interfaces, kept across restarts of the daemon.
+"""Run by the parent: DHCP leases of local interfaces, kept across restarts.
 
 One file (DEFAULT_PATH, /var/db/vionetd/leases) holds every lease vionetd
 gave, as JSON:

@@ -1,4 +1,4 @@
-"""Link configuration the parent does for a VM's tap, over rtnetlink (pyroute2).
+"""Run by the parent: the link configuration of a VM's tap, over rtnetlink (pyroute2).
 
 Each function takes the interface name and an optional IPRoute; without one it
 opens and closes its own, in the network namespace of the calling thread.

@@ -1,4 +1,4 @@
-"""Addresses of local interfaces: a /31 each out of the configured prefix.
+"""Run by the parent: addresses of local interfaces, a /31 each out of the prefix.
 
 As in vmd: the first address of the /31 goes on the host's side of the tap
 (the guest's router and DNS server), the second is offered to the guest by

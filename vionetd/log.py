@@ -1,4 +1,8 @@
-"""Logging: stderr in the foreground (-d), syslog (daemon facility) otherwise.
+"""Run by the parent, and by sessions through their parent: logging, with repeats bounded.
+
+The parent writes to stderr in the foreground (-d), to syslog (daemon
+facility) otherwise. A session's lines go to its parent (session/
+parent_link.py, ParentLog), which writes them.
 
 Two levels an operator can switch at run time (vionetctl log brief|verbose):
 brief logs what changes state (connections, workers, drops of a peer),

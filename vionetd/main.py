@@ -1,4 +1,4 @@
-"""vionetd(8): the command line.
+"""Run by the parent (vionetd(8)): the command line, before the daemon starts.
 
     vionetd [-dnv] [-f file] [-p pidfile]
 

@@ -1,4 +1,4 @@
-"""Tap devices: open one with a virtio_net_hdr in front of every frame, and
+"""Run by the parent: tap devices with a virtio_net_hdr before every frame, and
 find out which offloads the running kernel lets us hand to the reader.
 
 Only the privileged parent calls this module; workers get the finished fd.

@@ -1,4 +1,4 @@
-"""vionetctl(8): ask a running vionetd what it is doing, or tell it to reload.
+"""Run by vionetctl(8), the operator's command: ask a running vionetd what it does.
 
     vionetctl [-s socket] status | show VM | stats [--json] | reload | log brief|verbose
 

@@ -1,4 +1,4 @@
-"""The listening vhost-user socket of one interface, and who may use it.
+"""Run by the parent: the listening vhost-user socket of one interface, and who may use it.
 
 listen(path, owner, group, mode) creates the socket a VMM connects to:
   - the directory is created (mode 0755) if missing;
