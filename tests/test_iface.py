@@ -1,83 +1,87 @@
-"""The parent's side of an interface (iface.py), in parts that need no daemon."""
+"""The parent's side of an interface (iface.py): its life cycle, in parts
+that need no daemon. (Its parts have their own tests: test_children.py,
+test_session_channel.py, test_tap_requests.py, test_exiting.py.)"""
+import fcntl
+import os
+import time
+from types import SimpleNamespace
+
 import pytest
 
-from vionetd import config, iface, links
+from vionetd import config, exiting, iface
+from vionetd.eventloop import Loop
 
 
 @pytest.fixture
-def make(monkeypatch):
-    calls = []
-    monkeypatch.setattr(links, "set_mtu", lambda name, mtu: calls.append((name, mtu)))
-
-    def make(mtu_line):
-        text = 'vm "a" { interface { socket "/s" %s } }' % mtu_line
-        conf = config.parse(text)
-        p = iface.Interface(None, conf.vms["a"].interfaces[0], conf)
-        p.tap_name = "vtap0"
-        return p
-    make.calls = calls
-    return make
+def parent():
+    p = SimpleNamespace(loop=Loop(), ports={}, watch=lambda *a: None, unwatch=lambda *a: None)
+    p.exiting = exiting.Exiting(p.loop)
+    return p
 
 
-def test_vmm_mtu_at_most_the_interfaces_and_the_tap_follows(make, caplog):
-    """NET_SET_MTU relayed by the session: at most the interface's mtu (1500
-    without one); the tap follows; the configured MTU comes back when the
-    VMM goes."""
-    calls = make.calls
-    p = make("mtu 9000")
-    assert p._set_mtu(9000) == "" and calls == [("vtap0", 9000)] and p.vmm_mtu == 9000
-    assert p._set_mtu(1400) == "" and calls[-1] == ("vtap0", 1400)
-    with caplog.at_level("ERROR", logger="vionetd"):
-        assert p._set_mtu(9001) == "MTU 9001 larger than the interface's 9000"
-    assert any("refusing MTU 9001 from the VMM: larger than this interface's mtu 9000"
-               in r.getMessage() for r in caplog.records), caplog.text
-    assert calls[-1] == ("vtap0", 1400)
-    p._restore_mtu()
-    assert calls[-1] == ("vtap0", 9000) and p.vmm_mtu == 0
-    q = make("")
-    assert q._set_mtu(1501) == "MTU 1501 larger than the interface's 1500"
-    assert q._set_mtu(1500) == "" and calls[-1] == ("vtap0", 1500)
+def port(parent, name="vt0"):
+    conf = config.parse('vm "a" { interface "%s" { socket "/s" } }' % name)
+    return iface.Interface(parent, conf.vms["a"].interfaces[0], conf)
 
 
-@pytest.mark.parametrize("msg, why", [
-    ({"state": {"state": "dancing"}}, "bad state message"),
-    ({"state": {"state": "running", "vmm_features": 1 << 63}}, "bad state message"),
-    ({"features": 1 << 63}, "not offered"),
-    ({"spawn": {"role": 7}}, "no worker"),
-    ({"spawn": {"role": 1, "queue_pair": 1}}, "no worker"),
-    ({"dial": True}, "dial on a listening interface"),
-])
-def test_session_messages_that_break_the_rules(make, msg, why):
-    """What a (compromised) session may say is checked: each of these gets
-    it killed, with the reason."""
-    from vionetd import vionetd_pb2 as pb
-    p = make("")
-    p.offered = 1 << 32
-    assert why in p._session_message(pb.FromSession(**msg))
-
-
-def test_fds_a_session_sends_are_closed_at_once(make):
-    """A (compromised) session cannot make the root parent hold fds: any
-    that come with its messages are closed as they arrive, 200 times over."""
-    import os
-    import socket
-    from vionetd import control
-    from vionetd import vionetd_pb2 as pb
-    p = make("")
-    p.offered = 1 << 32
-    p.parent = type("P", (), {"watch": lambda *a: None, "unwatch": lambda *a: None})()
-    p.chan, theirs = control.pair()
-    p.chan.setblocking(False)
+def is_open(fd):
     try:
-        before = len(os.listdir("/proc/self/fd"))
-        for _ in range(200):
-            fds = [os.eventfd(0) for _ in range(3)]
-            control.send(theirs, pb.FromSession(state=pb.SessionState(state="waiting")), fds)
-            for fd in fds:
-                os.close(fd)
-            p._from_session()
-        assert len(os.listdir("/proc/self/fd")) == before
-        assert p.session.state == "waiting"
-    finally:
-        theirs.close()
-        p.chan.close()
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
+
+
+def test_a_start_under_a_tap_name_still_held_waits_for_its_holders(parent, monkeypatch):
+    """The killed processes of the interface that had the tap's name hold it
+    until they exit: the new one starts once SIGCHLD has reaped the last of
+    them, and meanwhile is "restarting"; the parent waited for nothing."""
+    p = port(parent)
+    opened = []
+    monkeypatch.setattr(p, "_open", lambda: opened.append(p.key))
+    parent.exiting.killed("vt0", [101, 102])
+    p.start()
+    assert not opened and not p.started.done and p.state == "restarting"
+    parent.exiting.reaped(101)
+    assert not opened
+    parent.exiting.reaped(102)
+    assert opened == ["a/0"] and p.started.done and p.started.value is None
+
+
+def test_a_start_that_fails_says_why_and_a_stopped_wait_says_nothing(parent, monkeypatch):
+    p = port(parent)
+
+    def fail():
+        raise OSError(16, "Device or resource busy")
+    monkeypatch.setattr(p, "_open", fail)
+    p.start()
+    assert p.started.value == "a/0: cannot start: Device or resource busy"
+    assert p.state == "stopped"
+    q = port(parent)
+    parent.exiting.killed("vt0", [101])
+    q.start()
+    q.stop()
+    assert q.started.done and q.started.value is None and not parent.exiting.waits
+
+
+def test_stop_closes_the_tap_before_the_kill_and_hands_over_the_killed(parent, monkeypatch):
+    """The tap's fds are closed before the workers sharing them are killed
+    (the last close, which deletes the tap, is then theirs), and the pids
+    not reaped yet go to the parent's Exiting; nothing is waited for."""
+    p = port(parent)
+    p.tap_name = "vt0"
+    p.tap_fds = [os.eventfd(0), os.eventfd(0)]
+    fds = list(p.tap_fds)
+    seen = []
+    real_stop = p.children.stop
+
+    def stop():
+        seen.append([is_open(fd) for fd in fds])
+        p.children.exiting.add(4242)        # a worker killed and not reaped yet
+        real_stop()
+    monkeypatch.setattr(p.children, "stop", stop)
+    t0 = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t0 < 0.1
+    assert seen == [[False, False]] and p.tap_fds == []
+    assert parent.exiting.holders == {4242: "vt0"} and p.state == "stopped"

@@ -146,7 +146,9 @@ class CtlServer:
     def answer(self, data, uid, respond):
         """Answer one request: respond(CtlReply) is called once, at once or,
         for counters, when every session has answered or STATS_TIMEOUT has
-        passed (a session that does not answer leaves its counters out)."""
+        passed (a session that does not answer leaves its counters out), and
+        for a reload, when the interfaces it restarts have started or failed
+        (one may wait, at most exiting.EXIT_WAIT, for its old processes)."""
         reply = self._answer(data, uid, respond)
         if reply is not None:
             respond(reply)
@@ -173,9 +175,10 @@ class CtlServer:
             if not ports:
                 return pb.CtlReply(error="no such VM: %s" % req.show)
             return self._with_counters(ports, respond)
-        if kind == "reload":
-            err = self.parent.reload()
-            return pb.CtlReply(error=err or "", message="" if err else "reloaded")
+        if kind == "reload":      # answered once the interfaces it restarts have started
+            self.parent.reload().then(lambda err: respond(
+                pb.CtlReply(error=err or "", message="" if err else "reloaded")))
+            return None
         if kind == "log_level":
             try:
                 logmod.set_level(req.log_level)

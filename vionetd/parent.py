@@ -1,20 +1,25 @@
-"""The parent process: configuration, interfaces, signals, the event loop.
+"""Run by the parent (root): configuration, interfaces, signals and the event loop.
 
 The parent runs as root and keeps only what needs privilege or the whole
 picture: the configuration and its reloads, each VM interface's tap, links,
-bridge and address, each listening socket, forking sessions and workers
-(iface.py), vionetctl (ctl.py) and DHCP leases. It never reads a byte a VMM
-or a guest wrote: the vhost-user protocol is spoken by each interface's
-unprivileged session (session.py), which sends the parent small protobuf.
+bridge, address and listening socket (iface.py), forking sessions and
+workers (children.py), vionetctl (ctl.py) and DHCP leases. It never reads a
+byte a VMM or a guest wrote: the vhost-user protocol is spoken by each
+interface's unprivileged session (session/), which sends the parent small
+protobuf (session_channel.py).
 
     parent (root)
       vhost VM/N      one session per VM interface (unprivileged, seccomp)
         rx VM/N       its workers, forked by the parent on the session's
         tx VM/N       request, their channels handed to the session
 
-One thread, one event loop (eventloop.py), nothing that waits on a child or
-a peer: messages from sessions are read non-blocking; vionetctl answers that
-need counters wait for the sessions' replies on a timer (ctl.py).
+One thread, one event loop (eventloop.py), nothing in it that waits for a
+child or a peer: messages from sessions are read non-blocking; a vionetctl
+answer that needs counters, or a reload's restarts, comes when they are
+there (ctl.py); a killed process is reaped when SIGCHLD says it has exited,
+and an interface restarted under the tap name it held starts then
+(exiting.py). With no timer due, the loop sleeps until an fd or a signal
+wakes it.
 
 Signals arrive through a self-pipe (signal.set_wakeup_fd) and are handled in
 the loop, never inside a signal handler: SIGHUP reloads, SIGTERM/SIGINT stop,
@@ -29,7 +34,8 @@ import socket
 import setproctitle
 
 from vionetd import config, vmmsocket
-from vionetd.eventloop import Loop
+from vionetd.eventloop import Loop, Reply
+from vionetd.exiting import Exiting
 from vionetd.iface import Interface
 from vionetd.log import log
 
@@ -43,6 +49,7 @@ class Parent:
         self.pidfile = pidfile
         self.loop = Loop()
         self.ports = {}          # config.Interface.key -> iface.Interface
+        self.exiting = Exiting(self.loop)   # what stopped ports killed, not reaped yet
         self.running = True
         self.ctl = None
 
@@ -103,7 +110,8 @@ class Parent:
     def reap(self):
         """Reap what has exited, at most REAP_PER_TURN (the rest wait for the
         next turn: SIGTERM is never starved); a session that died is replaced
-        on a timer, never here."""
+        on a timer, never here; a start that waited for the tap name of the
+        reaped goes on (exiting.py)."""
         for _ in range(REAP_PER_TURN):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -111,10 +119,15 @@ class Parent:
                 return
             if pid == 0:
                 return
-            for port in list(self.ports.values()):
-                if port.child_died(pid, status):
-                    break
+            self._reaped(pid, status)
         os.write(self._sig_w.fileno(), bytes([signal.SIGCHLD]))   # more next turn
+
+    def _reaped(self, pid, status):
+        if self.exiting.reaped(pid):
+            return
+        for port in list(self.ports.values()):
+            if port.children.child_died(pid, status):
+                return
 
     # ---- configuration --------------------------------------------------
 
@@ -122,88 +135,66 @@ class Parent:
         """Make the running ports match conf: start new and changed ones,
         stop removed and changed ones, leave unchanged ones alone (their
         session, workers, tap and VMM connection stay: the guest sees nothing).
-        Returns the errors of ports that could not start, [] if none."""
-        wanted = {}
-        for vm in conf.vms.values():
-            if vm.disabled:
-                continue
-            for iface in vm.interfaces:
-                wanted[iface.key] = iface
+        Returns a Reply of the errors of the ports that could not start ([]
+        if none), set once each port started here has started or failed: a
+        changed one may wait for its old processes to exit (exiting.py)."""
+        wanted = wanted_interfaces(conf)
         for key in list(self.ports):
-            port = self.ports[key]
-            if key in wanted and self.unchanged(port, wanted[key], conf):
-                port.conf = conf            # e.g. dns: the next DHCP answer has it
-                continue
-            if key in wanted and self.only_socket_ownership(port, wanted[key], conf):
-                new = wanted[key]
-                vmmsocket.apply_ownership(new.socket, new.socket_owner, new.socket_group,
-                                          new.socket_mode)
-                port.iface, port.conf = new, conf
-                log.info("%s: socket owner, group or mode changed", key)
-                continue
-            log.info("%s: stopping (%s)", key, "removed" if key not in wanted else "changed")
-            port.stop()
-            del self.ports[key]
+            self._keep_or_stop(self.ports[key], wanted.get(key), conf)
         self.conf = conf                    # workers forked from now on see it
-        errors = []
-        for key, iface in wanted.items():
-            if key in self.ports:
-                continue
-            port = Interface(self, iface, conf)
-            try:
-                port.start()
-            except Exception as e:          # one VM's trouble does not stop the others
-                why = e.strerror if isinstance(e, OSError) and e.strerror else e
-                log.error("%s: cannot start: %s", key, why)
-                errors.append("%s: cannot start: %s" % (key, why))
-                port.stop()
-                continue
-            self.ports[key] = port
-        return errors
+        return all_errors([self._start(Interface(self, iface, conf))
+                           for key, iface in wanted.items() if key not in self.ports])
 
-    @staticmethod
-    def unchanged(port, iface, conf):
-        """True if port would be the same under conf: its own block, the
-        sessions' and workers' user and chroot, its switch's bridge, and for a local
-        interface the prefix its address comes from. Other VMs, other
-        switches, dns and line numbers do not count."""
-        old = port.conf
-        if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
-            return False
-        if conf.vms[iface.vm].user != old.vms[iface.vm].user:
-            return False
-        if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
-            return False
-        if iface.local and conf.local_prefix != old.local_prefix:
-            return False
-        return True
+    def _keep_or_stop(self, port, iface, conf):
+        """Keep port if its block under conf (iface; None: it is gone) is the
+        same, or differs in its socket's owner, group or mode alone; else
+        stop it."""
+        if iface is not None and unchanged(port, iface, conf):
+            port.conf = conf                # e.g. dns: the next DHCP answer has it
+            return
+        if iface is not None and only_socket_ownership(port, iface, conf):
+            vmmsocket.apply_ownership(iface.socket, iface.socket_owner, iface.socket_group,
+                                      iface.socket_mode)
+            port.iface, port.conf = iface, conf
+            log.info("%s: socket owner, group or mode changed", port.key)
+            return
+        log.info("%s: stopping (%s)", port.key, "removed" if iface is None else "changed")
+        port.stop()
+        del self.ports[port.key]
 
-    def only_socket_ownership(self, port, iface, conf):
-        """True if all that changed is the listening socket's owner, group
-        or mode: applied to the socket, the VM keeps its session."""
-        if port.client_mode or not vmmsocket.same_but_ownership(port.iface, iface):
-            return False
-        return self.unchanged(port, dataclasses.replace(
-            iface, socket_owner=port.iface.socket_owner, socket_group=port.iface.socket_group,
-            socket_mode=port.iface.socket_mode), conf)
+    def _start(self, port):
+        """Start port, now or once its tap name is free; a Reply of its
+        error, None once it has started. One that cannot start is dropped
+        (the next reload tries it again)."""
+        self.ports[port.key] = port
+
+        def failed(err):
+            if err and self.ports.get(port.key) is port:
+                del self.ports[port.key]
+        port.started.then(failed)
+        port.start()
+        return port.started
 
     def reload(self):
         """SIGHUP or vionetctl reload. A file with an error changes nothing.
-        Returns None, or the error for vionetctl."""
+        Returns a Reply for vionetctl: None, or the error; set once the ports
+        the reload starts have started or failed."""
+        done = Reply()
         try:
             conf = config.load(self.path)
         except (config.ConfigError, OSError) as e:
             log.error("reload refused, configuration unchanged: %s", e)
-            return str(e)
+            done.set(str(e))
+            return done
         err = self._control_socket(conf)
         if err:
             log.error("reload refused, configuration unchanged: %s", err)
-            return err
+            done.set(err)
+            return done
         log.info("reloading %s", self.path)
-        errors = self.apply(conf)
-        if errors:
-            return "configuration applied, but " + "; ".join(errors)
-        return None
+        self.apply(conf).then(lambda errors: done.set(
+            "configuration applied, but " + "; ".join(errors) if errors else None))
+        return done
 
     def _control_socket(self, conf):
         """Move the control socket to conf's path and group, before anything
@@ -224,6 +215,8 @@ class Parent:
         return None
 
     def shutdown(self):
+        """Stop every port (their processes are killed, not waited for) and
+        remove the control socket and the pid file."""
         for port in list(self.ports.values()):
             port.stop()
         self.ports.clear()
@@ -236,3 +229,54 @@ class Parent:
                 if e.errno != errno.ENOENT:
                     raise
         log.info("stopped")
+
+
+def wanted_interfaces(conf):
+    """The interfaces conf runs, {key: config.Interface}: disabled VMs left out."""
+    return {iface.key: iface for vm in conf.vms.values() if not vm.disabled
+            for iface in vm.interfaces}
+
+
+def all_errors(replies):
+    """A Reply of the errors (the values that are not None) of replies, set
+    once every one of them is."""
+    done, errors, left = Reply(), [], [len(replies)]
+
+    def one(err):
+        if err:
+            errors.append(err)
+        left[0] -= 1
+        if not left[0]:
+            done.set(errors)
+    if not replies:
+        done.set(errors)
+    for r in replies:
+        r.then(one)
+    return done
+
+
+def unchanged(port, iface, conf):
+    """True if port would be the same under conf: its own block, the
+    sessions' and workers' user and chroot, its switch's bridge, and for a local
+    interface the prefix its address comes from. Other VMs, other
+    switches, dns and line numbers do not count."""
+    old = port.conf
+    if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
+        return False
+    if conf.vms[iface.vm].user != old.vms[iface.vm].user:
+        return False
+    if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
+        return False
+    if iface.local and conf.local_prefix != old.local_prefix:
+        return False
+    return True
+
+
+def only_socket_ownership(port, iface, conf):
+    """True if all that changed is the listening socket's owner, group or
+    mode: applied to the socket, the VM keeps its session."""
+    if port.client_mode or not vmmsocket.same_but_ownership(port.iface, iface):
+        return False
+    return unchanged(port, dataclasses.replace(
+        iface, socket_owner=port.iface.socket_owner, socket_group=port.iface.socket_group,
+        socket_mode=port.iface.socket_mode), conf)

@@ -21,6 +21,7 @@ with atheris.instrument_imports():
     from vionetd import config, ctl, local
     from vionetd import log as logmod
     from vionetd import vionetd_pb2 as pb
+    from vionetd.eventloop import Reply
 
 
 def stub_port(vm, idx, local_addr):
@@ -59,7 +60,9 @@ class StubParent:
         self.loop = StubLoop()
 
     def reload(self):
-        return self.reload_error
+        done = Reply()              # Parent.reload: set once the restarts are done
+        done.set(self.reload_error)
+        return done
 
 
 def server(reload_error):

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """atheris target: what the parent does with a message from a session
-(vionetd/iface.py Interface._session_message, after control.recv).
+(vionetd/session_channel.py SessionChannel.handle, after control.recv).
 
 A session is unprivileged and reads everything a VMM sends; a compromised
-one can send the parent any FromSession. Input: one datagram, parsed as
-FromSession by control.recv over a SOCK_SEQPACKET pair, then handed to an
-Interface whose privileged actions are recorded instead of done (tap
-ioctls, links, forks, connects).
-Contract: _session_message returns None or the reason to kill the session;
-it never raises; features outside the offer and unknown roles or queue
-pairs are refused; nothing is forked for a refused spawn.
+one can send the parent any FromSession. Input: byte 0 picks the interface
+(bit 0: "a", two queue pairs, or "b", local), the rest is one datagram,
+parsed as FromSession by control.recv over a SOCK_SEQPACKET pair, then
+handed to that interface's SessionChannel, whose privileged actions are
+recorded instead of done (tap ioctls, links, forks, connects).
+Contract: handle returns None or the reason to kill the session; it never
+raises; features outside what a VMM may ack (features.vmm_may_ack: the
+offer, PROTOCOL_FEATURES and LOG_ALL) and unknown roles or queue pairs are
+refused; nothing is done for a refused message; a state accepted is one of
+session_channel.STATES.
 """
 import logging
 import socket
@@ -19,7 +22,7 @@ from types import SimpleNamespace
 import atheris
 
 with atheris.instrument_imports():
-    from vionetd import config, control, features, iface, links, tap
+    from vionetd import config, control, features, iface, links, session_channel, tap
     from vionetd import vionetd_pb2 as pb
 
 CONF = config.parse('vm "a" { interface { socket "/run/a.sock"\n queues 2 } }\n'
@@ -34,9 +37,10 @@ def interface(vm):
                         CONF.vms[vm].interfaces[0], CONF)
     p.offered = features.offer(p.iface.offload, 0x7f, p.queue_pairs)
     p.tap_fds, p.tap_name, p.tap_mac = [-1], "vtap", b"\xfe\0\0\0\0\1"
-    p._send = lambda fds=(), **kw: DONE.append(("send", kw))
-    p._spawn_worker = lambda role, qp: DONE.append(("spawn", role, qp))
-    p._dial = lambda: DONE.append(("dial",))
+    p.channel = session_channel.SessionChannel(p, None)
+    p.channel.send = lambda fds=(), **kw: DONE.append(("send", kw))
+    p.channel.dial_vmm = lambda: DONE.append(("dial",))
+    p.children.spawn_worker = lambda role, qp: DONE.append(("spawn", role, qp))
     return p
 
 
@@ -55,21 +59,21 @@ def test_one_input(data: bytes) -> None:
         msg, fds = control.recv(PARENT, pb.FromSession)
     except control.ChannelError:
         return
-    control.close_fds(fds)
     if msg is None:
         return
     DONE.clear()
-    why = p._session_message(msg)
+    why = p.channel.handle(msg, fds)
     assert why is None or isinstance(why, str), why
     kind = msg.WhichOneof("msg")
-    allowed = p.offered | features.bit(features.VHOST_USER_F_PROTOCOL_FEATURES)
-    if kind == "features" and msg.features & ~allowed:
+    allowed = features.vmm_may_ack(p.offered)
+    if kind is None or (kind == "features" and msg.features & ~allowed):
         assert why and not DONE, (why, DONE)
-    if kind == "spawn" and (msg.spawn.role not in iface.ROLE_NAME or
+    if kind == "spawn" and (msg.spawn.role not in control.ROLE_NAME or
                             msg.spawn.queue_pair >= p.queue_pairs):
         assert why and not DONE, (why, DONE)
     if kind == "state" and why is None:
-        assert p.session.state in iface.STATES
+        assert p.session.state in session_channel.STATES
+        assert not p.session.vmm_features & ~allowed
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""The parent's end of a session's channel (session_channel.py): what a
+(compromised) session may say, checked message by message, without a daemon."""
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from vionetd import config, control, features, iface, tap
+from vionetd import vionetd_pb2 as pb
+from vionetd.session_channel import SessionChannel
+
+
+@pytest.fixture
+def channel(monkeypatch):
+    """A SessionChannel of an interface offering VERSION_1 only; what it
+    sends, the workers it forks and the sessions it kills are recorded."""
+    monkeypatch.setattr(tap, "set_offload", lambda fd, mask: None)
+    conf = config.parse('vm "a" { interface { socket "/s" } }')
+    p = iface.Interface(SimpleNamespace(watch=lambda *a: None, unwatch=lambda *a: None),
+                        conf.vms["a"].interfaces[0], conf)
+    p.offered, p.tap_fds = features.bit(features.VERSION_1), [-1]
+    ours, theirs = control.pair()
+    ours.setblocking(False)
+    ch = p.channel = SessionChannel(p, ours)
+    ch.sent, ch.spawned, ch.killed = [], [], []
+    ch.send = lambda fds=(), **kw: ch.sent.append(kw) or True
+    p.children.spawn_worker = lambda role, qp: ch.spawned.append((role, qp))
+    p.children.session_died = ch.killed.append
+    ch.theirs = theirs
+    yield ch
+    theirs.close()
+    ours.close()
+
+
+@pytest.mark.parametrize("msg, why", [
+    ({"state": {"state": "dancing"}}, "bad state message"),
+    ({"state": {"state": "running", "vmm_features": 1 << 63}}, "bad state message"),
+    ({"features": 1 << 63}, "not offered"),
+    ({"spawn": {"role": 7}}, "no worker"),
+    ({"spawn": {"role": 1, "queue_pair": 1}}, "no worker"),
+    ({"dial": True}, "dial on a listening interface"),
+    ({"announce": bytes.fromhex("010000000001")}, "not a unicast MAC"),
+    ({"announce": b"\x02"}, "not a unicast MAC"),
+    ({}, "unexpected message None"),
+])
+def test_session_messages_that_break_the_rules(channel, msg, why):
+    """Each of these gets the session killed, with the reason, and does
+    nothing else."""
+    assert why in channel.handle(pb.FromSession(**msg), [])
+    assert not channel.sent and not channel.spawned
+
+
+def test_features_a_vmm_may_ack_are_accepted_log_all_too(channel):
+    """features.vmm_may_ack: the offer, PROTOCOL_FEATURES and LOG_ALL (a
+    VMM that migrates acks it); the parent answers with what the workers do."""
+    acked = features.vmm_may_ack(channel.port.offered)
+    assert acked & features.bit(features.LOG_ALL)
+    assert channel.handle(pb.FromSession(features=acked), []) is None
+    assert channel.sent[-1]["features"].features == acked
+    st = pb.SessionState(state="running", vmm_features=acked, logging=True)
+    assert channel.handle(pb.FromSession(state=st), []) is None
+    assert channel.port.state == "restarting"      # (no session pid in this test)
+    assert channel.port.session.logging and channel.port.vmm_features == acked
+
+
+def test_a_valid_spawn_forks_a_worker(channel):
+    assert channel.handle(pb.FromSession(spawn=pb.Spawn(role=pb.ROLE_TX)), []) is None
+    assert channel.spawned == [(pb.ROLE_TX, 0)]
+
+
+def test_text_from_the_session_is_made_printable_and_cut(channel, caplog):
+    line = pb.LogLine(level=30, text="bad\x1b[2Jthing" + "x" * 400)
+    with caplog.at_level("WARNING", logger="vionetd"):
+        assert channel.handle(pb.FromSession(log=line), []) is None
+    text = caplog.records[-1].getMessage()
+    assert text.startswith("a/0: bad?[2Jthing") and len(text) == len("a/0: ") + 300
+    got = []
+    channel.pending_stats.append(got.append)
+    stats = pb.Stats(counters=[pb.Counter(name="n\x00" * 50, value=i) for i in range(600)])
+    assert channel.handle(pb.FromSession(stats=stats), []) is None
+    assert got == [{"n?" * 32: 511}]
+    st = pb.SessionState(state="waiting", reason="gone\n")
+    assert channel.handle(pb.FromSession(state=st), []) is None
+    assert channel.port.reason == "gone?"
+
+
+def test_fds_a_session_sends_are_closed_at_once(channel):
+    """A (compromised) session cannot make the root parent hold fds: any
+    that come with its messages are closed as they arrive, 200 times over."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(200):
+        fds = [os.eventfd(0) for _ in range(3)]
+        control.send(channel.theirs, pb.FromSession(state=pb.SessionState(state="waiting")),
+                     fds)
+        control.send(channel.theirs, pb.FromSession(), fds[:1])      # and a bad one
+        for fd in fds:
+            os.close(fd)
+        channel.readable()
+        channel.readable()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert channel.port.session.state == "waiting"
+    assert channel.killed == ["killed: unexpected message None"] * 200
+
+
+def test_closing_answers_whoever_waits_for_counters(channel):
+    got = []
+    channel.request_stats(got.append)
+    channel.request_stats(got.append)
+    assert channel.sent == [{"stats": pb.StatsRequest()}] * 2
+    channel.close()
+    assert got == [{}, {}] and channel.sock is None
+    assert SessionChannel.send(channel, stats=pb.StatsRequest()) is False
+    channel.request_stats = SessionChannel.request_stats.__get__(channel)
+    channel.send = SessionChannel.send.__get__(channel)
+    channel.request_stats(got.append)                   # no session: {} at once
+    assert got == [{}, {}, {}]

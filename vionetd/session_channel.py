@@ -1,0 +1,176 @@
+"""Run by the parent (root): its end of the channel to one interface's session.
+
+A session is unprivileged and reads everything its VMM sends, so the parent
+takes from it FromSession messages only (proto/vionetd.proto), read
+non-blocking, at most MESSAGES_PER_TURN per readable event, and each goes
+through one dispatch table (control.Table), a row per field. Each row checks
+its message before it acts: a state among STATES and VMM features the VMM
+may ack (features.vmm_may_ack), features inside that too, a worker of a
+known role and queue pair, a dial only in client mode, a unicast MAC to
+announce; its text is made printable (log lines and counter names are cut
+too). A row returns None, or the rule the session broke: the session is then
+killed with that reason and replaced (children.py), as is one whose message
+does not parse or has no field the table knows.
+
+Invariants: no row takes fds (control.Table closes them before the row
+runs), so a session can never make the root parent hold an fd; a callback
+waiting for counters is called once, with {} if the session goes first.
+"""
+import collections
+
+from vionetd import control, dhcp, features, vmmsocket
+from vionetd import vionetd_pb2 as pb
+from vionetd.control import ROLE_NAME
+from vionetd.log import log, printable
+
+STATES = ("waiting", "connecting", "connected", "running")
+MESSAGES_PER_TURN = 32        # session messages handled per readable event
+LOG_LIMIT = 300               # characters of a session's log line
+COUNTER_NAME_LIMIT = 64
+COUNTERS_LIMIT = 512          # counters taken from one Stats message
+
+
+class SessionChannel:
+    def __init__(self, port, sock):
+        self.port = port
+        self.sock = sock            # non-blocking; None once closed
+        self.session = pb.SessionState(state="waiting")   # its last report
+        self.pending_stats = collections.deque()         # callbacks, oldest first
+        self.table = control.Table({
+            "state": self._state, "features": self._features, "spawn": self._spawn,
+            "set_mtu": self._set_mtu, "dial": self._dial, "dhcp": self._dhcp,
+            "stats": self._stats, "log": self._log, "announce": self._announce,
+            "forbidden_syscall": self._forbidden_syscall})
+
+    # ---- the channel ----------------------------------------------------
+
+    def send(self, fds=(), **kw):
+        """One ToSession; False if the session cannot be reached (it is
+        then killed and replaced)."""
+        if self.sock is None:
+            return False
+        try:
+            control.send(self.sock, pb.ToSession(**kw), fds)
+            return True
+        except (OSError, control.ChannelError) as e:
+            self.port.children.session_died("unreachable: %s" % e)
+            return False
+
+    def readable(self):
+        """The loop's callback: handle what the session sent."""
+        for _ in range(MESSAGES_PER_TURN):
+            if self.sock is None:
+                return
+            try:
+                msg, fds = control.recv(self.sock, pb.FromSession, wait=False)
+            except BlockingIOError:
+                return
+            except (OSError, control.ChannelError) as e:
+                self.port.children.session_died("killed: %s" % e)
+                return
+            if msg is None:
+                self.port.parent.unwatch(self.sock)   # it is dying; SIGCHLD tells how
+                return
+            why = self.handle(msg, fds)
+            if why:
+                self.port.children.session_died("killed: %s" % why)
+                return
+
+    def handle(self, msg, fds):
+        """Handle one message (its fds are closed); the rule it breaks, or None."""
+        try:
+            return self.table.dispatch(msg, fds)
+        except control.ChannelError as e:
+            return str(e)
+
+    def close(self):
+        """Forget the session: its counters will not come."""
+        if self.sock is not None:
+            if self.port.parent is not None:
+                self.port.parent.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
+        while self.pending_stats:
+            self.pending_stats.popleft()({})
+
+    def request_stats(self, done):
+        """Ask the session for counters; done({name: value}) is called with
+        them, or with {} if the session cannot answer."""
+        if self.send(stats=pb.StatsRequest()):
+            self.pending_stats.append(done)
+        else:
+            done({})
+
+    # ---- the rows: each returns None or the rule broken -----------------
+
+    def _state(self, st):
+        if st.state not in STATES or st.vmm_features & ~features.vmm_may_ack(self.port.offered):
+            return "bad state message"
+        if st.state in ("waiting", "connecting"):
+            self.port.tap.vmm_gone()
+        self.session = st
+        if st.reason:
+            self.port.reason = printable(st.reason)
+        return None
+
+    def _features(self, value):
+        if value & ~features.vmm_may_ack(self.port.offered):
+            return "features %#x not offered" % value
+        self.send(features=self.port.tap.features(value))
+        return None
+
+    def _spawn(self, spawn):
+        if spawn.role not in ROLE_NAME or spawn.queue_pair >= self.port.queue_pairs:
+            return "no worker %d of pair %d" % (spawn.role, spawn.queue_pair)
+        self.port.children.spawn_worker(spawn.role, spawn.queue_pair)
+        return None
+
+    def _set_mtu(self, mtu):
+        self.send(mtu=pb.MtuResult(error=self.port.tap.set_mtu(mtu)))
+
+    def _dial(self, _):
+        if not self.port.client_mode:
+            return "dial on a listening interface"
+        self.dial_vmm()
+        return None
+
+    def dial_vmm(self):
+        """Client mode: connect to the VMM's socket for the session. A unix
+        socket connects at once or fails at once (no listener, no room)."""
+        try:
+            s = vmmsocket.connect(self.port.iface.socket, timeout=0)   # never waits
+        except OSError as e:
+            self.send(dialed=pb.Dialed(error=e.strerror or str(e)))
+            return
+        self.send([s.fileno()], dialed=pb.Dialed())
+        s.close()
+
+    def _dhcp(self, request):
+        if self.port.iface.local:
+            reply = dhcp.decide(self.port, request)
+            if reply is not None:
+                self.send(dhcp_reply=reply)
+
+    def _stats(self, stats):
+        if self.pending_stats:
+            counters = {printable(c.name, COUNTER_NAME_LIMIT): c.value
+                        for c in stats.counters[:COUNTERS_LIMIT]}
+            self.pending_stats.popleft()(counters)
+
+    def _log(self, line):
+        key = self.port.key
+        text = printable(line.text, LOG_LIMIT)
+        if not text.startswith(key + ":"):
+            text = "%s: %s" % (key, text)
+        log.log(min(max(line.level, 10), 40), "%s", text)
+
+    def _announce(self, mac):
+        if len(mac) != 6 or mac[0] & 1:
+            return "announce of %r: not a unicast MAC" % mac.hex()
+        self.port.tap.announce(mac)
+        return None
+
+    def _forbidden_syscall(self, number):
+        from vionetd import sandbox
+        log.error("%s: session %s made forbidden system call %d (%s)", self.port.key,
+                  self.port.children.session_pid, number, sandbox.syscall_name(number))

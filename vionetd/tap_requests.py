@@ -1,0 +1,116 @@
+"""Run by the parent (root): what a VMM's requests, relayed by its session, do to the tap.
+
+Three vhost-user requests end at the tap of one interface, and only the
+parent may touch it:
+- SET_FEATURES: the tap's offloads follow what the VMM acked, and the
+  session learns what its workers must do in software (features);
+- NET_SET_MTU: the tap's MTU follows the guest's, never above the
+  interface's mtu in vionetd.conf (set_mtu); the configured MTU comes back
+  when the VMM goes (vmm_gone);
+- SEND_RARP: a RARP from the guest's MAC is written into the tap, so that
+  bridges learn the port of a guest that migrated here (announce).
+
+Invariants: a request that breaks the interface's rules (an MTU above its
+mtu, a MAC other than a locked lladdr, more than ANNOUNCE_BUDGET RARPs) is
+refused and logged, never half done; the session's checks of the message
+itself are session_channel.py's.
+"""
+import collections
+import os
+
+from vionetd import features, links, tap
+from vionetd import vionetd_pb2 as pb
+from vionetd.backoff import take_slot
+from vionetd.log import log
+
+DEFAULT_MTU = 1500            # an interface without "mtu": a tap's default
+ANNOUNCE_BUDGET = (8, 10.0)   # RARPs per 10 s (QEMU's defaults send 5 in about 1.5 s)
+
+
+class TapRequests:
+    def __init__(self, port):
+        self.port = port
+        self.vmm_mtu = 0            # accepted NET_SET_MTU; the tap follows it
+        self.announces = collections.deque()   # times of recent RARPs
+        self.announced = 0
+
+    @property
+    def mtu(self):
+        """The interface's MTU from vionetd.conf (a tap's default without one)."""
+        return self.port.iface.mtu or DEFAULT_MTU
+
+    def features(self, value):
+        """The VMM's SET_FEATURES: the tap's offloads follow; returns what
+        the session's workers must do (pb.Features)."""
+        port = self.port
+        policy = port.iface.offload
+        tap.set_offload(port.tap_fd, features.tap_offloads_for(value, policy, port.tap_caps))
+        sw = features.software_mode(policy, value)
+        software = pb.Software(tx_csum=sw.tx_csum, rx_csum=sw.rx_csum,
+                               tx_tso4="tso4" in sw.tx_segment,
+                               tx_tso6="tso6" in sw.tx_segment,
+                               tx_uso="uso" in sw.tx_segment)
+        return pb.Features(features=value, software=software, locked_lladdr=port.locked_mac,
+                           local=bool(port.iface.local), mtu=self.mtu)
+
+    def set_mtu(self, mtu):
+        """NET_SET_MTU: the MTU the VMM gives the guest (QEMU's host_mtu,
+        libvirt's <mtu size=.../>). Larger than the interface's mtu is
+        refused; otherwise the tap's MTU follows. Returns the refusal, ""
+        if none."""
+        key, name = self.port.key, self.port.tap_name
+        if mtu > self.mtu:
+            log.error("%s: refusing MTU %d from the VMM: larger than this "
+                      "interface's mtu %d in vionetd.conf", key, mtu, self.mtu)
+            return "MTU %d larger than the interface's %d" % (mtu, self.mtu)
+        try:
+            links.set_mtu(name, mtu)
+        except Exception as e:
+            log.error("%s: MTU %d from the VMM: tap %s: %s", key, mtu, name, e)
+            return "tap MTU %d: %s" % (mtu, e)
+        self.vmm_mtu = mtu
+        log.info("%s: guest MTU %d, tap %s follows", key, mtu, name)
+        return ""
+
+    def vmm_gone(self):
+        """The session waits for a VMM again: the next one may not set an
+        MTU, so the tap gets the configured one back."""
+        if self.vmm_mtu:
+            self.restore_mtu()
+
+    def restore_mtu(self):
+        self.vmm_mtu = 0
+        try:
+            links.set_mtu(self.port.tap_name, self.mtu)
+        except Exception as e:
+            log.warning("%s: restoring the tap's MTU: %s", self.port.key, e)
+
+    def announce(self, mac):
+        """SEND_RARP: the guest has moved here; a RARP from its MAC lets
+        bridges and switches learn its new port (what QEMU broadcasts when
+        it announces a guest itself). A locked interface announces only its
+        own address; a session asking too often is told no, in the log."""
+        port = self.port
+        if port.locked_mac and mac != port.locked_mac:
+            log.warning("%s: not announcing %s: the interface is locked to %s",
+                        port.key, mac.hex(":"), port.iface.lladdr)
+            return
+        if port.tap_fd is None or take_slot(self.announces, ANNOUNCE_BUDGET):
+            log.warning("%s: RARP for %s not sent (%s)", port.key, mac.hex(":"),
+                        "no tap" if port.tap_fd is None else "too many")
+            return
+        try:
+            os.write(port.tap_fd, bytes(tap.VNET_HDR_SZ) + rarp(mac))
+        except OSError as e:
+            log.warning("%s: RARP for %s: %s", port.key, mac.hex(":"), e)
+            return
+        self.announced += 1
+        log.info("%s: announced %s (RARP) after a migration", port.key, mac.hex(":"))
+
+
+def rarp(mac):
+    """A RARP request (RFC 903) from mac for itself, broadcast and padded to
+    Ethernet's 60 bytes: htype 1 (Ethernet), ptype 0x0800 (IPv4), op 3."""
+    body = (b"\x00\x01\x08\x00\x06\x04\x00\x03" + mac + bytes(4) + mac + bytes(4))
+    frame = b"\xff" * 6 + mac + b"\x80\x35" + body
+    return frame + bytes(60 - len(frame))
