@@ -12,11 +12,19 @@ The promise (vionetd.conf(5), vionetd(8) SIGNALS):
 - a file with an error is refused as a whole: the error is logged with its
   file and line, vionetctl reload prints it and exits 1, and everything runs
   as before, even the parts of the file before the error;
-- a VM that cannot start after a valid reload is reported, the rest applied.
+- a VM that cannot start after a valid reload is reported, the rest applied;
+  a changed one too, though its start waits for its old processes to exit;
+- restarting a VM does not stall the others: the parent waits for no child,
+  so their round trips through it stay under STALL_BOUND.
 """
+import contextlib
+import mmap
 import os
 import signal
 import socket
+import struct
+import sys
+import time
 
 import pytest
 
@@ -145,14 +153,18 @@ def rig():
 
 
 def trigger(d, how):
-    """Reload, and wait until the daemon has done it."""
+    """Reload, and wait until the daemon has done it: vionetctl reload
+    answers once the interfaces it restarts have started; after SIGHUP, a
+    restarted interface is "restarting" until its old processes have exited
+    (no session dies in these tests, so that state means nothing else)."""
     if how == "vionetctl":
         return d.ctl("reload", check=False)
     n = d.log().count("reloading ") + d.log().count("reload refused")
     os.kill(d.proc.pid, signal.SIGHUP)
     wait_for("reload on SIGHUP",
              lambda: d.log().count("reloading ") + d.log().count("reload refused") > n)
-    status_rows(d)        # answered: the reload (one loop turn) is over
+    wait_for("restarts done", lambda: all(r["STATE"] != "restarting"
+                                          for r in status_rows(d).values()))
     return None
 
 
@@ -297,6 +309,22 @@ def test_vm_that_cannot_start_is_reported_rest_applied(rig):
     assert "master nobridge0" in master
 
 
+def test_changed_vm_that_cannot_start_is_reported_too(rig):
+    """A changed VM starts again under its tap name once its old processes
+    have exited; vionetctl reload waits for that, and says so when that
+    start fails (its new bridge does not exist)."""
+    d, ns, names = rig
+    text = (V2 % names).replace('    interface "%s" {\n' % names["change"],
+                                '    interface "%s" {\n        switch "unused"\n' % names["change"])
+    write_conf(d, text)
+    p = d.ctl("reload", check=False)
+    assert p.returncode == 1
+    assert p.stderr.startswith("vionetctl: configuration applied, but change/0: cannot start:")
+    assert "nobridge0" in p.stderr
+    assert sorted(status_rows(d)) == ["keep", "new"]
+    assert link_index(ns, names["change"]) is None
+
+
 def test_control_socket_moves_with_the_file(rig):
     d, ns, names = rig
     old = d.ctl_socket
@@ -329,3 +357,227 @@ def test_reload_to_no_vm_and_back(rig):
     assert sorted(status_rows(d)) == ["change", "gone", "keep"]
     with TestVM(d.dir + "/keep.sock"):
         wait_for("keep running", lambda: status_rows(d)["keep"]["STATE"] == "running")
+
+
+# ---- a restart does not stall the others -----------------------------------
+
+FLIP = """socket "@CTL@"
+vm "by" {
+    interface "%(by)s" {
+        socket "@DIR@/by.sock"
+    }
+}
+vm "flip" {
+    interface "%(flip)s" {
+        socket "@DIR@/flip.sock"
+        queues %(queues)d
+        mtu %(mtu)d
+    }
+}
+"""
+STALL_BOUND = 0.050       # seconds another VM's control round trip may take
+RELOADS = 8
+FLIP_QUEUES = 8           # the restarted VM's queue pairs, all in use: 16 workers
+
+
+class RoundTrips:
+    """fn() called in a thread every pace seconds until stopped; each call
+    is recorded as (start, seconds). An exception ends the thread and is
+    kept."""
+
+    def __init__(self, fn, pace=0.003):
+        import threading
+        self.fn, self.pace = fn, pace
+        self.calls, self.error = [], None
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            t0 = time.monotonic()
+            try:
+                self.fn()
+            except Exception as e:         # noqa: BLE001 - reported by the test
+                self.error = e
+                return
+            self.calls.append((t0, time.monotonic() - t0))
+            self.stop_ev.wait(self.pace)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_ev.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "a round trip did not return in 30 s"
+
+    def within(self, windows):
+        """The durations of the calls that overlap one of windows [(start, end)]."""
+        return [took for t0, took in self.calls
+                if any(t0 <= end and t0 + took >= start for start, end in windows)]
+
+
+@contextlib.contextmanager
+def forked_loop(step, seconds=120.0):
+    """step() over and over in a forked child for at most seconds: its own
+    interpreter, so that it never holds the lock of this one's timing
+    threads. Yields a function, True while the child runs; the child is
+    killed by its pid at the end."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                step()
+            code = 0
+        finally:
+            os._exit(code)
+    alive = [True]
+
+    def running():
+        if alive[0] and os.waitpid(pid, os.WNOHANG)[0]:
+            alive[0] = False            # reaped here
+        return alive[0]
+    try:
+        yield running
+    finally:
+        if running():
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def frames_both_ways(ns, tap, vm):
+    """vm streams: one child sends its TX frames back to back
+    (hostile.Sender), another writes frames into its tap from the far side
+    (its rx worker reads them, and drops them: no RX buffers are posted).
+    Yields a function: how many TX frames were used so far, None once the
+    TX child has stopped."""
+    from tests.hostile import Sender
+    sender = Sender(vm, GUEST)
+    count = mmap.mmap(-1, 8)               # shared with the TX child
+
+    def tx():
+        sender.send(b"stall", timeout=5)
+        struct.pack_into("<Q", count, 0, sender.sent)
+    with N.inside(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    frame = GUEST + PEER + F.build(version=4, proto=F.UDP, payload=b"rx" * 500,
+                                   csum="full").data[12:]
+
+    def rx():
+        try:
+            sock.send(frame)
+        except OSError:                     # the tap's queue is full: go on
+            pass
+    try:
+        sock.bind((tap, 0))
+        with forked_loop(tx) as tx_running, forked_loop(rx):
+            yield lambda: struct.unpack_from("<Q", count)[0] if tx_running() else None
+    finally:
+        sock.close()
+        count.close()
+
+
+def multiqueue_vmm(path, queue_pairs):
+    """A VMM that negotiates and starts every ring of queue_pairs pairs
+    (the session asks the parent for a worker per ring)."""
+    from tests import vmm
+    fe = vmm.Frontend.connect(path, timeout=10)
+    region = vmm.GuestRegion(16 << 20)
+    try:
+        fe.negotiate([region], nrings=2 * queue_pairs)
+    except BaseException:
+        fe.close()
+        region.close()
+        raise
+    return fe, region
+
+
+def test_restarting_one_vm_does_not_stall_the_others(netns):
+    """A reload that restarts one interface (its mtu changed; the same tap
+    name, which the new tap can take only once the old one's processes have
+    exited) while another VM streams frames both ways: that other VM's
+    round trips through the parent, vionetctl status and a SET_FEATURES
+    with REPLY_ACK (its session relays it to the parent and waits for the
+    answer), stay under STALL_BOUND from each SIGHUP until the restarted
+    interface waits for its VMM again, over RELOADS reloads. (When the
+    parent waited for the old processes to exit, each reload stalled it
+    for that wait and the restart together: 60-90 ms here.)"""
+    ns = netns("st")
+    N.disable_ipv6(ns)
+    conf = dict(by=N.unique("by"), flip=N.unique("fl"), queues=FLIP_QUEUES, mtu=1500)
+    with daemon(FLIP % conf, ns) as d:
+        d.wait_socket(d.dir + "/by.sock")
+        d.wait_socket(d.dir + "/flip.sock")
+        with TestVM(d.dir + "/by.sock", mem_size=4 << 20) as by:
+            worst = bystander_during_reloads(d, ns, conf, by)
+        print("worst round trips during %d reloads: %s" % (RELOADS, ", ".join(
+            "%s %.1f ms (of %d)" % (name, max(took) * 1e3, len(took))
+            for name, took in worst.items())))
+        for name, took in worst.items():
+            assert took, "no %s round trip during a reload" % name
+            assert max(took) < STALL_BOUND, "%s took %.1f ms during a reload" % (
+                name, max(took) * 1e3)
+        assert "internal error" not in d.log()
+
+
+def bystander_during_reloads(d, ns, conf, by):
+    """RELOADS restarts of flip while by streams frames and its round trips
+    are timed; {name: durations of the round trips during the reloads}."""
+    from vionetd import vionetctl
+    from vionetd import vionetd_pb2 as pb
+    status = pb.CtlRequest(status=True)
+
+    def flip_row():
+        reply = vionetctl.request(d.ctl_socket, status, timeout=5)
+        return {i.vm: i for i in reply.interfaces}.get("flip")
+
+    def ack():
+        assert by.fe.set_features(by.features) == 0
+
+    ctl = RoundTrips(lambda: vionetctl.request(d.ctl_socket, status, timeout=5))
+    vhost = RoundTrips(ack)
+    windows = []
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)         # a timing thread gets the lock at once
+    try:
+        with frames_both_ways(ns, conf["by"], by) as sent, ctl, vhost:
+            for _ in range(RELOADS):
+                windows.append(restart_flip(d, ns, conf, flip_row, sent))
+    finally:
+        sys.setswitchinterval(switch_interval)
+    for probe in (ctl, vhost):
+        assert probe.error is None, repr(probe.error)
+    return {"vionetctl status": ctl.within(windows), "SET_FEATURES": vhost.within(windows)}
+
+
+def restart_flip(d, ns, conf, flip_row, sent):
+    """One reload that restarts flip while its VMM runs every queue pair.
+    Returns the window (start, end) from the SIGHUP until the new flip
+    waits for a VMM on a tap of the same name with the new MTU. The
+    bystander's frames went on meanwhile."""
+    fe, region = multiqueue_vmm(d.dir + "/flip.sock", FLIP_QUEUES)
+    try:
+        wait_for("flip's workers", lambda: flip_row().state == "running" and
+                 len(flip_row().worker_pids) == 2 * FLIP_QUEUES)
+        time.sleep(0.1)                   # the new workers have settled
+        before = sent()
+        conf["mtu"] = 9000 if conf["mtu"] == 1500 else 1500
+        write_conf(d, FLIP % conf)
+        start = time.monotonic()
+        os.kill(d.proc.pid, signal.SIGHUP)
+        assert fe.pending(5) and fe.sock.recv(1) == b""       # the VMM was dropped
+    finally:
+        fe.close()
+        region.close()
+    wait_for("flip restarted", lambda: flip_row() is not None and
+             (flip_row().state, flip_row().tap) == ("waiting", conf["flip"]), step=0.02)
+    end = time.monotonic()
+    assert link_mtu(ns, conf["flip"]) == conf["mtu"]
+    after = sent()
+    assert after is not None and after > before, "the bystander's frames stopped"
+    time.sleep(0.2)     # a round trip begun in the window ends before the next VMM comes
+    return start, end
