@@ -286,18 +286,24 @@ def test_bad_file_refused_as_a_whole(rig):
             keep.close()
 
 
+def reload_with_a_missing_bridge(d, names, vm):
+    """vionetctl reload of V2 with vm's interface on switch "unused", whose
+    bridge does not exist: it exits 1 and says vm cannot start."""
+    text = (V2 % names).replace('    interface "%s" {\n' % names[vm],
+                                '    interface "%s" {\n        switch "unused"\n' % names[vm])
+    write_conf(d, text)
+    p = d.ctl("reload", check=False)
+    assert p.returncode == 1
+    assert p.stderr.startswith("vionetctl: configuration applied, but %s/0: cannot start:" % vm)
+    assert "nobridge0" in p.stderr
+
+
 def test_vm_that_cannot_start_is_reported_rest_applied(rig):
     """A valid file whose new VM cannot start (its bridge does not exist):
     vionetctl reload says which and exits 1; the rest is applied, and the
     next reload tries that VM again."""
     d, ns, names = rig
-    text = (V2 % names).replace('    interface "%s" {\n' % names["new"],
-                                '    interface "%s" {\n        switch "unused"\n' % names["new"])
-    write_conf(d, text)
-    p = d.ctl("reload", check=False)
-    assert p.returncode == 1
-    assert p.stderr.startswith("vionetctl: configuration applied, but new/0: cannot start:")
-    assert "nobridge0" in p.stderr
+    reload_with_a_missing_bridge(d, names, "new")
     rows = status_rows(d)
     assert sorted(rows) == ["change", "keep"]
     assert link_index(ns, names["new"]) is None and not os.path.exists(d.dir + "/new.sock")
@@ -314,13 +320,7 @@ def test_changed_vm_that_cannot_start_is_reported_too(rig):
     have exited; vionetctl reload waits for that, and says so when that
     start fails (its new bridge does not exist)."""
     d, ns, names = rig
-    text = (V2 % names).replace('    interface "%s" {\n' % names["change"],
-                                '    interface "%s" {\n        switch "unused"\n' % names["change"])
-    write_conf(d, text)
-    p = d.ctl("reload", check=False)
-    assert p.returncode == 1
-    assert p.stderr.startswith("vionetctl: configuration applied, but change/0: cannot start:")
-    assert "nobridge0" in p.stderr
+    reload_with_a_missing_bridge(d, names, "change")
     assert sorted(status_rows(d)) == ["keep", "new"]
     assert link_index(ns, names["change"]) is None
 
