@@ -325,6 +325,20 @@ def test_changed_vm_that_cannot_start_is_reported_too(rig):
     assert link_index(ns, names["change"]) is None
 
 
+def test_stopping_leaves_no_tap_behind(rig):
+    """SIGTERM: once vionetd has exited, its taps and sockets are gone, even
+    those whose workers a VMM kept busy (the parent reaps the processes it
+    killed before it exits)."""
+    d, ns, names = rig
+    with TestVM(d.dir + "/keep.sock"):
+        wait_for("keep running", lambda: status_rows(d)["keep"]["STATE"] == "running")
+        d.stop()
+    for vm in ("keep", "change", "gone"):
+        assert link_index(ns, names[vm]) is None, vm
+        assert not os.path.exists("%s/%s.sock" % (d.dir, vm))
+    assert "stopped" in d.last_log
+
+
 def test_control_socket_moves_with_the_file(rig):
     d, ns, names = rig
     old = d.ctl_socket

@@ -8,7 +8,9 @@ starts under a tap name such processes hold (a changed interface, restarted
 by a reload) starts when SIGCHLD has reported the last of them (Parent.reap
 calls reaped()), or after EXIT_WAIT if one has not exited by then, with a
 log line. The parent waits for none of them: other interfaces, vionetctl
-and signals are served meanwhile.
+and signals are served meanwhile. (Only when vionetd stops, with nothing
+left to serve, does its loop run on until they are reaped, for EXIT_WAIT at
+most: Parent.shutdown.)
 
 Invariants: a Wait ends once, by its start or by cancel(); a start whose
 name no process here holds runs at once, inside when_free().

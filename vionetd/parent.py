@@ -19,7 +19,9 @@ answer that needs counters, or a reload's restarts, comes when they are
 there (ctl.py); a killed process is reaped when SIGCHLD says it has exited,
 and an interface restarted under the tap name it held starts then
 (exiting.py). With no timer due, the loop sleeps until an fd or a signal
-wakes it.
+wakes it. Stopping, with every interface stopped, the loop runs on until
+the killed processes are reaped (EXIT_WAIT at most), so that no tap
+outlives vionetd.
 
 Signals arrive through a self-pipe (signal.set_wakeup_fd) and are handled in
 the loop, never inside a signal handler: SIGHUP reloads, SIGTERM/SIGINT stop,
@@ -30,12 +32,13 @@ import errno
 import os
 import signal
 import socket
+import time
 
 import setproctitle
 
 from vionetd import config, vmmsocket
 from vionetd.eventloop import Loop, Reply
-from vionetd.exiting import Exiting
+from vionetd.exiting import EXIT_WAIT, Exiting
 from vionetd.iface import Interface
 from vionetd.log import log
 
@@ -99,7 +102,7 @@ class Parent:
         except BlockingIOError:
             return
         for signum in data:
-            if signum == signal.SIGHUP:
+            if signum == signal.SIGHUP and self.running:   # (not while stopping)
                 self.reload()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("terminating on signal %d", signum)
@@ -215,13 +218,18 @@ class Parent:
         return None
 
     def shutdown(self):
-        """Stop every port (their processes are killed, not waited for) and
-        remove the control socket and the pid file."""
+        """Stop every port, remove the control socket and the pid file. The
+        processes killed are reaped as SIGCHLD reports them, for EXIT_WAIT at
+        most: once vionetd has exited, their taps are gone."""
+        self.running = False
         for port in list(self.ports.values()):
             port.stop()
         self.ports.clear()
         if self.ctl:
             self.ctl.close()
+        deadline = time.monotonic() + EXIT_WAIT
+        while self.exiting.holders and time.monotonic() < deadline:
+            self.loop.run_once(deadline - time.monotonic())
         if self.pidfile:
             try:
                 os.unlink(self.pidfile)
