@@ -13,8 +13,9 @@ The parent owns, per VM interface:
 
 start() opens and configures all that and forks the session: at once, or,
 while killed processes of a stopped interface still hold the tap's name,
-once they have exited (exiting.py); `started` then says how it went.
-stop() closes the fds and kills the processes, and waits for nothing.
+once they have exited (exiting.py; vionetctl shows it "restarting"
+meanwhile); `started` then says how it went. stop() closes the fds and
+kills the processes, and waits for nothing.
 
 Invariants: the parent never reads a byte a VMM wrote; it closes its tap
 fds before it kills the workers that share them, so that the tap's deletion
