@@ -1,4 +1,4 @@
-"""The parent's control socket, which vionetctl(8) talks to.
+"""Run by the parent (root): its control socket, which vionetctl(8) talks to.
 
 A unix SOCK_SEQPACKET socket: one CtlRequest per datagram, one CtlReply back
 (proto/vionetd.proto). The socket is mode 0660, owned by root and the
