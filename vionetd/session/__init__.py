@@ -1,6 +1,6 @@
 """Run by a session: the unprivileged process that serves one VM interface's VMM.
 
-The parent (iface.py) forks one session per VM interface and hands it the
+The parent (children.py) forks one session per VM interface and hands it the
 interface's listening socket (none in client mode) and a channel to itself.
 The session confines itself (main.py) and from then on speaks vhost-user
 with the VMM (vhost_user.Connection; device.py is its Backend), supervises
