@@ -60,7 +60,7 @@ def test_features_a_vmm_may_ack_are_accepted_log_all_too(channel):
     st = pb.SessionState(state="running", vmm_features=acked, logging=True)
     assert channel.handle(pb.FromSession(state=st), []) is None
     assert channel.port.state == "restarting"      # (no session pid in this test)
-    assert channel.port.session.logging and channel.port.vmm_features == acked
+    assert channel.port.session.logging and channel.port.session.vmm_features == acked
 
 
 def test_a_valid_spawn_forks_a_worker(channel):

@@ -93,6 +93,23 @@ def recv(sock, msg_type, wait=True):
         raise
 
 
+def receive(sock, msg_type, limit):
+    """The messages already waiting on sock, at most limit, without blocking:
+    (message, fds) pairs as recv() returns them; (None, []) when the peer
+    has closed, and nothing after it. Stops early if a handler closed sock
+    meanwhile. Raises what recv() raises (OSError, ChannelError)."""
+    for _ in range(limit):
+        if sock.fileno() < 0:
+            return
+        try:
+            msg, fds = recv(sock, msg_type, wait=False)
+        except BlockingIOError:
+            return
+        yield msg, fds
+        if msg is None:
+            return
+
+
 def close_fds(fds):
     """Close every fd of fds (a list is emptied), ignoring errors."""
     for fd in fds:

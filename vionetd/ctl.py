@@ -223,19 +223,20 @@ class CtlServer:
         return None
 
     def describe(self, port):
-        vmm = port.vmm_features
+        vmm = port.session.vmm_features
         st = pb.InterfaceStatus(
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
             tap=port.tap_name or "", lladdr=port.iface.lladdr or "",
             address=str(port.address.guest) if port.address else "",
             queues=port.queue_pairs, policy_features=features.offer(port.iface.offload, features.TUN_F_ALL),
             tap_features=port.tap_caps, vmm_features=vmm, negotiated=vmm & port.offered,
-            offered=port.offered, restarts=port.restarts,
-            worker_pids=[pid for _, pid in sorted(port.workers.items())],
+            offered=port.offered, restarts=port.session.worker_restarts,
+            worker_pids=[pid for _, pid in sorted(port.children.workers.items())],
             lease=port.lease or "", reason=port.reason,
-            session_pid=port.session_pid or 0, session_restarts=port.session_restarts,
+            session_pid=port.children.session_pid or 0,
+            session_restarts=port.children.session_restarts,
             retries=port.session.retries, logging=port.session.logging,
-            announced=port.announced)
+            announced=port.tap.announced)
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"

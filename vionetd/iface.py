@@ -175,30 +175,6 @@ class Interface:
         """What the current (or last) session reported."""
         return self.channel.session if self.channel is not None else NO_SESSION
 
-    @property
-    def session_pid(self):
-        return self.children.session_pid
-
-    @property
-    def session_restarts(self):
-        return self.children.session_restarts
-
-    @property
-    def workers(self):
-        return self.children.workers
-
-    @property
-    def vmm_features(self):
-        return self.session.vmm_features
-
-    @property
-    def restarts(self):
-        return self.session.worker_restarts
-
-    @property
-    def announced(self):
-        return self.tap.announced
-
     def request_stats(self, done):
         """Ask the session for counters; done({name: value}) is called with
         them, or with {} if there is no session to answer."""

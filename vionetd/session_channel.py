@@ -58,23 +58,22 @@ class SessionChannel:
 
     def readable(self):
         """The loop's callback: handle what the session sent."""
-        for _ in range(MESSAGES_PER_TURN):
-            if self.sock is None:
-                return
-            try:
-                msg, fds = control.recv(self.sock, pb.FromSession, wait=False)
-            except BlockingIOError:
-                return
-            except (OSError, control.ChannelError) as e:
-                self.port.children.session_died("killed: %s" % e)
-                return
-            if msg is None:
-                self.port.parent.unwatch(self.sock)   # it is dying; SIGCHLD tells how
-                return
-            why = self.handle(msg, fds)
-            if why:
-                self.port.children.session_died("killed: %s" % why)
-                return
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            for msg, fds in control.receive(sock, pb.FromSession, MESSAGES_PER_TURN):
+                if msg is None:
+                    self.port.parent.unwatch(sock)   # it is dying; SIGCHLD tells how
+                    return
+                why = self.handle(msg, fds)
+                if why:
+                    self.port.children.session_died("killed: %s" % why)
+                    return
+                if self.sock is not sock:           # ended while handling it
+                    return
+        except (OSError, control.ChannelError) as e:
+            self.port.children.session_died("killed: %s" % e)
 
     def handle(self, msg, fds):
         """Handle one message (its fds are closed); the rule it breaks, or None."""

@@ -80,20 +80,20 @@ class ParentLink:
         reply.set(body)
 
     def readable(self):
-        for _ in range(MESSAGES_PER_TURN):
-            try:
-                msg, fds = control.recv(self.chan, pb.ToSession, wait=False)
-            except BlockingIOError:
-                return
-            except (OSError, control.ChannelError) as e:
-                log.error("%s: parent channel: %s", self.session.name, e)
-                return self.session.stop()
-            if msg is None:
-                return self.session.stop()
-            try:
-                self.table.dispatch(msg, fds)
-            except control.ChannelError as e:
-                log.warning("%s: from the parent: %s", self.session.name, e)
+        try:
+            for msg, fds in control.receive(self.chan, pb.ToSession, MESSAGES_PER_TURN):
+                if msg is None:
+                    return self.session.stop()
+                self._dispatch(msg, fds)
+        except (OSError, control.ChannelError) as e:
+            log.error("%s: parent channel: %s", self.session.name, e)
+            self.session.stop()
+
+    def _dispatch(self, msg, fds):
+        try:
+            self.table.dispatch(msg, fds)
+        except control.ChannelError as e:
+            log.warning("%s: from the parent: %s", self.session.name, e)
 
     def report_state(self, state):
         if state != self._sent_state:

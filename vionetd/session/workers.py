@@ -151,19 +151,16 @@ class Supervisor:
         return reply
 
     def _from_worker(self, w):
-        for _ in range(MESSAGES_PER_TURN):
-            if w.chan is None:
-                return
-            try:
-                msg, fds = control.recv(w.chan, pb.FromWorker, wait=False)
-            except BlockingIOError:
-                return
-            except (OSError, control.ChannelError) as e:
-                return self.lost(w, "channel: %s" % e)
-            control.close_fds(fds)              # workers never send fds
-            if msg is None:
-                return self.lost(w, "exited")
-            self._message(w, msg)
+        try:
+            for msg, fds in control.receive(w.chan, pb.FromWorker, MESSAGES_PER_TURN):
+                control.close_fds(fds)          # workers never send fds
+                if msg is None:
+                    return self.lost(w, "exited")
+                self._message(w, msg)
+                if w.chan is None:              # lost while handling it
+                    return
+        except (OSError, control.ChannelError) as e:
+            self.lost(w, "channel: %s" % e)
 
     def _message(self, w, msg):
         try:
