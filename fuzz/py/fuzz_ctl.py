@@ -34,10 +34,12 @@ def stub_port(vm, idx, local_addr):
                 "1/rx_ring_ok": 0, "1/tx_frames": 3, "x/other": 7, "other": 1}
     return SimpleNamespace(
         iface=iface, key="%s/%d" % (vm, idx), state="running", tap_name="tap%d" % idx,
-        address=addr, tap_caps=0x1f, vmm_features=(1 << 64) - 1 if idx else 0,
-        offered=0x30006fa3, restarts=idx, workers=workers, lease=None, queue_pairs=1 + idx,
-        reason="", session_pid=300 + idx, session_restarts=0, announced=idx,
-        session=SimpleNamespace(retries=idx, logging=bool(idx)),
+        address=addr, tap_caps=0x1f, offered=0x30006fa3, lease=None, queue_pairs=1 + idx,
+        reason="", children=SimpleNamespace(workers=workers, session_pid=300 + idx,
+                                            session_restarts=0),
+        tap=SimpleNamespace(announced=idx),
+        session=SimpleNamespace(retries=idx, logging=bool(idx), worker_restarts=idx,
+                                vmm_features=(1 << 64) - 1 if idx else 0),
         request_stats=lambda done: PENDING.append((done, counters)))
 
 
