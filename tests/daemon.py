@@ -164,6 +164,18 @@ def capture_socket(ns, ifname):
     return s
 
 
+def wait_for(what, cond, timeout=15.0):
+    """cond()'s first true value, polled every 0.1 s; AssertionError naming
+    what if none comes within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
 def wait_for_frame(cap, needle, timeout=5.0):
     """The first frame captured within timeout that contains needle, or None."""
     deadline = time.monotonic() + timeout

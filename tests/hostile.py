@@ -356,8 +356,10 @@ class Monitor:
 # ---- the rig -----------------------------------------------------------------
 
 class Rig:
-    def __init__(self, names=("by", "vic"), bystander="by"):
+    def __init__(self, names=("by", "vic"), bystander="by", extra=""):
+        """extra: more configuration after the switched VMs' (other VMs)."""
         self.names = names
+        self.extra = extra
         self.by_name = bystander
         self.stack = contextlib.ExitStack()
         self.dstack = None
@@ -390,8 +392,8 @@ class Rig:
 
     def _start(self):
         self.dstack = contextlib.ExitStack()
-        self.d = self.dstack.enter_context(daemon(switched_conf(self.bridge, self.names),
-                                                  self.dns))
+        self.d = self.dstack.enter_context(daemon(
+            switched_conf(self.bridge, self.names) + self.extra, self.dns))
         for n in self.names:
             self.d.wait_socket(self.path(n))
         self.bystander = Bystander(self.path(self.by_name))

@@ -458,13 +458,46 @@ def test_vm_user():
     assert c.user == "nobody"
     assert c.vms["a"].user == "daemon"
     assert c.vms["b"].user == "nobody"       # the global user, given after or before
-    assert conf(ONE).vms["a"].user == config.DEFAULT_USER
+    # no user written: a uid of its own from the range (uids.py)
+    assert conf(ONE).vms["a"].user is None
     assert_error('vm "a" {\n interface { socket "/s" }\n\n user no_such_user_x\n}\n',
                  4, 'unknown user "no_such_user_x"')
     assert_error('vm "a" {\n user root\n interface { socket "/s" }\n}\n', 2,
                  "must not run as root")
     assert_error('vm "a" {\n user daemon\n user daemon\n interface { socket "/s" }\n}\n',
                  3, '"user" given twice')
+
+
+def test_user_range():
+    assert conf(ONE).user_range == config.DEFAULT_USER_RANGE == (70000, 79999)
+    c = conf("user range 100000-100009\n" + ONE)
+    assert c.user_range == (100000, 100009) and c.vms["a"].user is None
+    assert c.user == config.DEFAULT_USER          # the control socket's group
+    # user range and user are two statements: both may be given
+    c = conf("user range 100000-100009\nuser nobody\n" + ONE)
+    assert c.vms["a"].user == "nobody"
+    assert_error("user range 80000-70000\n", 1, "user range 80000-70000")
+    assert_error("user range 0-10\n", 1, "expected 1000 <= LOW")
+    assert_error("user range 60000-70000\n", 1, "not containing 65534")
+    assert_error("user range many\n", 1, "expected a uid range")
+    assert_error("user range 70000-70001\nuser range 70000-70001\n", 2,
+                 '"user range" given twice')
+
+
+def test_vmm_identity():
+    import grp
+    import pwd
+    c = conf('vm "a" {\n vmm user nobody\n vmm group 1234\n interface { socket "/s" }\n}\n')
+    assert (c.vms["a"].vmm_user, c.vms["a"].vmm_group) == (pwd.getpwnam("nobody").pw_uid, 1234)
+    c = conf('vm "a" {\n vmm group nogroup\n interface { socket "/s" }\n}\n')
+    assert (c.vms["a"].vmm_user, c.vms["a"].vmm_group) == (None, grp.getgrnam("nogroup").gr_gid)
+    assert conf(ONE).vms["a"].vmm_user is None
+    assert_error('vm "a" {\n vmm user no_such_user_x\n interface { socket "/s" }\n}\n', 2,
+                 'vmm user: unknown user "no_such_user_x"')
+    assert_error('vm "a" {\n vmm owner x\n interface { socket "/s" }\n}\n', 2,
+                 'expected "user" or "group" after "vmm"')
+    assert_error('vm "a" {\n vmm user 1\n vmm user 2\n interface { socket "/s" }\n}\n', 3,
+                 '"vmm user" given twice')
 
 
 def test_check_reports_unknown_names_with_file_and_line(tmp_path):

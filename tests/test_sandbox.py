@@ -1,6 +1,7 @@
 """The sandbox of sessions and workers, proved on real processes.
 
-- Workers of a running daemon: /proc shows the unprivileged user, no
+- Workers of a running daemon: /proc shows the VM's uid and gid from the
+  user range (no account has them), no
   supplementary groups, NoNewPrivs 1, Seccomp 2 (filter), the empty root,
   and only the fds a worker needs; and frames still flow through them.
 - A worker forked here exactly as the parent forks one (worker.main), with
@@ -58,15 +59,18 @@ def sent_and_seen(vm, cap, payload):
 
 def test_workers_are_confined_and_still_move_frames(running):
     d, cap = running
-    user = pwd.getpwnam(config.DEFAULT_USER)
+    low, high = config.DEFAULT_USER_RANGE
     with TestVM(d.dir + "/t1.sock") as vm:
         assert sent_and_seen(vm, cap, b"after the sandbox")
         pids = worker_pids(d)
         assert len(pids) == 2
         for pid, role in zip(pids, ("rx", "tx")):
             st = proc_status(pid)
-            assert st["Uid"] == [str(user.pw_uid)] * 4
-            assert st["Gid"] == [str(user.pw_gid)] * 4
+            uid = int(st["Uid"][0])
+            assert low <= uid <= high
+            assert st["Uid"] == [str(uid)] * 4 and st["Gid"] == [str(uid)] * 4
+            with pytest.raises(KeyError):
+                pwd.getpwuid(uid)
             assert st.get("Groups", []) == []
             assert st["NoNewPrivs"] == ["1"]
             assert st["Seccomp"] == ["2"]
@@ -178,7 +182,8 @@ def fork_session():
         code = 1
         try:
             mine.close()
-            code = session.main(theirs, listener, "t/0", 1 << 32, config.DEFAULT_USER,
+            code = session.main(theirs, listener, "t/0", 1 << 32,
+                                sandbox.identity(config.DEFAULT_USER),
                                 config.DEFAULT_CHROOT, test_hooks=True)
         finally:
             os._exit(code)
@@ -270,8 +275,8 @@ def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
 
 def test_per_vm_user_separates_two_vms():
     """vm "b" { user nobody }: b's session and workers run as nobody, a's as
-    the daemon's user, so neither VM's processes can signal or trace the
-    other's even outside seccomp."""
+    a uid of its own from the user range, so neither VM's processes can
+    signal or trace the other's even outside seccomp."""
     conf = ('socket "@CTL@"\n'
             'vm "a" { interface { socket "@DIR@/a.sock" } }\n'
             'vm "b" {\n    user "nobody"\n    interface { socket "@DIR@/b.sock" } }\n')
@@ -282,7 +287,8 @@ def test_per_vm_user_separates_two_vms():
             while time.monotonic() < deadline and len(titles(d.proc.pid)) < 7:
                 time.sleep(0.1)
             uids = {t: uid for t, uid in titles(d.proc.pid).values()}
-    default = pwd.getpwnam(config.DEFAULT_USER).pw_uid
+    default = uids["vionetd: vhost a/0"]
+    assert config.DEFAULT_USER_RANGE[0] <= default <= config.DEFAULT_USER_RANGE[1]
     nobody = pwd.getpwnam("nobody").pw_uid
     for role in ("vhost", "rx", "tx"):
         assert uids["vionetd: %s a/0" % role] == default, uids

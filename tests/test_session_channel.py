@@ -114,3 +114,22 @@ def test_closing_answers_whoever_waits_for_counters(channel):
     channel.send = SessionChannel.send.__get__(channel)
     channel.request_stats(got.append)                   # no session: {} at once
     assert got == [{}, {}, {}]
+
+
+def test_dialing_is_rate_limited(channel, monkeypatch):
+    """Client mode: at most DIAL_BUDGET connection attempts per window,
+    whatever the session asks; beyond it the answer is an error, and the
+    dial is made as the VM's uid with the VMM's group."""
+    from vionetd import session_channel, vmmsocket
+    calls = []
+    monkeypatch.setattr(vmmsocket, "connect", lambda path, **kw: calls.append(kw) or
+                        (_ for _ in ()).throw(FileNotFoundError(2, "No such file")))
+    channel.port.iface.connect = True
+    channel.port.ident = (70001, 70001)
+    count = session_channel.DIAL_BUDGET[0]
+    for _ in range(count + 5):
+        assert channel.handle(pb.FromSession(dial=True), []) is None
+    assert len(calls) == count
+    assert calls[0] == {"timeout": 0, "ident": (70001, 70001), "groups": []}
+    errors = [kw["dialed"].error for kw in channel.sent]
+    assert errors == ["No such file"] * count + ["dialing too often"] * 5

@@ -184,3 +184,65 @@ def test_connect_to_a_listening_vmm(tmp_path):
     finally:
         c.close()
         srv.close()
+
+
+VM = (70999, 70999)         # a VM's uid and gid, as uids.py gives them (no account)
+
+
+def _listening(path, mode):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, mode)
+    srv.listen(4)
+    return srv
+
+
+def _peer(conn):
+    import struct
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes its effective uid")
+def test_connect_as_the_vm_never_as_root():
+    """Client mode dials as the VM: a socket only root may reach (a
+    directory of mode 0700 on the way, or the socket's own mode) is out of
+    reach, also through a symlink; the peer sees the VM's uid; root's ids
+    and groups are back after, failure or not."""
+    with tempfile.TemporaryDirectory(prefix="vionetd-test-") as tmp:
+        os.chmod(tmp, 0o755)            # (pytest's tmp_path is in a 0700 directory)
+        _connect_as_the_vm(pathlib.Path(tmp))
+
+
+def _connect_as_the_vm(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    hidden = _listening(str(private / "s.sock"), 0o666)
+    closed = _listening(str(tmp_path / "root.sock"), 0o600)
+    open_ = _listening(str(tmp_path / "vmm.sock"), 0o666)
+    os.symlink(private / "s.sock", tmp_path / "link.sock")
+    before = (os.getresuid(), os.getresgid(), os.getgroups())
+    try:
+        for path in ("private/s.sock", "link.sock", "root.sock"):
+            with pytest.raises(PermissionError):
+                vmmsocket.connect(str(tmp_path / path), timeout=0, ident=VM)
+            assert (os.getresuid(), os.getresgid(), os.getgroups()) == before
+        for srv in (hidden, closed):
+            srv.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                srv.accept()
+        c = vmmsocket.connect(str(tmp_path / "vmm.sock"), timeout=0, ident=VM)
+        conn, _ = open_.accept()
+        assert _peer(conn)[1:] == VM
+        conn.close()
+        c.close()
+        # the VMM's group, as the only supplementary group, opens a group socket
+        os.chmod(tmp_path / "root.sock", 0o660)
+        os.chown(tmp_path / "root.sock", 0, 4242)
+        vmmsocket.connect(str(tmp_path / "root.sock"), timeout=0, ident=VM,
+                          groups=[4242]).close()
+        assert (os.getresuid(), os.getresgid(), os.getgroups()) == before
+        with pytest.raises(PermissionError):
+            vmmsocket.connect(str(tmp_path / "vmm.sock"), ident=(0, 0))
+    finally:
+        for srv in (hidden, closed, open_):
+            srv.close()

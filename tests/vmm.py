@@ -135,12 +135,15 @@ class Frontend:
         return cls(s, timeout=timeout)
 
     @classmethod
-    def accept(cls, path: str, timeout: float = 5.0) -> "Frontend":
+    def accept(cls, path: str, timeout: float = 5.0, mode: int = 0o666) -> "Frontend":
         """Listen at path, as a VMM whose backend connects (vionetd's client
-        mode), and take the first connection within timeout."""
+        mode), and take the first connection within timeout. The socket
+        gets mode: vionetd connects as the VM's uid, which must be able to
+        write to it."""
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             lsock.bind(path)
+            os.chmod(path, mode)
             lsock.listen(1)
             lsock.settimeout(timeout)
             s, _ = lsock.accept()

@@ -60,8 +60,9 @@ class Children:
             code = 1
             try:
                 mine.close()
-                code = session.main(theirs, port.listener, port.key, port.offered, port.user,
-                                    port.conf.chroot or config.DEFAULT_CHROOT, port.queue_pairs)
+                code = session.main(theirs, port.listener, port.key, port.offered, port.ident,
+                                    port.conf.chroot or config.DEFAULT_CHROOT, port.queue_pairs,
+                                    vmm=port.vmm_ident)
             finally:
                 os._exit(code)
         theirs.close()
@@ -165,7 +166,7 @@ class Children:
             code = 1
             try:
                 mine.close()
-                code = worker.main(theirs, name, port.conf, user=port.user, role=role)
+                code = worker.main(theirs, name, port.conf, ident=port.ident, role=role)
             finally:
                 os._exit(code)
         theirs.close()

@@ -50,6 +50,7 @@ class Interface:
         self.address = None         # local interfaces: local.Addresses
         self.lease = None
         self.reason = ""
+        self.ident = None           # (uid, gid) of its processes (uids.py), once opened
         self.started = Reply()      # set once: None, or why it could not start
         self.waiting = None         # exiting.Wait, while the tap name is held
         self.stopping = False
@@ -76,6 +77,7 @@ class Interface:
         self.started.set(None)
 
     def _open(self):
+        self.ident = self.parent.ids.of(self.conf, self.iface.vm)
         self._open_tap()
         self._configure_link()
         self.offered = features.offer(self.iface.offload, self.tap_caps, self.queue_pairs)
@@ -154,8 +156,17 @@ class Interface:
         return self.iface.connect
 
     @property
-    def user(self):
-        return self.conf.vms[self.iface.vm].user
+    def vmm_ident(self):
+        """(uid, gid) the VMM must have, each None if not configured."""
+        vm = self.conf.vms[self.iface.vm]
+        return vm.vmm_user, vm.vmm_group
+
+    @property
+    def dial_groups(self):
+        """Client mode: the supplementary groups the parent connects with
+        (vmmsocket.connect): the VMM's group if configured, else none."""
+        group = self.vmm_ident[1]
+        return [group] if group is not None else []
 
     @property
     def locked_mac(self):

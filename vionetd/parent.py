@@ -41,6 +41,7 @@ from vionetd.eventloop import Loop, Reply
 from vionetd.exiting import EXIT_WAIT, Exiting
 from vionetd.iface import Interface
 from vionetd.log import log
+from vionetd.uids import Identities
 
 REAP_PER_TURN = 256       # children reaped per SIGCHLD turn: signals stay served
 
@@ -53,6 +54,7 @@ class Parent:
         self.loop = Loop()
         self.ports = {}          # config.Interface.key -> iface.Interface
         self.exiting = Exiting(self.loop)   # what stopped ports killed, not reaped yet
+        self.ids = Identities()  # the uid and gid of each VM's processes
         self.running = True
         self.ctl = None
 
@@ -144,6 +146,7 @@ class Parent:
         wanted = wanted_interfaces(conf)
         for key in list(self.ports):
             self._keep_or_stop(self.ports[key], wanted.get(key), conf)
+        self.ids.keep(conf, {iface.vm for iface in wanted.values()})
         self.conf = conf                    # workers forked from now on see it
         return all_errors([self._start(Interface(self, iface, conf))
                            for key, iface in wanted.items() if key not in self.ports])
@@ -265,19 +268,32 @@ def all_errors(replies):
 
 def unchanged(port, iface, conf):
     """True if port would be the same under conf: its own block, the
-    sessions' and workers' user and chroot, its switch's bridge, and for a local
-    interface the prefix its address comes from. Other VMs, other
-    switches, dns and line numbers do not count."""
+    sessions' and workers' uid, gid and chroot, who its VMM must be, its
+    switch's bridge, and for a local interface the prefix its address comes
+    from. Other VMs, other switches, dns and line numbers do not count."""
     old = port.conf
-    if iface != port.iface or (conf.user, conf.chroot) != (old.user, old.chroot):
+    if iface != port.iface or conf.chroot != old.chroot:
         return False
-    if conf.vms[iface.vm].user != old.vms[iface.vm].user:
+    if not same_identity(port, conf):
         return False
     if iface.switch and conf.switches.get(iface.switch) != old.switches.get(iface.switch):
         return False
     if iface.local and conf.local_prefix != old.local_prefix:
         return False
     return True
+
+
+def same_identity(port, conf):
+    """True if port's processes would run as the same uid and gid under
+    conf (a VM of the range keeps its uid while the range holds it), and
+    its VMM be checked against the same user and group."""
+    vm, old = conf.vms[port.iface.vm], port.conf.vms[port.iface.vm]
+    if (vm.vmm_user, vm.vmm_group) != (old.vmm_user, old.vmm_group):
+        return False
+    try:
+        return port.ident is not None and port.parent.ids.of(conf, vm.name) == port.ident
+    except LookupError:
+        return False
 
 
 def only_socket_ownership(port, iface, conf):

@@ -7,11 +7,14 @@ privileges the next one drops):
 1. close every fd but those it keeps (its channels, a session's listening
    socket, stderr while -d);
 2. chroot to an empty directory, so a path means nothing;
-3. drop to the unprivileged user and its group, with no supplementary groups;
+3. drop to the VM's unprivileged uid and gid (numbers: the parent resolved
+   a configured name, or took them from the range, uids.py; they need no
+   passwd entry), with no supplementary groups;
 4. die with the parent (PR_SET_PDEATHSIG; after step 3, since changing
    credentials clears it), and make sure the parent is still the one that
    forked us (it may have died before the call);
-5. rlimits: no new processes, no core dumps, no files, few descriptors;
+5. rlimits: no new processes, no core dumps, no files, and descriptors
+   as many as the process needs (nofile() below);
 6. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
    pledge("stdio recvfd"): nothing that opens, creates sockets, connects,
    executes, forks, traces or signals another process; fcntl only with the
@@ -105,23 +108,58 @@ def close_fds(keep):
                 pass
 
 
-def drop_privileges(user, root):
-    pw = pwd.getpwnam(user)
+# RLIMIT_NOFILE of a session of Q queue pairs: NOFILE_BASE + NOFILE_PER_PAIR * Q.
+# It bounds the fds open and, since the kernel counts the fds a uid has in
+# flight over SCM_RIGHTS against the sender's RLIMIT_NOFILE (ETOOMANYREFS
+# beyond), also what the session may have sent to its workers and not yet
+# seen them read. A session holds: stdio, its channel, epoll fd, listener
+# and VMM connection, the memory table's up to MAX_FDS (8) fds and a new
+# table's 8 while it replaces them, the dirty log and its notifier (2), a
+# VMM message's 8 fds: 32 at most, doubled for margin (NOFILE_BASE). Per
+# pair: the rx and tx workers' channels (2, and one replacing either), the
+# 4 kick and call eventfds, and in flight towards each of the 2 workers a
+# memory table (8), a dirty log (2) and a ring start (2): 7 + 24 = 31,
+# rounded up to 32. A worker's needs do not grow with Q (its channel, tap,
+# io_uring, two memory tables, log, kick, call: under 32): WORKER_NOFILE.
+NOFILE_BASE = 64
+NOFILE_PER_PAIR = 32
+WORKER_NOFILE = 64
+
+
+def nofile(queue_pairs):
+    """RLIMIT_NOFILE of a session of queue_pairs pairs (see above)."""
+    return NOFILE_BASE + NOFILE_PER_PAIR * queue_pairs
+
+
+def identity(user):
+    """(uid, gid) of a user name, looked up before the chroot."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise OSError(errno.ENOENT, "unknown user %s" % user) from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def drop_privileges(ident, root):
+    """Chroot to root, then become ident, a (uid, gid) pair of numbers."""
+    uid, gid = ident
+    if uid == 0 or gid == 0:
+        raise OSError(errno.EPERM, "refusing to run a VM's process as root")
     os.makedirs(root, mode=0o755, exist_ok=True)
     if os.listdir(root):
         raise OSError(errno.ENOTEMPTY, "chroot directory %s is not empty" % root)
     os.chroot(root)
     os.chdir("/")
     os.setgroups([])
-    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
-    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
 
 
-def limit_resources():
+def limit_resources(files=WORKER_NOFILE):
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
 
 def prctl(option, value, what):
@@ -171,16 +209,18 @@ def seccomp_filter(calls, nonblocking_ioctl=False):
     return f
 
 
-def enter(calls, keep, user, root, keep_stderr=True, nonblocking_ioctl=False):
+def enter(calls, keep, ident, root, keep_stderr=True, nonblocking_ioctl=False,
+          files=WORKER_NOFILE):
     """Confine the calling process to COMMON + calls. keep: the fds it keeps
-    (the first is its channel, where a forbidden call is reported). Raises
+    (the first is its channel, where a forbidden call is reported); ident:
+    the (uid, gid) it runs as; files: its RLIMIT_NOFILE. Raises
     OSError if any step fails: a process that cannot be confined must not run."""
     parent = os.getppid()
     close_fds(set(keep) | ({2} if keep_stderr else set()))
     f = seccomp_filter(calls, nonblocking_ioctl)   # resolves names: before chroot
-    drop_privileges(user, root)
+    drop_privileges(ident, root)
     die_with_parent(parent)
-    limit_resources()
+    limit_resources(files)
     no_new_privs()
     if lib.sigsys_install(keep[0]) != 0:
         raise OSError(ctypes.get_errno(), "sigaction(SIGSYS)")

@@ -20,6 +20,7 @@ import collections
 
 from vionetd import control, dhcp, features, vmmsocket
 from vionetd import vionetd_pb2 as pb
+from vionetd.backoff import take_slot
 from vionetd.control import ROLE_NAME
 from vionetd.log import log, printable
 
@@ -28,6 +29,7 @@ MESSAGES_PER_TURN = 32        # session messages handled per readable event
 LOG_LIMIT = 300               # characters of a session's log line
 COUNTER_NAME_LIMIT = 64
 COUNTERS_LIMIT = 512          # counters taken from one Stats message
+DIAL_BUDGET = (10, 1.0)       # client mode: at most 10 connection attempts a second
 
 
 class SessionChannel:
@@ -36,6 +38,7 @@ class SessionChannel:
         self.sock = sock            # non-blocking; None once closed
         self.session = pb.SessionState(state="waiting")   # its last report
         self.pending_stats = collections.deque()         # callbacks, oldest first
+        self.dials = collections.deque()                 # times of recent dials
         self.table = control.Table({
             "state": self._state, "features": self._features, "spawn": self._spawn,
             "set_mtu": self._set_mtu, "dial": self._dial, "dhcp": self._dhcp,
@@ -134,10 +137,17 @@ class SessionChannel:
         return None
 
     def dial_vmm(self):
-        """Client mode: connect to the VMM's socket for the session. A unix
-        socket connects at once or fails at once (no listener, no room)."""
+        """Client mode: connect to the VMM's socket for the session, as the
+        VM's uid (vmmsocket.connect), at most DIAL_BUDGET times per window
+        (the session backs off too; this holds for one that does not). A
+        unix socket connects at once or fails at once (no listener, no room)."""
+        if take_slot(self.dials, DIAL_BUDGET):
+            self.send(dialed=pb.Dialed(error="dialing too often"))
+            return
+        port = self.port
         try:
-            s = vmmsocket.connect(self.port.iface.socket, timeout=0)   # never waits
+            s = vmmsocket.connect(port.iface.socket, timeout=0,     # never waits
+                                  ident=port.ident, groups=port.dial_groups)
         except OSError as e:
             self.send(dialed=pb.Dialed(error=e.strerror or str(e)))
             return

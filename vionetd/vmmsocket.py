@@ -20,12 +20,25 @@ owner and group are names (looked up here; the configuration checked that
 they existed) or numeric ids; None leaves that part as it is (root's, for a
 socket root creates). mode None leaves the mode alone.
 
-connect(path, timeout) is the other direction (an interface written
-"socket PATH connect"): the VMM listens, vionetd connects.
+connect(path, timeout, ident, groups) is the other direction (an interface
+written "socket PATH connect"): the VMM listens, vionetd connects. The path
+is the VMM's, which it may replace at any time (by a symlink to the system
+bus, to systemd's or libvirt's socket, to another VM's vionetd socket), so
+the root parent never connects to it as root: it connects with its
+effective uid and gid set to the VM's, ident, and its supplementary groups
+set to groups (the VM's `vmm group` when there is one, else none), then
+takes root's back (setresuid/setresgid: the saved ids stay 0). While the
+effective uid is not 0 the kernel clears the effective capabilities, so
+the path is looked up and the socket's write permission checked as the
+VM's uid (a socket only root, or only another VM's VMM, may use is out of
+reach: EACCES), and the peer's SO_PEERCRED shows the VM's uid, not 0. The
+VMM must therefore let the VM's uid (or its `vmm group`) write to its
+socket. The session then checks who listens there (session/vmm_link.py).
 
 same_but_ownership(old, new) tells the parent whether two config.Interface
 objects differ in the socket's owner, group or mode only.
 """
+import contextlib
 import dataclasses
 import grp
 import os
@@ -110,20 +123,51 @@ def listen(path, owner=None, group=None, mode=0o660):
     return s
 
 
-def connect(path, timeout=5.0):
+def connect(path, timeout=5.0, ident=None, groups=()):
     """A stream socket connected to the VMM's listening socket at path
     (client mode), blocking with timeout (0: not at all; a VMM whose
-    listen queue is full is then an error like any other). Raises OSError (for instance
+    listen queue is full is then an error like any other), connected as
+    ident, (uid, gid), with the supplementary groups groups (see above;
+    None: as the caller is). Raises OSError (for instance
     FileNotFoundError or ConnectionRefusedError while the VMM is not
-    listening yet: the caller retries)."""
+    listening yet: the caller retries; PermissionError where the VM's uid
+    may not connect)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
-        s.connect(path)
+        with acting_as(ident, groups):
+            s.connect(path)
     except BaseException:
         s.close()
         raise
     return s
+
+
+@contextlib.contextmanager
+def acting_as(ident, groups=()):
+    """Run the block with effective uid and gid ident (None: unchanged)
+    and supplementary groups groups; root's are restored after, whatever
+    happens (saved ids stay 0, which lets the process take them back)."""
+    if ident is None:
+        yield
+        return
+    uid, gid = ident
+    if uid == 0:
+        raise PermissionError("refusing to act as root for a VM")
+    saved, euid, egid = os.getgroups(), os.geteuid(), os.getegid()
+    os.setgroups(list(groups))
+    try:
+        os.setresgid(-1, gid, -1)
+        try:
+            os.setresuid(-1, uid, -1)
+            try:
+                yield
+            finally:
+                os.setresuid(-1, euid, -1)
+        finally:
+            os.setresgid(-1, egid, -1)
+    finally:
+        os.setgroups(saved)
 
 
 def apply_ownership(path, owner=None, group=None, mode=None):

@@ -150,8 +150,9 @@ def open_uring(name):
     return u
 
 
-def main(chan, name, conf, test_hooks=False, user=None, role=None):
-    """Entry point in the forked child. Returns the exit status."""
+def main(chan, name, conf, test_hooks=False, ident=None, role=None):
+    """Entry point in the forked child: ident is the (uid, gid) it runs as
+    (None: conf's user's). Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.set_wakeup_fd(-1)
@@ -159,7 +160,8 @@ def main(chan, name, conf, test_hooks=False, user=None, role=None):
     uring = open_uring(name) if role == pb.ROLE_TX else None
     keep = [chan.fileno()] + ([lib.txu_fd(uring)] if uring else [])
     try:
-        sandbox.enter(SYSCALLS, keep, user or conf.user, conf.chroot or DEFAULT_ROOT)
+        sandbox.enter(SYSCALLS, keep, ident or sandbox.identity(conf.user),
+                      conf.chroot or DEFAULT_ROOT)
     except OSError as e:
         print("vionetd: %s: cannot confine worker: %s" % (name, e), file=sys.stderr)
         return 1

@@ -35,7 +35,8 @@ from vionetd.config.grammar import KEYWORDS, SOCKET_OPTIONS
 from vionetd.config.lexer import MAX_EXPANDED, MAX_MACRO_DEPTH
 from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,
                                   DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
-                                  DEFAULT_USER, DIRECTIONS, MODES,
+                                  DEFAULT_USER, DEFAULT_USER_RANGE,
+                                  DIRECTIONS, MODES,
                                   OFF, OFFLOAD_NAMES, PASSTHROUGH, SOFTWARE,
                                   Config, ConfigError, Interface, Offload,
                                   Switch, Vm)
@@ -46,7 +47,7 @@ __all__ = [
     "parse", "load", "check", "MAX_FILE_SIZE",
     "Config", "ConfigError", "Interface", "Offload", "Switch", "Vm",
     "DEFAULT_CHROOT", "DEFAULT_PREFIX", "DEFAULT_SOCKET",
-    "DEFAULT_SOCKET_MODE", "DEFAULT_USER",
+    "DEFAULT_SOCKET_MODE", "DEFAULT_USER", "DEFAULT_USER_RANGE",
     "DIRECTIONS", "MODES", "OFF", "OFFLOAD_NAMES", "PASSTHROUGH", "SOFTWARE",
     "KEYWORDS", "SOCKET_OPTIONS", "MAX_EXPANDED", "MAX_MACRO_DEPTH",
     "IFNAME_MAX", "MAX_QUEUES", "MTU_MAX", "MTU_MIN", "QUEUES_AUTO",

@@ -7,7 +7,8 @@ depends on several statements is checked here, at two moments:
   against switch and hostname;
 - whole_file(), at the end of the file, since global settings may come
   after the blocks that use them: no two switches on one bridge; each VM's
-  user and each interface's socket owner, group and mode filled in from
+  user (the global user when one is written, else none: a uid of its
+  own from the user range) and each interface's socket owner, group and mode filled in from
   the global settings unless given; then, interface by interface in file
   order, socket options against connect, unique sockets, tap names (not a
   bridge either) and MAC addresses, known switches; last, a local prefix
@@ -40,6 +41,7 @@ class Notes:
     # interface key -> the socket's options as written: {word: (value, line)}
     sock_opts: dict[str, dict] = field(default_factory=dict)
     own_user: set[str] = field(default_factory=set)   # VMs with a "user"
+    global_user: bool = False                         # a top-level "user NAME"
 
     def error(self, line: int | None, message: str) -> NoReturn:
         raise ConfigError(self.filename, line, message)
@@ -91,7 +93,7 @@ def whole_file(conf: Config, notes: Notes):
     must hold across blocks. conf is completed in place."""
     bridges = _bridges(conf, notes)
     for vm in conf.vms.values():
-        if vm.name not in notes.own_user:
+        if vm.name not in notes.own_user and notes.global_user:
             vm.user = conf.user
     sockets = {conf.socket: "the control socket"}
     taps: dict[str, str] = {}

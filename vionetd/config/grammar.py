@@ -281,8 +281,17 @@ class _TopLevel(_Block):
         self.conf.switches[name] = _Switch(self, name).read(kw)
 
     def user(self, kw: Token):
+        """user NAME: every VM's, unless it names its own. user range
+        LOW-HIGH: the uids VMs that name no user get one of each."""
+        if self.lex.peek().is_word("range"):
+            self.lex.next()
+            self.once("user range", kw.line)
+            self.conf.user_range = values.user_range(
+                self.word("a uid range", "user range"))
+            return
         self.once("user", kw.line)
         self.conf.user = values.user(self.word("a user name", "user"))
+        self.notes.global_user = True
 
     def vm(self, kw: Token):
         """vm NAME { ... }"""
@@ -419,6 +428,17 @@ class _Vm(_Block):
         self.vm.user = values.known_user(self.word("a user name", "user"))
         self.notes.own_user.add(self.vm.name)
 
+    def vmm(self, kw: Token):
+        """vmm user U, vmm group G: who the VM's VMM runs as."""
+        what = self.lex.next()
+        if not what.is_word("user", "group"):
+            what.error('expected "user" or "group" after "vmm", got %s'
+                       % what.describe())
+        self.once("vmm " + what.value, kw.line)
+        setattr(self.vm, "vmm_" + what.value, values.vmm_id(
+            self.word("a %s name or number" % what.value, "vmm " + what.value),
+            what.value))
+
     STATEMENTS = {
         "disable": enable,
         "enable": enable,
@@ -426,6 +446,7 @@ class _Vm(_Block):
         "local interface": local_interface,
         "socket": socket,
         "user": user,
+        "vmm": vmm,
     }
 
 
@@ -537,4 +558,4 @@ class _Interface(_Block):
 KEYWORDS = frozenset(
     [word for block in (_TopLevel, _Switch, _Vm, _Interface)
      for phrase in block.STATEMENTS for word in phrase.split()]
-    + list(SOCKET_OPTIONS))
+    + list(SOCKET_OPTIONS) + ["range"])

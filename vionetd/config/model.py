@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_SOCKET = "/run/vionetd.sock"
 DEFAULT_USER = "_vionetd"
+DEFAULT_USER_RANGE = (70000, 79999)   # uids (and gids) given one per VM
 DEFAULT_CHROOT = "/var/empty"
 DEFAULT_PREFIX = "100.64.0.0/10"
 DEFAULT_SOCKET_MODE = 0o660      # mode of the vhost-user sockets vionetd creates
@@ -111,14 +112,23 @@ class Vm:
     name: str
     interfaces: list[Interface] = field(default_factory=list)
     disabled: bool = False
-    user: str = DEFAULT_USER         # the VM's processes run as this user
+    # the VM's processes run as this user; None: as a uid and gid of
+    # their own, from the global user range (uids.py)
+    user: str | None = None
+    # who the VM's VMM must be (SO_PEERCRED of its connection): a uid
+    # and/or a gid, None: anyone who can reach the socket
+    vmm_user: int | None = None
+    vmm_group: int | None = None
     line: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass
 class Config:
     socket: str = DEFAULT_SOCKET
+    # the control socket's group is this user's; and, when written, the
+    # user of every VM that names none (then they share one uid)
     user: str = DEFAULT_USER
+    user_range: tuple[int, int] = DEFAULT_USER_RANGE
     # Defaults of the vhost-user sockets vionetd creates (the interfaces
     # hold the resulting values); the control socket is not concerned.
     socket_owner: str | None = None

@@ -39,6 +39,9 @@ _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _MODE = re.compile(r"0?[0-7]{3}\Z")
+_RANGE = re.compile(r"([0-9]{1,10})-([0-9]{1,10})\Z")
+UID_RANGE_MIN, UID_RANGE_MAX = 1000, 2 ** 31 - 2
+OVERFLOW_UID = 65534             # nobody: never given to a VM
 
 
 def abs_path(tok: Token, what: str) -> str:
@@ -88,6 +91,30 @@ def _known(tok: Token, name: str, lookup: Callable, unknown: str) -> str:
 def known_user(tok: Token) -> str:
     """A user that VM processes run as: not root, and known to the system."""
     return _known(tok, user(tok), pwd.getpwnam, 'unknown user "%s"')
+
+
+def user_range(tok: Token) -> tuple[int, int]:
+    """user range LOW-HIGH: uids above the system's (1000 and more), below
+    the overflow uid 65534 or above it, LOW <= HIGH, at most 2^31 - 2."""
+    m = _RANGE.match(tok.value)
+    if not m:
+        tok.error('expected a uid range such as 70000-79999, got "%s"' % tok.value)
+    low, high = int(m.group(1)), int(m.group(2))
+    if low > high or low < UID_RANGE_MIN or high > UID_RANGE_MAX \
+            or low <= OVERFLOW_UID <= high:
+        tok.error("user range %d-%d: expected %d <= LOW <= HIGH <= %d, not "
+                  "containing %d" % (low, high, UID_RANGE_MIN, UID_RANGE_MAX,
+                                     OVERFLOW_UID))
+    return low, high
+
+
+def vmm_id(tok: Token, what: str) -> int:
+    """vmm user / vmm group: a name the system knows, or a number."""
+    if tok.value.isdigit():
+        return int(tok.value)
+    lookup = pwd.getpwnam if what == "user" else grp.getgrnam
+    _known(tok, _name(tok, what), lookup, "vmm " + what + ': unknown ' + what + ' "%s"')
+    return lookup(tok.value)[2]
 
 
 def owner(tok: Token) -> str:

@@ -9,7 +9,8 @@ asked and hands over their channels) and relays what the parent must know as
 small protobuf (parent_link.py; proto/vionetd.proto, FromSession).
 
 Nothing a VMM or a worker does can block it: the VMM's socket is
-non-blocking and paced (vmm_link.py), an answer it waits for is a Reply
+non-blocking and paced (vmm_link.py), its peer's identity checked first
+(vmm_identity.py), an answer it waits for is a Reply
 with a deadline, and every restart waits on a timer. What goes wrong here
 costs this VM alone: the parent replaces a session that dies.
 """

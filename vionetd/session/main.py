@@ -2,8 +2,9 @@
 
 The parent forks one session per VM interface and calls main() in the
 child, which confines itself at once (sandbox.enter: the VM's unprivileged
-user, an empty root directory, no_new_privs, then the seccomp allow-list
-below) and then runs the Session until the parent goes.
+uid and gid, an empty root directory, RLIMIT_NOFILE sized for its queue
+pairs (sandbox.nofile), no_new_privs, then the seccomp allow-list below)
+and then runs the Session until the parent goes.
 
 A session reads every byte its VMM writes, so it holds nothing it does not
 need: no way to open a path, make a socket, fork or exec. The fds it keeps
@@ -30,23 +31,29 @@ SYSCALLS = {
     "fstat": "the kind and size of each fd a VMM sends (fdkind.py)",
     "getsockname": "Python's socket(fileno=) checks a worker's channel "
                    "(workers.Supervisor.arrived)",
+    # getsockopt (sandbox.COMMON) also reads SO_PEERCRED of the VMM's
+    # connection (vmm_link.VmmLink._connected)
 }
 
 
-def main(chan, listener, name, offered, user, root, queue_pairs=1, test_hooks=False):
+def main(chan, listener, name, offered, ident, root, queue_pairs=1, test_hooks=False,
+         vmm=(None, None)):
     """Entry point in the forked child: listener is the interface's listening
-    socket, or None in client mode. Returns the exit status."""
+    socket, or None in client mode; ident the (uid, gid) it runs as; vmm
+    the (uid, gid) its VMM must have, each None if any will do
+    (vmm_link.py). Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
     setproctitle.setproctitle("vionetd: vhost %s" % name)
-    s = Session(chan, listener, name, offered, queue_pairs, test_hooks)
+    s = Session(chan, listener, name, offered, queue_pairs, test_hooks, vmm)
     log.handlers[:] = [ParentLog(s.parent)]
     keep = [chan.fileno(), s.loop.fileno()] + ([listener.fileno()] if listener else [])
     try:
-        sandbox.enter(SYSCALLS, keep, user, root,
-                      nonblocking_ioctl=True)     # Python's setblocking()
+        sandbox.enter(SYSCALLS, keep, ident, root,
+                      nonblocking_ioctl=True,     # Python's setblocking()
+                      files=sandbox.nofile(queue_pairs))
     except OSError as e:
         log.error("%s: cannot confine the session: %s", name, e)
         return 1

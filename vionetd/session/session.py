@@ -20,14 +20,15 @@ from vionetd.session.workers import Supervisor
 
 
 class Session:
-    def __init__(self, chan, listener, name, offered, queue_pairs=1, test_hooks=False):
+    def __init__(self, chan, listener, name, offered, queue_pairs=1, test_hooks=False,
+                 vmm=(None, None)):
         self.name = name
         self.queue_pairs = queue_pairs
         self.loop = Loop()
         self.running = True
         self.workers = Supervisor(self, queue_pairs)
         self.device = Device(self, offered, queue_pairs)
-        self.vmm = VmmLink(self, listener)
+        self.vmm = VmmLink(self, listener, vmm)
         self.parent = ParentLink(self, chan, test_hooks)
 
     def run(self):

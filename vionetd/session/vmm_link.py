@@ -17,6 +17,11 @@ host's CPUs, absorbs the flood. A message begun but not finished within
 MESSAGE_TIMEOUT ends the connection (a timer, armed only while a message is
 incomplete).
 
+Either way, who the VMM is (SO_PEERCRED) is checked against the VM's
+`vmm user` and `vmm group` before its first byte is read (vmm_identity.py);
+anyone else is refused (closed, logged, the reason reported), then the next
+accept or dial waits as after a short connection.
+
 Every end goes through end(why), which closes the connection on the next
 turn of the loop (never inside the Connection's own call) with the first
 reason given. A VMM whose connections keep ending before a ring started is
@@ -28,6 +33,7 @@ import time
 from vionetd import control, vhost_user
 from vionetd.backoff import Backoff
 from vionetd.log import log
+from vionetd.session.vmm_identity import refusal
 
 MESSAGE_TIMEOUT = 2.0             # seconds a VMM may take to finish a message
 SHORT_CONNECTION = 1.0            # a VMM connection shorter than this counts for ACCEPT_BACKOFF
@@ -39,8 +45,9 @@ PEER_CLOSED = None                # end(PEER_CLOSED): the VMM closed between mes
 
 
 class VmmLink:
-    def __init__(self, session, listener):
+    def __init__(self, session, listener, vmm=(None, None)):
         self.session = session
+        self.vmm = vmm                    # (uid, gid) the VMM must have, None: any
         self.loop = session.loop
         self.listener = listener
         self.conn = None
@@ -51,6 +58,7 @@ class VmmLink:
         self.ending = False               # end() was called; the close is due
         self.timeout = None               # timer of an incomplete message
         self.reason = ""                  # why the last VMM was dropped
+        self.dial_error = ""              # client mode: why the last attempt failed
 
     @property
     def retries(self):
@@ -91,13 +99,26 @@ class VmmLink:
             return
         control.close_fds(fds)
         delay = self.dials.fail()
-        if self.dials.failures == 1:
-            log.info("%s: cannot connect to the VMM (%s), retrying", self.session.name,
-                     body.error[:LOG_TEXT_MAX])
+        error = body.error[:LOG_TEXT_MAX]
+        if self.dials.failures == 1 or error != self.dial_error:   # logged when it changes
+            log.info("%s: cannot connect to the VMM (%s), retrying", self.session.name, error)
+        self.dial_error = error
         self.loop.call_later(delay, self._dial)
         self.session.report_state()
 
     def _connected(self, sock):
+        why = refusal(sock, self.vmm)
+        if why:
+            sock.close()
+            log.warning("%s: %s", self.session.name, why)
+            self.reason = why
+            self.connected_at = time.monotonic()
+            self.ran = False
+            if self.listener is not None:
+                self.loop.unwatch(self.listener)
+            self._backoff()               # watches the listener, or dials, again
+            self.session.report_state()
+            return
         self.conn = vhost_user.Connection(sock, self.session.device, name=self.session.name,
                                           timeout=MESSAGE_TIMEOUT,
                                           queue_pairs=self.session.queue_pairs,
