@@ -183,8 +183,8 @@ def test_expected_brace_after_vm_name():
 
 def test_unknown_keywords_list_what_was_expected():
     assert_error("\nbogus 1\n", 2, 'unknown keyword "bogus" at top level',
-                 "chroot", "dns", "local prefix", "socket", "switch", "user",
-                 "vm")
+                 "chroot", "dns", "dns6", "local prefix", "local prefix6", "socket",
+                 "switch", "user", "vm")
     assert_error('vm "a" {\n\tmemory 1G\n}\n', 2,
                  'unknown keyword "memory" in vm "a"', "interface", "socket",
                  "disable", '"}"')
@@ -194,7 +194,7 @@ def test_unknown_keywords_list_what_was_expected():
     assert_error('switch "s" {\n bridge "br0"\n}\n', 2,
                  'unknown keyword "bridge" in switch "s"', "interface")
     assert_error("\n}\n", 2, 'unexpected "}" at top level')
-    assert_error("local\nfoo\n", 2, 'expected "prefix" after "local"')
+    assert_error("local\nfoo\n", 2, 'expected "prefix" or "prefix6" after "local"')
 
 
 def test_unterminated_string():
@@ -704,3 +704,31 @@ def test_manpage_documents_every_keyword():
     for word in sorted(config.KEYWORDS) + list(config.OFFLOAD_NAMES) + \
             list(config.MODES) + ["tx", "rx", "all"]:
         assert word in marked, word
+
+
+# ---- IPv6 of local interfaces ----------------------------------------------
+
+def test_local_prefix6_dns6_and_inet6():
+    c = config.parse('local prefix6 fd00:1:2::/48\ndns6 fd00::53 2001:db8::1\n'
+                     'vm "a" {\n local interface { socket "/a"\n  inet6 off }\n'
+                     ' local interface { socket "/b" }\n}\n', "t.conf")
+    assert str(c.local_prefix6) == "fd00:1:2::/48"
+    assert [str(a) for a in c.dns6] == ["fd00::53", "2001:db8::1"]
+    assert [i.inet6 for i in c.interfaces()] == [False, True]
+    assert config.parse("", "t.conf").local_prefix6 is None
+
+
+@pytest.mark.parametrize("text,line,message", [
+    ("local prefix6 fd00::1/48\n", 1, "has host bits set (did you mean fd00::/48?)"),
+    ("local prefix6 fd00::/56\n", 1, "too small: it must be a /48 or wider"),
+    ("local prefix6 10.0.0.0/8\n", 1, "expected an IPv6 prefix"),
+    ("local prefix6 fd00::\n", 1, "needs a length"),
+    ("\nlocal prefix6 fd00::/48\nlocal prefix6 fd01::/48\n", 3, "given twice"),
+    ("dns6 1.2.3.4\n", 1, 'expected an IPv6 address, got "1.2.3.4"'),
+    ('vm "a" {\n interface { socket "/a"\n  inet6 off }\n}\n', 3,
+     "inet6 is said of local interfaces only"),
+    ('vm "a" {\n local interface { socket "/a"\n  inet6 maybe }\n}\n', 3,
+     'expected off or on after inet6, got "maybe"'),
+])
+def test_ipv6_statement_errors(text, line, message):
+    assert_error(text, line, message)

@@ -4,7 +4,7 @@ The grammar (grammar.py) checks each statement as it reads it. What
 depends on several statements is checked here, at two moments:
 - interface_done(), when an interface's statements have been read: its
   offload policy against the virtio feature dependencies, then local
-  against switch and hostname;
+  against switch, inet6 and hostname;
 - whole_file(), at the end of the file, since global settings may come
   after the blocks that use them: no two switches on one bridge; each VM's
   user (the global user when one is written, else none: a uid of its
@@ -35,7 +35,7 @@ class Notes:
     """What the grammar writes down for the checks, beside the Config."""
     filename: str
     # (interface key, what) -> line of its statement, what being "socket",
-    # "name", "lladdr", "switch" or "hostname"; also ("switch", NAME) -> line
+    # "name", "lladdr", "switch", "inet6" or "hostname"; also ("switch", NAME) -> line
     # of the switch's bridge and ("global", "prefix") -> the local prefix's.
     where: dict[tuple[str, str], int] = field(default_factory=dict)
     # interface key -> the socket's options as written: {word: (value, line)}
@@ -60,6 +60,10 @@ def interface_done(iface: Interface, offload_lines: dict, notes: Notes):
         notes.error(notes.where[(iface.key, "switch")], "%s: a local "
                     "interface is routed, it cannot be on a switch"
                     % iface.key)
+    if (iface.key, "inet6") in notes.where and not iface.local:
+        notes.error(notes.where[(iface.key, "inet6")], "%s: inet6 is said of "
+                    "local interfaces only (an interface on a switch or "
+                    "of its own gets its IPv6 from that network)" % iface.key)
     if iface.hostname is not None and not iface.local:
         notes.error(notes.where[(iface.key, "hostname")], "%s: hostname is "
                     "given by DHCP on local interfaces only" % iface.key)

@@ -82,14 +82,17 @@ class _Block:
     STATEMENTS: dict[str, Callable] = {}
     EXPECTED_AFTER: tuple[str, ...] = ('"}"',)
     FOLLOW_WHERE = ""
-    # first word -> (the phrase's words, handler), built from STATEMENTS
-    _index: dict[str, tuple[list[str], Callable]] = {}
+    # first word -> [(the phrase's words, handler)], built from STATEMENTS
+    _index: dict[str, list[tuple[list[str], Callable]]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._index = {p.split()[0]: (p.split(), h)
-                      for p, h in cls.STATEMENTS.items()}
-        assert len(cls._index) == len(cls.STATEMENTS), cls
+        cls._index = {}
+        for p, h in cls.STATEMENTS.items():
+            cls._index.setdefault(p.split()[0], []).append((p.split(), h))
+        for phrases in cls._index.values():
+            # phrases sharing a first word are two words, told by the second
+            assert len(phrases) == 1 or all(len(w) == 2 for w, _ in phrases), cls
 
     def __init__(self, outer: _Block, place: str):
         self.lex: Lexer = outer.lex
@@ -134,13 +137,22 @@ class _Block:
         """dispatch() - run the statement that tok, just read, begins.
 
         Looks the first word up in the table, reads the rest of its phrase
-        (as "prefix" of "local prefix"), then calls the handler with tok.
-        Anything else is an unknown keyword.
+        (as "prefix" of "local prefix"; the second word chooses among
+        phrases that share the first, as "local prefix6"), then calls the
+        handler with tok. Anything else is an unknown keyword.
         """
-        entry = self._index.get(tok.value) if tok.is_word() else None
-        if entry is None:
+        phrases = self._index.get(tok.value) if tok.is_word() else None
+        if phrases is None:
             self.unknown(tok)
-        words, handler = entry
+        if len(phrases) > 1:
+            nxt = self.lex.peek()
+            seconds = [w[1] for w, _ in phrases]
+            phrases = [p for p in phrases if nxt.is_word(p[0][1])] or phrases[:1]
+            if not nxt.is_word(*seconds):
+                nxt.error('expected %s after "%s"%s, got %s' % (
+                    alternatives(['"%s"' % w for w in seconds]), tok.value,
+                    self.FOLLOW_WHERE, nxt.describe()))
+        words, handler = phrases[0]
         for before, word in zip(words, words[1:]):
             nxt = self.lex.next()
             if not nxt.is_word(word):
@@ -243,6 +255,20 @@ class _TopLevel(_Block):
         while _is_name(self.lex.peek()) and self.lex.peek(1).kind != "=":
             self.conf.dns.append(values.ipv4(self.lex.next()))
 
+    def dns6(self, kw: Token):
+        """dns6 ADDRESS...: as dns, of IPv6 addresses (RDNSS, DHCPv6)."""
+        nxt = self.lex.peek()
+        if not _is_name(nxt):
+            nxt.error("expected an IPv6 address after dns6, got %s"
+                      % nxt.describe())
+        while _is_name(self.lex.peek()) and self.lex.peek(1).kind != "=":
+            self.conf.dns6.append(values.ipv6(self.lex.next()))
+
+    def local_prefix6(self, kw: Token):
+        self.once("local prefix6", kw.line)
+        tok = self.word("an IPv6 prefix", '"local prefix6"')
+        self.conf.local_prefix6 = values.prefix6(tok)
+
     def local_prefix(self, kw: Token):
         self.once("local prefix", kw.line)
         tok = self.word("an IPv4 prefix", '"local prefix"')
@@ -309,7 +335,9 @@ class _TopLevel(_Block):
     STATEMENTS = {
         "chroot": chroot,
         "dns": dns,
+        "dns6": dns6,
         "local prefix": local_prefix,
+        "local prefix6": local_prefix6,
         "socket": socket,
         "switch": switch,
         "user": user,
@@ -465,6 +493,15 @@ class _Interface(_Block):
             self.word("a host name", "hostname"))
         self.notes.where[(self.iface.key, "hostname")] = kw.line
 
+    def inet6(self, kw: Token):
+        """inet6 off | on: a local interface without (or with) IPv6."""
+        self.once("inet6", kw.line)
+        tok = self.word("off or on", "inet6")
+        if tok.value not in ("off", "on"):
+            tok.error('expected off or on after inet6, got "%s"' % tok.value)
+        self.iface.inet6 = tok.value == "on"
+        self.notes.where[(self.iface.key, "inet6")] = kw.line
+
     def local(self, kw: Token):
         self.iface.local = True
 
@@ -543,6 +580,7 @@ class _Interface(_Block):
 
     STATEMENTS = {
         "hostname": hostname,
+        "inet6": inet6,
         "local": local,
         "lladdr": lladdr,
         "locked lladdr": locked_lladdr,

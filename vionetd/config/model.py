@@ -98,6 +98,7 @@ class Interface:
     queues: int = 1                  # queue pairs the VMM may use
     local: bool = False              # /31 from local prefix, DHCP by vionetd
     hostname: str | None = None      # DHCP option 12
+    inet6: bool = True               # local: a /64, RAs and DHCPv6 ("inet6 off")
     offload: Offload = field(default_factory=Offload)
     line: int = field(default=0, compare=False, repr=False)
 
@@ -138,6 +139,9 @@ class Config:
     local_prefix: ipaddress.IPv4Network = field(
         default_factory=lambda: ipaddress.IPv4Network(DEFAULT_PREFIX))
     dns: list[ipaddress.IPv4Address] = field(default_factory=list)
+    # None: the host's ULA /48, made once and kept with the leases (local6.py)
+    local_prefix6: ipaddress.IPv6Network | None = None
+    dns6: list[ipaddress.IPv6Address] = field(default_factory=list)
     switches: dict[str, Switch] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
 

@@ -156,6 +156,33 @@ def prefix(tok: Token) -> ipaddress.IPv4Network:
     return net
 
 
+def prefix6(tok: Token) -> ipaddress.IPv6Network:
+    """The local IPv6 prefix: an IPv6 network with no host bits set, a /48
+    or wider, from which each local interface gets a /64."""
+    try:
+        net = ipaddress.IPv6Network(tok.value, strict=False)
+    except ValueError:
+        tok.error('expected an IPv6 prefix such as fd12:3456:789a::/48, got "%s"'
+                  % tok.value)
+    if "/" not in tok.value:
+        tok.error('local prefix6 "%s" needs a length, such as /48' % tok.value)
+    if net.network_address != ipaddress.IPv6Interface(tok.value).ip:
+        tok.error("local prefix6 %s has host bits set (did you mean %s?)"
+                  % (tok.value, net))
+    if net.prefixlen > 48:
+        tok.error("local prefix6 %s too small: it must be a /48 or wider"
+                  % net)
+    return net
+
+
+def ipv6(tok: Token) -> ipaddress.IPv6Address:
+    """An IPv6 address, such as a DNS server's."""
+    try:
+        return ipaddress.IPv6Address(tok.value)
+    except ValueError:
+        tok.error('expected an IPv6 address, got "%s"' % tok.value)
+
+
 def ipv4(tok: Token) -> ipaddress.IPv4Address:
     """An IPv4 address, such as a DNS server's."""
     try:
