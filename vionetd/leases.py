@@ -8,7 +8,14 @@ gave, as JSON:
                          "expires": 1790000000}}}
 
 keyed by the interface's key (vm/index), the address the guest was given,
-its MAC (the DHCP chaddr) and the end of the lease in Unix time.
+its MAC (the DHCP chaddr) and the end of the lease in Unix time. Two
+optional members hold IPv6 (local6.py, dhcp6.py):
+
+    "prefix6": "fd12:3456:789a::/48",       the host's ULA prefix
+    "leases6": {"vm/0": {"address": "fd12:...::2", "duid": "0001...",
+                         "iaid": 1, "expires": 1790000000}}
+
+the DHCPv6 leases (IA_NA), with the client's DUID (hex) and IAID.
 
 - load() reads it once; a missing file is an empty store; a corrupt one
   (not JSON, wrong shape) is logged and ignored, as is any single entry
@@ -51,6 +58,8 @@ class Leases:
     def __init__(self, path=DEFAULT_PATH, clock=time.time, monotonic=time.monotonic):
         self.path = path
         self.entries = {}          # key -> {"address", "lladdr", "expires"}
+        self.entries6 = {}         # key -> {"address", "duid", "iaid", "expires"}
+        self.ula = None            # the host's ULA prefix, an IPv6Network
         self.clock = clock
         self.monotonic = monotonic
         self.dirty = False
@@ -61,7 +70,7 @@ class Leases:
 
     def load(self):
         """Read the file; return the number of leases kept."""
-        self.entries = {}
+        self.entries, self.entries6, self.ula = {}, {}, None
         try:
             with open(self.path, "rb") as f:
                 data = f.read(MAX_FILE_SIZE + 1)
@@ -80,22 +89,42 @@ class Leases:
         except (ValueError, UnicodeDecodeError) as e:
             log.warning("leases %s: corrupt, ignored: %s", self.path, e)
             return 0
-        now = self.clock()
-        for key, entry in doc["leases"].items():
-            checked = _check(key, entry)
-            if checked is None:
-                log.warning("leases %s: bad entry %r ignored", self.path, key[:80])
-            elif checked["expires"] > now:
-                self.entries[key] = checked
-        return len(self.entries)
+        self.ula = _check_prefix6(doc.get("prefix6"))
+        leases6 = doc.get("leases6")
+        self._take(doc["leases"], self.entries, _check)
+        self._take(leases6 if isinstance(leases6, dict) else {}, self.entries6, _check6)
+        return len(self.entries) + len(self.entries6)
 
-    def get(self, key):
+    def _take(self, found, into, check):
+        now = self.clock()
+        for key, entry in found.items():
+            checked = check(key, entry)
+            if checked is None:
+                log.warning("leases %s: bad entry %r ignored", self.path, str(key)[:80])
+            elif checked["expires"] > now:
+                into[key] = checked
+
+    def get(self, key, table=None):
         """The live lease of interface key: {"address", "lladdr", "expires"}
-        or None."""
-        e = self.entries.get(key)
+        or None (from table: entries6 for the DHCPv6 ones, get6())."""
+        e = (self.entries if table is None else table).get(key)
         if e is None or e["expires"] <= self.clock():
             return None
         return dict(e)
+
+    def get6(self, key):
+        """The live DHCPv6 lease of key: {"address", "duid", "iaid", "expires"}."""
+        return self.get(key, self.entries6)
+
+    def prefix6(self):
+        """The host's ULA prefix kept here, or None."""
+        return self.ula
+
+    def set_prefix6(self, net):
+        """Keep the host's ULA prefix (written at once: it must outlive us)."""
+        self.ula = ipaddress.IPv6Network(net)
+        self.dirty = True
+        return self.save()
 
     def describe(self, key):
         """"ADDRESS (Ns)": what vionetctl shows as the lease, or None."""
@@ -113,22 +142,36 @@ class Leases:
             lladdr = bytes(lladdr).hex(":")
         new = {"address": str(ipaddress.IPv4Address(address)),
                "lladdr": lladdr.lower(), "expires": int(self.clock() + seconds)}
-        old = self.entries.get(key)
-        self.entries[key] = new
-        if old is not None and (old["address"], old["lladdr"]) == \
-                (new["address"], new["lladdr"]) and \
+        return self._change(self.entries, key, new, seconds)
+
+    def record6(self, key, address, duid, iaid, seconds):
+        """A DHCPv6 Reply with an IA_NA: address leased to the client of
+        DUID duid (bytes) and IAID iaid. Returns True if the file was written."""
+        new = {"address": str(ipaddress.IPv6Address(address)), "duid": bytes(duid).hex(),
+               "iaid": int(iaid), "expires": int(self.clock() + seconds)}
+        return self._change(self.entries6, key, new, seconds)
+
+    def _change(self, table, key, new, seconds):
+        old = table.get(key)
+        table[key] = new
+        if old is not None and {k: v for k, v in old.items() if k != "expires"} == \
+                {k: v for k, v in new.items() if k != "expires"} and \
                 new["expires"] - old["expires"] < seconds / 2:
-            self.entries[key] = old          # a renewal early in the lease
+            table[key] = old                 # a renewal early in the lease
             return False
         self.dirty = True
         return self._write_for(key)
 
-    def release(self, key):
-        """A DHCP RELEASE. Returns True if the file was written."""
-        if self.entries.pop(key, None) is None:
+    def release(self, key, table=None):
+        """A DHCP RELEASE (table: entries6 for a DHCPv6 Release, release6()).
+        Returns True if the file was written."""
+        if (self.entries if table is None else table).pop(key, None) is None:
             return False
         self.dirty = True
         return self._write_for(key)
+
+    def release6(self, key):
+        return self.release(key, self.entries6)
 
     def flush(self):
         """Write pending changes now (at shutdown)."""
@@ -150,6 +193,11 @@ class Leases:
         doc = {"version": VERSION,
                "leases": {k: e for k, e in sorted(self.entries.items())
                           if e["expires"] > now}}
+        if self.entries6:
+            doc["leases6"] = {k: e for k, e in sorted(self.entries6.items())
+                              if e["expires"] > now}
+        if self.ula is not None:
+            doc["prefix6"] = str(self.ula)
         directory = os.path.dirname(self.path) or "."
         tmp = None
         try:
@@ -195,6 +243,36 @@ def _check(key, entry):
     except ValueError:
         return None
     return {"address": address, "lladdr": lladdr, "expires": expires}
+
+
+_DUID = re.compile(r"([0-9a-f]{2}){1,130}\Z")
+
+
+def _check6(key, entry):
+    """A DHCPv6 entry, normalised, if it checks out; else None."""
+    if not isinstance(key, str) or not _KEY.match(key) or not isinstance(entry, dict):
+        return None
+    address, duid, iaid, expires = (entry.get(k) for k in ("address", "duid", "iaid",
+                                                              "expires"))
+    if not isinstance(address, str) or not isinstance(duid, str) or not _DUID.match(duid) \
+            or type(iaid) is not int or not 0 <= iaid < 1 << 32 or type(expires) is not int:
+        return None
+    try:
+        address = str(ipaddress.IPv6Address(address))
+    except ValueError:
+        return None
+    return {"address": address, "duid": duid, "iaid": iaid, "expires": expires}
+
+
+def _check_prefix6(text):
+    """The kept ULA prefix, if it is a /48 of fd00::/8; else None."""
+    try:
+        net = ipaddress.IPv6Network(text)
+    except (ValueError, TypeError):
+        return None
+    if net.prefixlen != 48 or net.network_address.packed[0] != 0xFD:
+        return None
+    return net
 
 
 _default = None
