@@ -45,6 +45,8 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_RX_SPILLED] = "rx_spilled",
 	[DC_TAP_SUBMITS] = "tap_submits",
 	[DC_TAP_URING_OFF] = "tap_uring_off",
+	[DC_V6_DIVERTED] = "v6_diverted",
+	[DC_V6_ROUTER_DROP] = "v6_router_drop",
 };
 
 uint64_t dp_now_ns(void)

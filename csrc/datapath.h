@@ -6,7 +6,7 @@
  * memory with gmem_map(), the ring with vq_setup(&ctx->q, ...), the fds,
  * negotiated features and policy flags, then calls tx_init()/rx_init() once
  * and tx_run()/rx_run() in a loop. *_run() serves the ring until ctl_fd is
- * readable (or, for TX, a DHCP frame was diverted) and returns with the ring
+ * readable (or, for TX, a DHCP, DHCPv6 or router solicitation frame was diverted) and returns with the ring
  * consistent: every chain taken is completed or handed back, so
  * vq_last_avail(&ctx->q) is the vhost-user GET_VRING_BASE answer.
  *
@@ -76,6 +76,10 @@ enum dp_counter {
 				 frames of a batch (txpath.c, txuring.c) */
 	DC_TAP_URING_OFF,     /* TX: the tap refused a write that may not wait
 				 (EOPNOTSUPP): io_uring given up, a write per frame */
+	DC_V6_DIVERTED,       /* TX: router solicitations and DHCPv6 client
+				 messages handed to Python (TXF_INET6) */
+	DC_V6_ROUTER_DROP,    /* TX: router advertisements, redirects and
+				 DHCPv6 server messages from the guest (TXF_INET6) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -88,7 +92,8 @@ const char *dp_counter_name(int i);
 /* *_run() results. */
 enum {
 	DP_CTL = 0,           /* the control fd is readable (or hung up) */
-	DP_DIVERT = 1,        /* TX: a DHCP frame is in ctx->divert[0:divert_len] */
+	DP_DIVERT = 1,        /* TX: a DHCP, DHCPv6 or router solicitation
+				 frame is in ctx->divert[0:divert_len] */
 	DP_ERROR = -1,        /* poll() failed; errno says why */
 	DP_FD_ERROR = -2      /* the kick or tap fd is invalid or in error
 				 (POLLNVAL/POLLERR/POLLHUP: e.g. the tap was
@@ -105,6 +110,10 @@ enum {
 	TXF_SW_TSO6 = 32,     /* cut TCPV6 frames ourselves */
 	TXF_SW_USO = 64,      /* cut UDP_L4 frames ourselves */
 	TXF_SW_GSO = 100,     /* all three */
+	TXF_INET6 = 128,      /* a local interface's IPv6: hand ICMPv6 router
+				 solicitations and UDP 546->547 (DHCPv6) to
+				 Python; drop what only a router or a DHCPv6
+				 server sends (RA, redirect, UDP 547->546) */
 	/* rx_ctx.flags */
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */

@@ -37,6 +37,7 @@
 #include "core.h"
 #include "virtq.h"
 #include "datapath.h"
+#include "wire.h"
 #include "txuring.h"
 
 enum tx_res { TX_DONE, TX_AGAIN, TX_DIVERT, TX_STAGED };
@@ -481,6 +482,50 @@ static int is_dhcp_request(const uint8_t *head, size_t hlen, size_t frame_len)
 	       head[fi.l4_off + 2] == 0 && head[fi.l4_off + 3] == 67;
 }
 
+/* What TXF_INET6 does with a frame (RFC 4861 4.1-4.5, RFC 8415 7.2). */
+enum v6_verdict { V6_PASS, V6_DIVERT, V6_DROP };
+
+static enum v6_verdict local_v6(const uint8_t *head, size_t hlen, const struct frame_info *fi)
+{
+	if (fi->ip_version != 6 || fi->fragment)
+		return V6_PASS;
+	if (fi->l4_proto == 58 && (size_t)fi->hdrs_len + 1 <= hlen) {
+		uint8_t type = head[fi->hdrs_len];
+
+		if (type == 133)                        /* router solicitation */
+			return V6_DIVERT;
+		if (type == 134 || type == 137)         /* advertisement, redirect */
+			return V6_DROP;
+		return V6_PASS;
+	}
+	if (fi->l4_proto != 17 || fi->l4_off == 0 || (size_t)fi->l4_off + 4 > hlen)
+		return V6_PASS;
+	uint16_t sport = rd16be(head + fi->l4_off), dport = rd16be(head + fi->l4_off + 2);
+
+	if (sport == 546 && dport == 547)
+		return V6_DIVERT;
+	if (sport == 547 && dport == 546)
+		return V6_DROP;
+	return V6_PASS;
+}
+
+/* Copy the whole frame to c->divert for Python: TX_DIVERT, or TX_DONE
+ * (dropped, counted) when it is longer than DIVERT_MAX. */
+static enum tx_res tx_divert(struct tx_ctx *c, size_t hlen, size_t frame_len, int counter)
+{
+	struct vq_chain *ch = &c->chain;
+
+	if (frame_len > DIVERT_MAX) {
+		c->cnt[DC_DIVERT_TOO_LONG]++;
+		return TX_DONE;
+	}
+	memcpy(c->divert, c->cp->head, hlen);
+	iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN + hlen, c->divert + hlen, frame_len - hlen);
+	c->divert_len = (uint32_t)frame_len;
+	c->cnt[counter]++;
+	return TX_DIVERT;
+}
+
 /* One chain, already taken. */
 /* The TXF_SW_* flag that asks for this GSO type to be cut here. */
 static uint32_t sw_gso_flag(uint8_t gso_type)
@@ -544,17 +589,17 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		c->cnt[DC_LOCKED_ARP_DROP]++;
 		return TX_DONE;
 	}
-	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, frame_len)) {
-		if (frame_len > DIVERT_MAX) {
-			c->cnt[DC_DIVERT_TOO_LONG]++;
+	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, frame_len))
+		return tx_divert(c, hlen, frame_len, DC_DHCP_DIVERTED);
+	if (c->flags & TXF_INET6) {
+		enum v6_verdict v = local_v6(c->cp->head, hlen, &fi);
+
+		if (v == V6_DIVERT)
+			return tx_divert(c, hlen, frame_len, DC_V6_DIVERTED);
+		if (v == V6_DROP) {
+			c->cnt[DC_V6_ROUTER_DROP]++;
 			return TX_DONE;
 		}
-		memcpy(c->divert, c->cp->head, hlen);
-		iov_to_buf(ch->iov, ch->niov, VNET_HDR_LEN + hlen, c->divert + hlen,
-			   frame_len - hlen);
-		c->divert_len = (uint32_t)frame_len;
-		c->cnt[DC_DHCP_DIVERTED]++;
-		return TX_DIVERT;
 	}
 	rebuild_hdr(c, &fi, frame_len);
 	c->cnt[DC_FRAMES]++;
