@@ -233,6 +233,8 @@ class CtlServer:
             offered=port.offered, restarts=port.session.worker_restarts,
             worker_pids=[pid for _, pid in sorted(port.children.workers.items())],
             lease=port.lease or "", reason=port.reason,
+            address6=str(port.address6.net) if port.address6 else "",
+            lease6=port.lease6 or "",
             session_pid=port.children.session_pid or 0,
             session_restarts=port.children.session_restarts,
             retries=port.session.retries, logging=port.session.logging,

@@ -39,9 +39,10 @@ def rx_flags(enabled, sw):
     return flags
 
 
-def tx_flags(enabled, sw, locked, local):
+def tx_flags(enabled, sw, locked, local, inet6=False):
     """The TX context's flags (TXF_*): software offloads, the locked MAC,
-    DHCP diverted on a local interface."""
+    DHCP diverted on a local interface, and router solicitations and
+    DHCPv6 too when it has IPv6."""
     flags = lib.TXF_ENABLED if enabled else 0
     if sw is not None:
         for on, flag in ((sw.tx_csum, lib.TXF_SW_CSUM), (sw.tx_tso4, lib.TXF_SW_TSO4),
@@ -52,6 +53,8 @@ def tx_flags(enabled, sw, locked, local):
         flags |= lib.TXF_LOCKED_MAC
     if local:
         flags |= lib.TXF_DHCP_DIVERT
+    if local and inet6:
+        flags |= lib.TXF_INET6
     return flags
 
 
@@ -77,9 +80,10 @@ class Datapath:
         self.features = 0
         self.software = None
         self.local = False
+        self.inet6 = False
         self.mtu = 1500
         self.locked = b""
-        self.extra = {}                  # counters kept in Python (DHCP parsing)
+        self.extra = {}                  # counters kept in Python (divert.py)
         self.names = [_name(i) for i in range(lib.DC_MAX)]
 
     @property
@@ -141,6 +145,7 @@ class Datapath:
         self.software = msg.software
         self.locked = msg.locked_lladdr
         self.local = msg.local
+        self.inet6 = msg.inet6
         self.mtu = msg.mtu or 1500
         self._apply_flags()
         self._apply_log()
@@ -158,7 +163,7 @@ class Datapath:
             if len(self.locked) == 6:
                 c.locked_mac = list(self.locked)
             c.flags = tx_flags(self.enabled, self.software, len(self.locked) == 6,
-                               self.local)
+                               self.local, self.inet6)
 
     def start_ring(self, msg, kick, call):
         if self.ring_started:
@@ -217,7 +222,8 @@ class Datapath:
 
     def run(self, ctl_fd):
         """Serve the ring until the control channel needs us. Returns "ctl"
-        or "divert" (a DHCP frame is waiting: diverted())."""
+        or "divert" (a DHCP, DHCPv6 or router solicitation frame is
+        waiting: diverted())."""
         r = (lib.rx_run if self.rx else lib.tx_run)(self.ctx, ctl_fd)
         if r == lib.DP_DIVERT:
             return "divert"

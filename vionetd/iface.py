@@ -3,7 +3,8 @@
 The parent owns, per VM interface:
 - the tap, opened here (one fd per queue pair, IFF_MULTI_QUEUE when there
   are several) and configured with pyroute2 (links.py): MTU, bridge, up,
-  and for a local interface its address and DHCP lease (dhcp.restore);
+  and for a local interface its address and DHCP lease (dhcp.restore),
+  and its IPv6 (iface6.py) unless inet6 is off;
 - the listening vhost-user socket, created here and handed to the session;
   in client mode (the VMM listens) the session's channel connects to the
   VMM's socket when the session asks and hands over the connection;
@@ -25,6 +26,7 @@ worker, not by the parent, whenever a worker is there.
 import os
 
 from vionetd import dhcp, features, links, tap, vmmsocket
+from vionetd.iface6 import Inet6
 from vionetd import vionetd_pb2 as pb
 from vionetd.children import Children
 from vionetd.eventloop import Reply
@@ -49,6 +51,9 @@ class Interface:
         self.listener = None
         self.address = None         # local interfaces: local.Addresses
         self.lease = None
+        self.address6 = None        # local interfaces with IPv6: local6.Addresses6
+        self.lease6 = None
+        self.inet6 = Inet6(self)
         self.reason = ""
         self.ident = None           # (uid, gid) of its processes (uids.py), once opened
         self.started = Reply()      # set once: None, or why it could not start
@@ -111,6 +116,8 @@ class Interface:
             self.address = local.addresses(self.conf.local_prefix, self.key, taken)
             links.add_address(self.tap_name, str(self.address.host), 31)
             dhcp.restore(self)          # a lease from before a restart
+            if self.iface.inet6:
+                self.inet6.configure()
 
     def _listen(self):
         i = self.iface
@@ -122,6 +129,7 @@ class Interface:
         processes and hand those not reaped yet to the parent's Exiting
         (they hold the tap until they exit), close the socket."""
         self.stopping = True
+        self.inet6.stop()
         if self.waiting is not None:
             self.waiting.cancel()
             self.waiting = None

@@ -64,13 +64,19 @@ def set_mac(ifname: str, mac: str, ipr=None) -> None:
     _set(ifname, "set address %s" % mac, ipr, address=mac)
 
 
-def add_address(ifname: str, address: str, prefixlen: int, ipr=None) -> None:
-    """Add an IPv4 or IPv6 address with its prefix length. Adding one the
-    link already has is not an error (a reload re-applies the configuration)."""
+IFA_F_NODAD = 0x02
+
+
+def add_address(ifname: str, address: str, prefixlen: int, ipr=None, nodad=False) -> None:
+    """Add an IPv4 or IPv6 address with its prefix length (nodad: an IPv6
+    address usable at once, without duplicate address detection). Adding
+    one the link already has is not an error (a reload re-applies the
+    configuration)."""
     with _ipr(ipr) as r:
         idx = _index(r, ifname)
         try:
-            r.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            r.addr("add", index=idx, address=address, prefixlen=prefixlen,
+                   flags=IFA_F_NODAD if nodad else 0)
         except NetlinkError as e:
             if e.code == errno.EEXIST:
                 return

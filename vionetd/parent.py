@@ -280,6 +280,8 @@ def unchanged(port, iface, conf):
         return False
     if iface.local and conf.local_prefix != old.local_prefix:
         return False
+    if iface.local and iface.inet6 and conf.local_prefix6 != old.local_prefix6:
+        return False
     return True
 
 

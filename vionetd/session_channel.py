@@ -42,6 +42,8 @@ class SessionChannel:
         self.table = control.Table({
             "state": self._state, "features": self._features, "spawn": self._spawn,
             "set_mtu": self._set_mtu, "dial": self._dial, "dhcp": self._dhcp,
+            "router_solicit": lambda rs: self.port.inet6.solicited(rs),
+            "dhcp6": lambda req: self.port.inet6.dhcp6(req),
             "stats": self._stats, "log": self._log, "announce": self._announce,
             "forbidden_syscall": self._forbidden_syscall})
 
@@ -110,6 +112,8 @@ class SessionChannel:
             return "bad state message"
         if st.state in ("waiting", "connecting"):
             self.port.tap.vmm_gone()
+        if st.state == "running" and self.session.state != "running":
+            self.port.inet6.running()       # unsolicited router advertisements
         self.session = st
         if st.reason:
             self.port.reason = printable(st.reason)

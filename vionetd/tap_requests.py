@@ -51,7 +51,8 @@ class TapRequests:
                                tx_tso6="tso6" in sw.tx_segment,
                                tx_uso="uso" in sw.tx_segment)
         return pb.Features(features=value, software=software, locked_lladdr=port.locked_mac,
-                           local=bool(port.iface.local), mtu=self.mtu)
+                           local=bool(port.iface.local), mtu=self.mtu,
+                           inet6=port.address6 is not None)
 
     def set_mtu(self, mtu):
         """NET_SET_MTU: the MTU the VMM gives the guest (QEMU's host_mtu,

@@ -34,13 +34,15 @@ def request(path, req, timeout=10.0):
     return reply
 
 
-STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "QUEUES", "DROPPED")
+STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "ADDRESS6", "QUEUES",
+                  "DROPPED")
 
 
 def print_status(reply, out):
     """A table like vmctl status: columns as wide as their widest cell."""
     rows = [STATUS_COLUMNS] + [(i.vm, state_cell(i), i.socket, i.tap or "-", i.lladdr or "-",
-                                i.address or "-", str(i.queues), i.reason or "-")
+                                i.address or "-", i.address6 or "-", str(i.queues),
+                                i.reason or "-")
                                for i in reply.interfaces]
     widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
     for r in rows:
@@ -59,6 +61,9 @@ def print_show(reply, out):
             print("  lladdr %s" % i.lladdr, file=out)
         if i.address:
             print("  address %s%s" % (i.address, ", lease " + i.lease if i.lease else ""),
+                  file=out)
+        if i.address6:
+            print("  address6 %s%s" % (i.address6, ", lease " + i.lease6 if i.lease6 else ""),
                   file=out)
         print("  features:", file=out)
         for label, mask, names in (
@@ -91,7 +96,8 @@ def pages_marked(i):
 
 def as_dict(reply):
     return {i.name: {"vm": i.vm, "state": i.state, "socket": i.socket, "tap": i.tap,
-                     "lladdr": i.lladdr, "address": i.address, "queues": i.queues,
+                     "lladdr": i.lladdr, "address": i.address, "address6": i.address6,
+                     "lease6": i.lease6, "queues": i.queues,
                      "policy": i.policy_features, "tap_features": i.tap_features,
                      "offered": i.offered, "vmm": i.vmm_features,
                      "negotiated": i.negotiated, "tx_path": i.tx_path, "rx_path": i.rx_path,

@@ -20,7 +20,8 @@ import sys
 
 import setproctitle
 
-from vionetd import control, dhcp, sandbox
+from vionetd import control, dhcp, dhcp6, ra, sandbox
+from vionetd.divert import Diverter
 from vionetd import vionetd_pb2 as pb
 from vionetd.core import ffi, lib
 from vionetd.datapath import Datapath, RingFailed
@@ -48,6 +49,7 @@ class Worker:
         self.uring = uring      # a TX worker's io_uring (open_uring), or None
         self.role = None
         self.dp = None
+        self.diverter = None    # a Diverter once hello made the data path
         rows = {
             "hello": self._hello,
             "tap": control.with_fds(self._tap),
@@ -60,6 +62,8 @@ class Worker:
             "ring_enable": self._ring_enable,
             "stats": self._stats,
             "dhcp_reply": lambda body: self.dp.inject(dhcp.build(body)),
+            "router_advert": lambda body: self.dp.inject(ra.build(body)),
+            "dhcp6_reply": lambda body: self.dp.inject(dhcp6.build(body)),
         }
         if test_hooks:
             rows["test_forbidden_call"] = sandbox.test_forbidden_call
@@ -80,6 +84,7 @@ class Worker:
         self.role = body.role
         rx = body.role == pb.ROLE_RX
         self.dp = Datapath(rx=rx, uring=None if rx else self.uring)
+        self.diverter = Diverter(self.dp.count)
 
     def _tap(self, body, fds):
         if len(fds) != 1:
@@ -131,12 +136,11 @@ class Worker:
             self.handle(msg, fds)
 
     def _divert(self):
-        """A DHCP frame from the guest: send its fields, not the frame."""
-        fields = dhcp.fields(self.dp.diverted())
-        if fields is not None:
-            control.send(self.chan, pb.FromWorker(dhcp=fields))
-        else:
-            self.dp.count("dhcp_malformed")
+        """A DHCP, DHCPv6 or router solicitation frame from the guest: send
+        its fields, not the frame (divert.py)."""
+        out = self.diverter.message(self.dp.diverted())
+        if out is not None:
+            control.send(self.chan, pb.FromWorker(**{out[0]: out[1]}))
 
 
 def open_uring(name):

@@ -40,9 +40,14 @@ class ParentLink:
             "dialed": control.with_fds(session.vmm.dialed),
             "features": lambda body: self._answer("features", body),
             "mtu": lambda body: self._answer("mtu", body),
-            # DHCP replies go to pair 0's rx worker, which puts them in the guest's RX ring
+            # DHCP, DHCPv6 replies and router advertisements go to pair 0's
+            # rx worker, which puts them in the guest's RX ring
             "dhcp_reply": lambda body: session.workers.send(session.workers.workers[0],
                                                             dhcp_reply=body),
+            "dhcp6_reply": lambda body: session.workers.send(session.workers.workers[0],
+                                                             dhcp6_reply=body),
+            "router_advert": lambda body: session.workers.send(session.workers.workers[0],
+                                                               router_advert=body),
             "stats": lambda body: session.workers.counters(
                 lambda counters: self.send(stats=pb.Stats(counters=counters))),
         }

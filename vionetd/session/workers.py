@@ -82,6 +82,8 @@ class Supervisor:
             "ring_enabled": lambda w, body: self._answer(w, "ring_enabled", body),
             "stats": lambda w, body: self._answer(w, "stats", body),
             "dhcp": lambda w, body: self.session.parent.send(dhcp=body),
+            "router_solicit": lambda w, body: self.session.parent.send(router_solicit=body),
+            "dhcp6": lambda w, body: self.session.parent.send(dhcp6=body),
             "ring_failed": self._ring_failed,
             "error": self._error,
             "forbidden_syscall": self._forbidden,
