@@ -164,11 +164,12 @@ class TestVM:
             out += self.mem.read(gpa, take)
         return out
 
-    def receive(self, count, timeout=10.0):
+    def receive(self, count, timeout=10.0, multicast=False):
         """count frames from the RX ring: [(hdr tuple, frame bytes)], with
         mergeable buffers put back together by num_buffers. IP multicast
         frames (01:00:5e, 33:33: IGMP and MLD reports that the test's own
-        namespaces send now and then) are read and left out."""
+        namespaces send now and then) are read and left out, unless
+        multicast (router advertisements go to 33:33:00:00:00:01)."""
         frames = []
         pending = self.rx_pending        # used entries seen but not yet read
         deadline = time.monotonic() + timeout
@@ -185,6 +186,6 @@ class TestVM:
                     pending += self.wait_used(0, 1, max(0.01, deadline - time.monotonic()))
                 h, n = pending.pop(0)
                 data += self._chain_bytes(h, n)
-            if data[12:15] != b"\x01\x00\x5e" and data[12:14] != b"\x33\x33":
+            if multicast or data[12:15] != b"\x01\x00\x5e" and data[12:14] != b"\x33\x33":
                 frames.append((hdr, data[12:]))
         return frames
