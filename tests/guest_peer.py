@@ -21,9 +21,11 @@ import time
 
 
 def listen(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """Both families: the guest may come over IPv4 or IPv6."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
     s.listen(1)
     return s
 
