@@ -10,7 +10,8 @@
 #                 the host too
 #   kernels.txt   which Debian kernel each short name is
 #
-# The initramfs is generic: busybox, iperf3, ethtool, the virtio-net module
+# The initramfs is generic: busybox, iperf3, ethtool, dhcpcd (a DHCPv6
+# client: Debian's busybox has no udhcpc6), the virtio-net module
 # closure, guest/init and guest/plans; what a run does is on the kernel
 # command line (see guest/init).
 #
@@ -50,7 +51,7 @@ up_to_date() {
 
 need_tools() {
 	need=""
-	for p in busybox-static iperf3 ethtool cpio kmod gcc libc6-dev xz-utils; do
+	for p in busybox-static iperf3 ethtool dhcpcd-base cpio kmod gcc libc6-dev xz-utils; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then
@@ -143,6 +144,11 @@ initramfs() {
 	cp "$OUT"/bin/* "$stage/usr/bin/"
 	copy_bin "$stage" /usr/bin/iperf3
 	copy_bin "$stage" /usr/sbin/ethtool
+	copy_bin "$stage" /usr/sbin/dhcpcd
+	mkdir -p "$stage/var/lib/dhcpcd" "$stage/run/dhcpcd" "$stage/etc"
+	# dhcpcd separates its privileges into this user's processes
+	echo "dhcpcd:x:100:65534::/nonexistent:/bin/false" > "$stage/etc/passwd"
+	echo "root:x:0:0::/:/bin/sh" >> "$stage/etc/passwd"
 
 	# The driver's module closure, in the order modprobe would load it;
 	# built-in ones (6.12 has virtio_pci built in) print as "builtin".

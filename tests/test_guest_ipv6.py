@@ -85,3 +85,80 @@ def test_guest_slaac_ping_and_tcp_over_ipv6(image):
     assert c["rx_bytes"] > 1500 * c["rx_frames"], c   # GSO frames to the guest
     assert c["tx_v6_diverted"] >= 1, c           # its router solicitation
     assert "address6 %s" % net in show, show
+
+
+# ---- DHCPv6 in the guest, and a restart of vionetd under it ---------------------------
+
+CONF_ULA = """socket "@CTL@"
+vm "d6" {
+    local interface "%s" {
+        socket "@DIR@/d6.sock"
+        lladdr 52:54:00:00:0e:02
+    }
+}
+"""
+HOLD = 25
+# After the plans: say so, wait while the host restarts vionetd, then look
+# again: the addresses, the route, dhcpcd once more (results dhcp6b.*),
+# ping6 the host side.
+AFTER_RESTART = """note ready
+sleep %d
+result after.addrs "$(ip -6 -o addr show dev "$IF" scope global | awk '{ print $4 }' | sort | tr '\\n' ',')"
+result after.route "$(ip -6 route show default | head -n 1)"
+sed 's/dhcp6\\./dhcp6b./g' /plans/dhcp6.sh > /tmp/dhcp6b.sh
+(VIONET_DHCP6_WAIT=20 . /tmp/dhcp6b.sh)
+out=$(ping6 -c 3 -W 2 "$VIONET_HOST6" 2>&1)
+result ping6b.received "$(echo "$out" | sed -n 's/.* \\([0-9]*\\) packets received.*/\\1/p')"
+""" % HOLD
+
+
+def status_slash64(d, vm):
+    return [w for ln in d.ctl("status").stdout.splitlines() if ln.startswith(vm + " ")
+            for w in ln.split() if w.startswith("fd") and w.endswith("/64")][0]
+
+
+def test_guest_dhcpv6_lease_and_addresses_kept_across_a_restart(image):
+    """dhcpcd in the guest gets the stateful lease PREFIX::2 and the name
+    server (the host side, no dns6 given); the /64 comes from the host's
+    ULA prefix, kept in the lease file. vionetd is restarted under the
+    running guest (SIGTERM, start; QEMU reconnects): the host side has the
+    same /64, vionetctl the same lease, and the guest, which kept its
+    addresses, gets the same lease again from the new daemon and still
+    reaches the host side."""
+    with N.netns("d6") as ns:
+        tapname = N.unique("d6")
+        with daemon(CONF_ULA % tapname, ns) as d:
+            d.wait_socket(d.dir + "/d6.sock")
+            net = ipaddress.IPv6Network(status_slash64(d, "d6"))
+            host6, lease6 = str(net.network_address + 1), str(net.network_address + 2)
+            g = guest.Guest(kernel="6.12", qemu="10", timeout=500,
+                            netdev=guest.VhostUser(d.dir + "/d6.sock", reconnect=1),
+                            device_props={"mac": "52:54:00:00:0e:02"},
+                            plan=["slaac", "dhcp6"], snippet=AFTER_RESTART,
+                            params={"host6": host6, "timeout": HOLD + 90})
+            with g:
+                g.wait_for("VIONET-NOTE ready", 400)
+                before = d.ctl("show", "d6").stdout
+                d.stop()
+                d.start()
+                d.wait_socket(d.ctl_socket)
+                after_net = status_slash64(d, "d6")
+                res = g.wait_done()
+                log = g.log() + "\n--- vionetd ---\n" + d.log()
+                after = d.ctl("show", "d6").stdout
+    print("\ndhcp6: %s (dns %s, T1 %s, T2 %s); after the restart: %s, lease again %s" % (
+        res.get("dhcp6.addr"), res.get("dhcp6.dns"), res.get("dhcp6.t1"),
+        res.get("dhcp6.t2"), res.get("after.addrs"), res.get("dhcp6b.addr")))
+    assert net.network_address.packed[0] == 0xFD and after_net == str(net), log
+    assert res["dhcp6.reason"] == "BOUND6" and res["dhcp6.addr"] == lease6, log
+    assert res["dhcp6.dns"] == host6, log
+    assert (res["dhcp6.t1"], res["dhcp6.t2"]) == ("7200", "11520"), log
+    assert (res["dhcp6.pltime"], res["dhcp6.vltime"]) == ("14400", "86400"), log
+    assert res["dhcp6.kernel_addr"] == lease6 + "/128", log
+    assert "lease %s" % lease6 in before and "lease %s" % lease6 in after, after
+    kept = res["after.addrs"].strip(",").split(",")
+    assert lease6 + "/128" in kept and len(kept) == 2, log       # the lease and SLAAC's
+    assert all(ipaddress.IPv6Interface(a).ip in net for a in kept), log
+    assert "fe80::1" in res["after.route"], log
+    assert res["dhcp6b.rc"] == "0" and res["dhcp6b.addr"] == lease6, log
+    assert res["ping6b.received"] == "3", log
