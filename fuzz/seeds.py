@@ -112,6 +112,12 @@ def c_seeds():
     for i, d in enumerate(dhcp_frames):
         img = ring_image([[b"\0" * 12 + d]], num=8)
         write("fuzz_tx", "dhcp%d" % i, struct.pack("<QIBBB", 0, 0x11, 3, 0, 0) + img)
+    # TXF_INET6 (0x80): solicitations and DHCPv6 diverted, router messages dropped
+    from tests.data6 import DATA, load
+    for name in sorted(os.listdir(DATA)):
+        img = ring_image([[b"\0" * 12 + load(name)]], num=8)
+        write("fuzz_tx", "v6-" + name.split(".")[0],
+              struct.pack("<QIBBB", 0, 0x91, 3, 0, 0) + img)
 
     # RX: frames from the "tap", buffers posted by the guest
     rx_features = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 54)
@@ -237,8 +243,31 @@ def py_seeds():
         write("py_control", name, b"\0" + m.SerializeToString())
 
 
+def ipv6_seeds():
+    """py_ra and py_dhcp6: the frames captured from the kernel, radvd,
+    dhcpcd and dnsmasq (tests/data), and the tests' own."""
+    from tests.data6 import DATA, load
+    from tests.test_dhcp6 import CLIENT_DUID, ia_na, message, opt
+    from tests.test_ra import rs_frame
+    from vionetd import dhcp6
+    for name in sorted(os.listdir(DATA)):
+        frame = load(name)
+        stem = name.split(".")[0]
+        write("py_ra", stem, (b"\0" if name.startswith("rs") else b"\1") + frame)
+        if name.startswith("dhcp6"):
+            write("py_dhcp6", stem, b"\0" + frame)
+    write("py_ra", "rs_unspecified", b"\2" + rs_frame(src=bytes(16), opts=b""))
+    for t in (dhcp6.SOLICIT, dhcp6.REQUEST, dhcp6.RENEW, dhcp6.REBIND, dhcp6.RELEASE,
+              dhcp6.CONFIRM, dhcp6.INFORMATION_REQUEST):
+        body = opt(1, CLIENT_DUID) + (ia_na(iaid=t) if t != dhcp6.INFORMATION_REQUEST else b"")
+        write("py_dhcp6", "msg%d" % t, bytes([2 * t % 8]) + message(t, body + opt(14, b"")))
+    req = dhcp6.fields(message(dhcp6.SOLICIT, opt(1, CLIENT_DUID) + ia_na()))
+    write("py_dhcp6", "proto", b"\x01" + req.SerializeToString())
+
+
 if __name__ == "__main__":
     c_seeds()
     py_seeds()
+    ipv6_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print(t, len(os.listdir(os.path.join(CORPUS, t))))

@@ -3,8 +3,9 @@
 #
 # Starts vionetd on etc/vionetd.conf, boots a real Linux guest (the project's
 # image, QEMU 10) attached over vhost-user to the local interface of VM
-# "local1", and shows the guest getting its address by DHCP from vionetd,
-# pinging the host and a throughput run; then vionetd's status, and cleans
+# "local1", and shows the guest getting its address by DHCP from vionetd and
+# its IPv6 address from vionetd's router advertisements (SLAAC), pinging the
+# host over both, and a throughput run; then vionetd's status, and cleans
 # up. vionetd runs in a network namespace of the demo's own, so its taps
 # and the bridge the example configuration names (vbr0) touch nothing else.
 set -eu
@@ -44,8 +45,11 @@ for _ in $(seq 50); do [ -S /run/vionetd/local1.sock ] && break; sleep 0.2; done
 [ -S /run/vionetd/local1.sock ] || { cat "$RUN/vionetd.log"; exit 1; }
 $PY -m vionetd.vionetctl -s $CTL status
 
-# The host's side of local1's tap has the first address of its /31.
+# The host's side of local1's tap has the first address of its /31, and
+# the address ::1 of its /64 (ADDRESS6 in the status).
 ip netns exec "$NS" iperf3 -s -D --logfile "$RUN/iperf3.log"
+HOST6=$($PY -m vionetd.vionetctl -s $CTL status | awk '$1 == "local1" { print $7 }' |
+	sed 's|::/64$|::1|')
 
 # In the guest, after DHCP: the router it was given is the host's side.
 # Each plan runs in a subshell: a plan ends with exit. The result
@@ -57,11 +61,12 @@ result demo.show_now 1
 (VIONET_HOST=$H; VIONET_IPERF_SECS=8; . /plans/iperf.sh)'
 
 step "booting a guest on vionetd (QEMU $($PY -c 'from tests import guest; print(guest.accel())'))"
-$PY - "$SNIPPET" "$PY -m vionetd.vionetctl -s $CTL show local1" <<'EOF'
+$PY - "$SNIPPET" "$PY -m vionetd.vionetctl -s $CTL show local1" "$HOST6" <<'EOF'
 import subprocess, sys
 from tests import guest
 g = guest.Guest(kernel="6.12", qemu="10", netdev=guest.VhostUser("/run/vionetd/local1.sock"),
-                plan=["dhcp"], snippet=sys.argv[1], timeout=600)
+                plan=["dhcp", "slaac"], snippet=sys.argv[1], timeout=600,
+                params={"host6": sys.argv[3]})
 with g:
     g.wait_for(r"demo\.show_now=", 600)
     print("\n==> vionetctl show local1, while the guest runs")
@@ -70,7 +75,8 @@ with g:
     res = g.wait_done()
 print("\n==> what the guest saw")
 for key in ("dhcp.ip", "dhcp.router", "dhcp.lease", "dhcp.hostname", "ping.sent",
-            "ping.received", "iperf.mbps"):
+            "ping.received", "slaac.addr", "slaac.route", "ping6.sent", "ping6.received",
+            "iperf.mbps"):
     print("  %-14s %s" % (key, res.get(key)))
 # what show printed must be the connected guest: running, features negotiated
 first = show.stdout.splitlines()[0] if show.stdout else ""

@@ -2,7 +2,8 @@
  * fuzz_tx: the TX data path (txpath.c) over a fuzzed ring and fuzzed
  * frames: header copy and validation, the locked-address and ARP checks, the
  * DHCP diversion (is_dhcp_request, the field extraction that picks frames
- * for the parent), passthrough with the rebuilt header, software checksum
+ * for the parent), TXF_INET6's (router solicitations and DHCPv6 to the
+ * parent, the guest's router messages dropped: local_v6), passthrough with the rebuilt header, software checksum
  * and software segmentation, with a nonblocking tap.
  *
  * Input: u64 features, u32 TXF_* flags, u8 log2(num) (1..16), u8 mode
@@ -14,7 +15,8 @@
  * through the io_uring of txuring.c, when the kernel allows one), then guest
  * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56.
  * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
- * a DHCP request of at most DIVERT_MAX bytes; used entries name valid heads;
+ * a DHCP request, a router solicitation or a DHCPv6 client message (as
+ * the flags ask) of at most DIVERT_MAX bytes; used entries name valid heads;
  * the ring is consistent after tx_reset (nothing held).
  */
 #include <errno.h>

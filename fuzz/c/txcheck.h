@@ -18,6 +18,28 @@ static inline int is_dhcp_frame(const uint8_t *f, size_t len)
 	       f[fi.l4_off + 2] == 0 && f[fi.l4_off + 3] == 67;
 }
 
+/* TXF_INET6's classes, RFC 4861 and RFC 8415 ports: 1 a router
+ * solicitation or a DHCPv6 client message (to the parent), 2 what only a
+ * router or a DHCPv6 server sends (dropped), 0 anything else. */
+static inline int v6_kind(const uint8_t *f, size_t len)
+{
+	struct frame_info fi;
+	size_t hl = len < HEAD_MAX ? len : HEAD_MAX;
+	unsigned sport, dport;
+
+	if (frame_parse(f, hl, len, &fi) != PARSE_OK || fi.ip_version != 6 || fi.fragment)
+		return 0;
+	if (fi.l4_proto == 58 && fi.hdrs_len < hl) {
+		uint8_t t = f[fi.hdrs_len];
+		return t == 133 ? 1 : (t == 134 || t == 137) ? 2 : 0;
+	}
+	if (fi.l4_proto != 17 || !fi.l4_off || fi.l4_off + 4u > hl)
+		return 0;
+	sport = (unsigned)f[fi.l4_off] << 8 | f[fi.l4_off + 1];
+	dport = (unsigned)f[fi.l4_off + 2] << 8 | f[fi.l4_off + 3];
+	return sport == 546 && dport == 547 ? 1 : sport == 547 && dport == 546 ? 2 : 0;
+}
+
 static inline uint32_t sw_flag_for(uint8_t gso_type)
 {
 	switch (gso_type & 0x7f) {
@@ -62,6 +84,11 @@ static inline void tx_check_out(const struct tx_ctx *c, const uint8_t *buf, size
 	if ((c->flags & TXF_DHCP_DIVERT) && is_dhcp_frame(head, len < hl ? len : hl) &&
 	    len <= DIVERT_MAX)
 		FAIL("DHCP request went to the tap instead of the parent");
+	if ((c->flags & TXF_INET6) && v6_kind(head, len < hl ? len : hl) == 1 &&
+	    len <= DIVERT_MAX)
+		FAIL("router solicitation or DHCPv6 went to the tap instead of the parent");
+	if ((c->flags & TXF_INET6) && v6_kind(head, len < hl ? len : hl) == 2)
+		FAIL("the guest's router message went to the tap");
 	free(head);
 }
 
@@ -72,8 +99,10 @@ static inline void tx_check_divert(const struct tx_ctx *c)
 	if (c->divert_len > DIVERT_MAX || c->divert_len < 14)
 		FAIL("divert_len %u", c->divert_len);
 	f = exact_copy(c->divert, c->divert_len);
-	if (!is_dhcp_frame(f, c->divert_len))
-		FAIL("diverted frame is not a DHCP request");
+	if (!(c->flags & TXF_DHCP_DIVERT && is_dhcp_frame(f, c->divert_len)) &&
+	    !(c->flags & TXF_INET6 && v6_kind(f, c->divert_len) == 1))
+		FAIL("diverted frame is neither DHCP nor a solicitation or DHCPv6 (flags %#x)",
+		     c->flags);
 	free(f);
 }
 
