@@ -47,6 +47,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_TAP_URING_OFF] = "tap_uring_off",
 	[DC_V6_DIVERTED] = "v6_diverted",
 	[DC_V6_ROUTER_DROP] = "v6_router_drop",
+	[DC_LOCKED_IP6_DROP] = "locked_ip6_drop",
 };
 
 uint64_t dp_now_ns(void)

@@ -80,6 +80,7 @@ enum dp_counter {
 				 messages handed to Python (TXF_INET6) */
 	DC_V6_ROUTER_DROP,    /* TX: router advertisements, redirects and
 				 DHCPv6 server messages from the guest (TXF_INET6) */
+	DC_LOCKED_IP6_DROP,   /* TX: IPv6 from a source not in locked_ip6 */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -114,6 +115,10 @@ enum {
 				 solicitations and UDP 546->547 (DHCPv6) to
 				 Python; drop what only a router or a DHCPv6
 				 server sends (RA, redirect, UDP 547->546) */
+	TXF_LOCKED_IP6 = 256, /* drop IPv6 frames whose source is none of
+				 locked_ip6[] (nor :: in ICMPv6: duplicate
+				 address detection, solicitations, MLD) */
+	LOCKED_IP6_MAX = 4,
 	/* rx_ctx.flags */
 	RXF_ENABLED = 1,      /* else the tap is not read */
 	RXF_SW_CSUM = 2,      /* complete partial checksums, deliver DATA_VALID */
@@ -167,6 +172,10 @@ struct tx_ctx {
 	 * every batch). */
 	int linger_us;
 	uint8_t locked_mac[6];
+	/* TXF_LOCKED_IP6: the IPv6 sources the guest may use (its link-local,
+	 * SLAAC and DHCPv6 addresses); unused entries are all zero, which
+	 * matches no source but :: (checked apart). */
+	uint8_t locked_ip6[4][16];
 	uint64_t cnt[DC_MAX];
 	uint32_t divert_len;
 	uint8_t divert[2048];

@@ -482,6 +482,29 @@ static int is_dhcp_request(const uint8_t *head, size_t hlen, size_t frame_len)
 	       head[fi.l4_off + 2] == 0 && head[fi.l4_off + 3] == 67;
 }
 
+/*
+ * TXF_LOCKED_IP6: an IPv6 frame's source must be one of locked_ip6[], or
+ * :: in ICMPv6 (RFC 4862 5.4.2, RFC 4861 6.3.7, RFC 3810 5.2.13 send from
+ * it before an address is usable). Too short to tell: refused.
+ */
+static int ip6_source_refused(const struct tx_ctx *c, const struct frame_info *fi, size_t hlen)
+{
+	static const uint8_t unspecified[16];
+	const uint8_t *src;
+
+	if (fi->ethertype != 0x86DD)
+		return 0;
+	if (hlen < (size_t)fi->l3_off + 40)
+		return 1;
+	src = c->cp->head + fi->l3_off + 8;
+	if (!memcmp(src, unspecified, 16))
+		return fi->ip_version != 6 || fi->l4_proto != 58;
+	for (int i = 0; i < LOCKED_IP6_MAX; i++)
+		if (!memcmp(src, c->locked_ip6[i], 16))
+			return 0;
+	return 1;
+}
+
 /* What TXF_INET6 does with a frame (RFC 4861 4.1-4.5, RFC 8415 7.2). */
 enum v6_verdict { V6_PASS, V6_DIVERT, V6_DROP };
 
@@ -587,6 +610,10 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	}
 	if (c->flags & TXF_LOCKED_MAC && arp_claims_other(c, &fi, hlen)) {
 		c->cnt[DC_LOCKED_ARP_DROP]++;
+		return TX_DONE;
+	}
+	if (c->flags & TXF_LOCKED_IP6 && ip6_source_refused(c, &fi, hlen)) {
+		c->cnt[DC_LOCKED_IP6_DROP]++;
 		return TX_DONE;
 	}
 	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, frame_len))

@@ -118,6 +118,9 @@ def c_seeds():
         img = ring_image([[b"\0" * 12 + load(name)]], num=8)
         write("fuzz_tx", "v6-" + name.split(".")[0],
               struct.pack("<QIBBB", 0, 0x91, 3, 0, 0) + img)
+        # and locked (MAC and IPv6 sources, 0x8 | 0x100)
+        write("fuzz_tx", "v6-locked-" + name.split(".")[0],
+              struct.pack("<QIBBB", 0, 0x199, 3, 0, 0) + img)
 
     # RX: frames from the "tap", buffers posted by the guest
     rx_features = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 54)

@@ -8,6 +8,8 @@ with the offloads on (TSO6: the guest hands vionetd super-frames, the host
 hands the guest GSO frames), sha256 checked at both ends. After vionetd is
 restarted (the guest keeps running; QEMU reconnects), the host side has
 the same /64 and the guest still reaches it from the same address.
+The first guest's interface is locked: all it sends comes from its
+link-local and SLAAC addresses, and nothing is refused.
 """
 import ipaddress
 import os
@@ -33,7 +35,7 @@ local prefix6 fd00:6:7::/48
 vm "v6" {
     local interface "%s" {
         socket "@DIR@/v6.sock"
-        lladdr 52:54:00:00:0e:01
+        locked lladdr 52:54:00:00:0e:01
         mtu 1500
     }
 }
@@ -84,6 +86,7 @@ def test_guest_slaac_ping_and_tcp_over_ipv6(image):
     assert c["tx_gso_frames"] > 0, c             # TSO6 from the guest
     assert c["rx_bytes"] > 1500 * c["rx_frames"], c   # GSO frames to the guest
     assert c["tx_v6_diverted"] >= 1, c           # its router solicitation
+    assert c.get("tx_locked_ip6_drop", 0) == 0 and c.get("tx_locked_mac_drop", 0) == 0, c
     assert "address6 %s" % net in show, show
 
 

@@ -172,3 +172,54 @@ def test_the_same_slash64_after_a_restart():
                 line = [ln for ln in d.ctl("status").stdout.splitlines() if "t1" in ln][0]
                 shown.append([w for w in line.split() if w.startswith("fd")][0])
         assert shown[0] == shown[1] and shown[0].endswith("/64")
+
+
+LOCKED_CONF = """socket "@CTL@"
+local prefix6 fd00:6:6::/48
+vm "t1" {
+    local interface {
+        socket "@DIR@/t1.sock"
+        locked lladdr 52:54:00:12:34:56
+    }
+}
+"""
+
+
+def udp6(src, dst):
+    import struct
+    from vionetd import frame6
+    udp = struct.pack("!HHHH", 4000, 4000, 12, 0) + b"ping"
+    return frame6.frame(b"\x02\x00\x00\x00\x00\x01", GUEST_MAC, src, dst, frame6.UDP, udp, 6, 64)
+
+
+@pytest.mark.root
+def test_a_locked_guest_sends_ipv6_from_its_own_addresses_only():
+    """Its link-local and SLAAC addresses (EUI-64 of the locked MAC) and its
+    DHCPv6 lease pass; another source of the /64, another link-local and a
+    non-ICMPv6 packet from :: are dropped and counted; :: in ICMPv6 (a
+    duplicate address detection) passes."""
+    from vionetd import frame6
+    with N.netns("v6") as ns, daemon(LOCKED_CONF, ns) as d:
+        d.wait_socket(d.dir + "/t1.sock")
+        a6 = local6.addresses6(ipaddress.IPv6Network("fd00:6:6::/48"), "t1/0")
+        host = a6.host.packed
+        own = local6.guest_sources(a6, GUEST_MAC)
+        assert own[1] == (a6.net.network_address + int.from_bytes(
+            frame6.eui64(GUEST_MAC), "big")).packed
+        with TestVM(d.dir + "/t1.sock") as vm:
+            for src in own:
+                vm.send(udp6(src, host))
+            assert counter(d, "tx_locked_ip6_drop") == 0
+            others = [(a6.net.network_address + 7).packed,
+                      frame6.link_local(bytes.fromhex("525400999999")), bytes(16)]
+            for src in others:
+                vm.send(udp6(src, host))
+            assert wait_counter(d, "tx_locked_ip6_drop", 3) == 3
+            import struct
+            ns_msg = struct.pack("!BBHI16s", 135, 0, 0, 0, own[1])
+            vm.send(frame6.frame(frame6.multicast_mac(own[1]), GUEST_MAC, bytes(16),
+                                 bytes.fromhex("ff0200000000000000000001ff") + own[1][13:],
+                                 frame6.ICMPV6, ns_msg, 2))
+            time.sleep(0.5)
+            assert counter(d, "tx_locked_ip6_drop") == 3
+            assert counter(d, "tx_frames") >= len(own) + 1

@@ -39,10 +39,10 @@ def rx_flags(enabled, sw):
     return flags
 
 
-def tx_flags(enabled, sw, locked, local, inet6=False):
-    """The TX context's flags (TXF_*): software offloads, the locked MAC,
-    DHCP diverted on a local interface, and router solicitations and
-    DHCPv6 too when it has IPv6."""
+def tx_flags(enabled, sw, locked, local, inet6=False, locked_ip6=False):
+    """The TX context's flags (TXF_*): software offloads, the locked MAC
+    (and IPv6 sources), DHCP diverted on a local interface, and router
+    solicitations and DHCPv6 too when it has IPv6."""
     flags = lib.TXF_ENABLED if enabled else 0
     if sw is not None:
         for on, flag in ((sw.tx_csum, lib.TXF_SW_CSUM), (sw.tx_tso4, lib.TXF_SW_TSO4),
@@ -55,6 +55,8 @@ def tx_flags(enabled, sw, locked, local, inet6=False):
         flags |= lib.TXF_DHCP_DIVERT
     if local and inet6:
         flags |= lib.TXF_INET6
+    if locked_ip6:
+        flags |= lib.TXF_LOCKED_IP6
     return flags
 
 
@@ -83,6 +85,7 @@ class Datapath:
         self.inet6 = False
         self.mtu = 1500
         self.locked = b""
+        self.locked_ip6 = []
         self.extra = {}                  # counters kept in Python (divert.py)
         self.names = [_name(i) for i in range(lib.DC_MAX)]
 
@@ -144,6 +147,7 @@ class Datapath:
         self.features = msg.features
         self.software = msg.software
         self.locked = msg.locked_lladdr
+        self.locked_ip6 = [a for a in msg.locked_ip6 if len(a) == 16][:lib.LOCKED_IP6_MAX]
         self.local = msg.local
         self.inet6 = msg.inet6
         self.mtu = msg.mtu or 1500
@@ -162,8 +166,11 @@ class Datapath:
         else:
             if len(self.locked) == 6:
                 c.locked_mac = list(self.locked)
+            for i in range(lib.LOCKED_IP6_MAX):
+                c.locked_ip6[i] = list(self.locked_ip6[i] if i < len(self.locked_ip6)
+                                       else bytes(16))
             c.flags = tx_flags(self.enabled, self.software, len(self.locked) == 6,
-                               self.local, self.inet6)
+                               self.local, self.inet6, bool(self.locked_ip6))
 
     def start_ring(self, msg, kick, call):
         if self.ring_started:

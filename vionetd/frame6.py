@@ -1,4 +1,4 @@
-"""Run by the workers of local interfaces: IPv6 frames of ra.py and dhcp6.py, read and built.
+"""Run by the workers of local interfaces (and the parent, for addresses): IPv6 frames of ra.py and dhcp6.py, read and built.
 
 - packet(frame), in the tx worker: the Ethernet and IPv6 headers of a
   frame the C data path diverted (one 802.1Q tag at most, no extension

@@ -13,13 +13,16 @@ in order (as local.py does with /31s). In the /64:
 - HOST_ID (::1) is the host side of the tap: the guest's router and, unless
   dns6 says otherwise, its DNS server (RDNSS, DHCPv6 option 23);
 - LEASE_ID (::2) is the address DHCPv6 leases to the guest (IA_NA);
-- the guest's SLAAC addresses are its own choice in the rest.
+- the guest's SLAAC addresses are its own choice in the rest; a locked
+  interface lets it use only the one of its MAC (guest_sources()).
 """
 import hashlib
 import ipaddress
 import os
 import time
 from dataclasses import dataclass
+
+from vionetd import frame6
 
 HOST_ID = 1
 LEASE_ID = 2
@@ -49,6 +52,18 @@ def addresses6(prefix, key, taken=()):
             return Addresses6(net, ipaddress.IPv6Address(first + HOST_ID),
                               ipaddress.IPv6Address(first + LEASE_ID))
     raise ValueError("local prefix6 %s is full" % prefix)
+
+
+def guest_sources(a6, mac):
+    """The IPv6 sources a locked guest (6-byte mac) may use on a local
+    interface with addresses a6: its link-local and SLAAC addresses (the
+    modified EUI-64 of its MAC, RFC 4291 appendix A, in fe80::/64 and in its
+    /64) and its DHCPv6 lease. [] when the interface is not locked or has no
+    IPv6."""
+    if a6 is None or len(mac) != 6:
+        return []
+    return [frame6.link_local(mac), a6.net.network_address.packed[:8] + frame6.eui64(mac),
+            a6.lease.packed]
 
 
 def new_ula(now=None, machine_id=None):

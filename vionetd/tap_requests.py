@@ -18,7 +18,7 @@ itself are session_channel.py's.
 import collections
 import os
 
-from vionetd import features, links, tap
+from vionetd import features, links, local6, tap
 from vionetd import vionetd_pb2 as pb
 from vionetd.backoff import take_slot
 from vionetd.log import log
@@ -52,7 +52,8 @@ class TapRequests:
                                tx_uso="uso" in sw.tx_segment)
         return pb.Features(features=value, software=software, locked_lladdr=port.locked_mac,
                            local=bool(port.iface.local), mtu=self.mtu,
-                           inet6=port.address6 is not None)
+                           inet6=port.address6 is not None,
+                           locked_ip6=local6.guest_sources(port.address6, port.locked_mac))
 
     def set_mtu(self, mtu):
         """NET_SET_MTU: the MTU the VMM gives the guest (QEMU's host_mtu,

@@ -13,7 +13,8 @@
  * writes meet EAGAIN (frames handed back, segments left waiting) or
  * EMSGSIZE (a write error); bit 5: passthrough frames staged and written
  * through the io_uring of txuring.c, when the kernel allows one), then guest
- * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56.
+ * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56,
+ * its IPv6 sources fe80::5054:ff:fe12:3456 and fd00:1::5054:ff:fe12:3456.
  * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
  * a DHCP request, a router solicitation or a DHCPv6 client message (as
  * the flags ask) of at most DIVERT_MAX bytes; used entries name valid heads;
@@ -61,6 +62,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	b = u8(&in);
 	c->batch = b % 8;
 	memcpy(c->locked_mac, LOCKED, 6);
+	/* TXF_LOCKED_IP6: the link-local and a SLAAC address of LOCKED (fd00:1::/64) */
+	memcpy(c->locked_ip6[0], "\xfe\x80\0\0\0\0\0\0\x50\x54\x00\xff\xfe\x12\x34\x56", 16);
+	memcpy(c->locked_ip6[1], "\xfd\x00\0\x01\0\0\0\0\x50\x54\x00\xff\xfe\x12\x34\x56", 16);
 	c->kick_fd = (b & 8) ? kick : -1;
 	c->uring = (b & 32) ? ring : NULL;
 	c->tap_fd = (b & 16) ? small[0] : r.tap[0];

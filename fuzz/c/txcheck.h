@@ -40,6 +40,35 @@ static inline int v6_kind(const uint8_t *f, size_t len)
 	return sport == 546 && dport == 547 ? 1 : sport == 547 && dport == 546 ? 2 : 0;
 }
 
+/* TXF_LOCKED_IP6: not IPv6 (behind one 802.1Q tag at most), or from one of
+ * locked_ip6[], or from :: in ICMPv6. */
+static inline int ip6_source_ok(const struct tx_ctx *c, const uint8_t *f, size_t len)
+{
+	static const uint8_t zero[16];
+	struct frame_info fi;
+	size_t hl = len < HEAD_MAX ? len : HEAD_MAX, off = 14;
+	unsigned et;
+
+	if (len < 14)
+		return 1;
+	et = f[12] << 8 | f[13];
+	if (et == 0x8100) {
+		if (len < 18)
+			return 1;
+		et = f[16] << 8 | f[17];
+		off = 18;
+	}
+	if (et != 0x86DD)
+		return 1;
+	if (len < off + 40)
+		return 0;
+	for (int i = 0; i < LOCKED_IP6_MAX; i++)
+		if (!memcmp(f + off + 8, c->locked_ip6[i], 16) && memcmp(f + off + 8, zero, 16))
+			return 1;
+	frame_parse(f, hl, len, &fi);   /* what it found, even if it then failed */
+	return !memcmp(f + off + 8, zero, 16) && fi.ip_version == 6 && fi.l4_proto == 58;
+}
+
 static inline uint32_t sw_flag_for(uint8_t gso_type)
 {
 	switch (gso_type & 0x7f) {
@@ -89,6 +118,8 @@ static inline void tx_check_out(const struct tx_ctx *c, const uint8_t *buf, size
 		FAIL("router solicitation or DHCPv6 went to the tap instead of the parent");
 	if ((c->flags & TXF_INET6) && v6_kind(head, len < hl ? len : hl) == 2)
 		FAIL("the guest's router message went to the tap");
+	if ((c->flags & TXF_LOCKED_IP6) && !ip6_source_ok(c, head, len < hl ? len : hl))
+		FAIL("IPv6 frame from another source passed the lock");
 	free(head);
 }
 
