@@ -22,6 +22,7 @@ import ipaddress
 import struct
 
 from vionetd import leases
+from vionetd.checksum import rfc1071 as _checksum
 from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
@@ -226,12 +227,3 @@ def build(r):
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     return dst_mac + r.server_mac + b"\x08\x00" + ip + udp
 
-
-def _checksum(data):
-    """RFC 1071, for one small frame built here (the C core does the data path)."""
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF

@@ -12,6 +12,8 @@ Addresses are 16 bytes, MACs 6, as the protobuf messages carry them.
 import struct
 from dataclasses import dataclass
 
+from vionetd.checksum import rfc1071
+
 ETH_IPV6 = 0x86DD
 ETH_VLAN = 0x8100
 ICMPV6, UDP = 58, 17
@@ -54,13 +56,7 @@ def packet(frame):
 
 def checksum(src, dst, proto, payload):
     """The RFC 8200 8.1 checksum of payload (its checksum field zero)."""
-    data = src + dst + struct.pack("!IxxxB", len(payload), proto) + payload
-    if len(data) % 2:
-        data += b"\x00"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    return rfc1071(src + dst + struct.pack("!IxxxB", len(payload), proto) + payload)
 
 
 def verify(pkt):

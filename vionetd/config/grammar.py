@@ -246,23 +246,21 @@ class _TopLevel(_Block):
             self.word("a directory", "chroot"), "chroot")
 
     def dns(self, kw: Token):
+        self.addresses(kw, "an IPv4 address", values.ipv4, self.conf.dns)
+
+    def dns6(self, kw: Token):
+        """dns6 ADDRESS...: as dns, of IPv6 addresses (RDNSS, DHCPv6)."""
+        self.addresses(kw, "an IPv6 address", values.ipv6, self.conf.dns6)
+
+    def addresses(self, kw: Token, what: str, value: Callable, into: list):
         """dns ADDRESS...: dns must be followed by a name (quoted, or not
         a keyword); the list ends before a keyword or a macro definition."""
         nxt = self.lex.peek()
         if not _is_name(nxt):
-            nxt.error("expected an IPv4 address after dns, got %s"
-                      % nxt.describe())
+            nxt.error("expected %s after %s, got %s"
+                      % (what, kw.value, nxt.describe()))
         while _is_name(self.lex.peek()) and self.lex.peek(1).kind != "=":
-            self.conf.dns.append(values.ipv4(self.lex.next()))
-
-    def dns6(self, kw: Token):
-        """dns6 ADDRESS...: as dns, of IPv6 addresses (RDNSS, DHCPv6)."""
-        nxt = self.lex.peek()
-        if not _is_name(nxt):
-            nxt.error("expected an IPv6 address after dns6, got %s"
-                      % nxt.describe())
-        while _is_name(self.lex.peek()) and self.lex.peek(1).kind != "=":
-            self.conf.dns6.append(values.ipv6(self.lex.next()))
+            into.append(value(self.lex.next()))
 
     def local_prefix6(self, kw: Token):
         self.once("local prefix6", kw.line)
