@@ -266,6 +266,10 @@ def ipv6_seeds():
         write("py_dhcp6", "msg%d" % t, bytes([2 * t % 8]) + message(t, body + opt(14, b"")))
     req = dhcp6.fields(message(dhcp6.SOLICIT, opt(1, CLIENT_DUID) + ia_na()))
     write("py_dhcp6", "proto", b"\x01" + req.SerializeToString())
+    from vionetd import ra
+    write("py_control", "dhcp6", b"\0" + pb.FromWorker(dhcp6=req).SerializeToString())
+    write("py_control", "router_solicit", b"\0" + pb.FromWorker(
+        router_solicit=ra.fields(rs_frame())).SerializeToString())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Input: u8 (bits 0-1: fds to attach, each an eventfd, as a compromised
 worker might), then one datagram sent on a SOCK_SEQPACKET socketpair.
 control.recv(sock, FromWorker) must give a message and its fds, or raise
 ChannelError (closing the fds). A message is then validated as the parent
-does: its kind (WhichOneof), a DHCP request decided for a local port and
-the reply built, stats counter names made readable (ctl.counter_names).
+does: its kind (WhichOneof), a DHCP or DHCPv6 request decided for a local
+port and the reply built, stats counter names made readable (ctl.counter_names).
 Contract: no exception but ChannelError; no fd leak.
 """
 import ipaddress
@@ -15,21 +15,26 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import atheris
 
 with atheris.instrument_imports():
-    from vionetd import control, ctl, dhcp, local
+    from vionetd import control, ctl, dhcp, dhcp6, leases, local, local6
     from vionetd import vionetd_pb2 as pb
 
 PORT = SimpleNamespace(address=local.addresses(ipaddress.IPv4Network("100.64.0.0/10"), "vm/0"),
-                       key="vm/0", lease=None, tap_mac=b"\xfe\0\0\0\0\1",
-                       conf=SimpleNamespace(dns=[]),
+                       address6=local6.addresses6(ipaddress.IPv6Network("fd00::/48"), "vm/0"),
+                       key="vm/0", lease=None, lease6=None, tap_mac=b"\xfe\0\0\0\0\1",
+                       conf=SimpleNamespace(dns=[], dns6=[]),
                        iface=SimpleNamespace(mtu=1500, hostname="g"))
 KINDS = (None, "ring_stopped", "stats", "dhcp", "error", "forbidden_syscall", "ring_enabled",
-         "ring_failed")
+         "ring_failed", "router_solicit", "dhcp6")
 PARENT, WORKER = control.pair()
+# DHCPv6 leases go to a store of the run's own, never the daemon's file
+STORE = tempfile.TemporaryDirectory(prefix="fuzz-control-")
+leases.set_default(leases.Leases(STORE.name + "/leases", monotonic=lambda: 0.0))
 
 
 def open_fds():
@@ -64,6 +69,10 @@ def test_one_input(data: bytes) -> None:
         reply = dhcp.decide(PORT, msg.dhcp)
         if reply is not None:
             dhcp.build(reply)
+    elif kind == "dhcp6":
+        reply = dhcp6.decide(PORT, msg.dhcp6)
+        if reply is not None:
+            dhcp6.build(reply)
     elif kind == "stats":
         ctl.counter_names({"tx_" + c.name: c.value for c in msg.stats.counters})
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import atheris
 
 with atheris.instrument_imports():
-    from vionetd import config, ctl, local
+    from vionetd import config, ctl, local, local6
     from vionetd import log as logmod
     from vionetd import vionetd_pb2 as pb
     from vionetd.eventloop import Reply
@@ -35,6 +35,8 @@ def stub_port(vm, idx, local_addr):
     return SimpleNamespace(
         iface=iface, key="%s/%d" % (vm, idx), state="running", tap_name="tap%d" % idx,
         address=addr, tap_caps=0x1f, offered=0x30006fa3, lease=None, queue_pairs=1 + idx,
+        address6=local6.addresses6(ipaddress.IPv6Network("fd00::/48"), "%s/%d" % (vm, idx))
+        if local_addr else None, lease6=None,
         reason="", children=SimpleNamespace(workers=workers, session_pid=300 + idx,
                                             session_restarts=0),
         tap=SimpleNamespace(announced=idx),
