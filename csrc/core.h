@@ -135,8 +135,9 @@ enum vnet_reason {
 	VR_USO_SEGMENTS,         /* more than UDP_MAX_SEGMENTS datagrams */
 	VR_GSO_IP_LENGTH,        /* the IP length field disagrees with the frame: GSO
 	                            needs ip_end == frame length (and, for UDP_L4, the
-	                            UDP length to match); any IP packet that parses
-	                            must end within the frame */
+	                            UDP length to match); any IP packet whose IP
+	                            header could be read must end within the frame,
+	                            whether or not the headers after it parse */
 	VR_REASON_MAX
 };
 

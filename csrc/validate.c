@@ -10,8 +10,15 @@
  *    14 (+4) + 20, or + 40 for IPv6 (Linux: 20 or 40 from the MAC header);
  *  - the checksum field (csum_start + csum_offset + 2) must lie within the
  *    first HEAD_MAX bytes, so the caller can finish it in its head copy;
- *  - an IP frame whose headers parse but whose IP length runs past the frame
- *    is refused (VR_GSO_IP_LENGTH), GSO or not;
+ *  - an IP frame whose IP length runs past the frame is refused
+ *    (VR_GSO_IP_LENGTH), GSO or not, as soon as its IP header could be read,
+ *    whether or not the headers after it (IPv6 extensions, L4) parse: a
+ *    software checksum may be written over those (Linux lets csum_start
+ *    point anywhere past the IP header), and the frame it makes must pass
+ *    this check as written. The IP header itself lies below every
+ *    csum_start we accept (CSUM_START_LOW), so the checksum cannot change
+ *    the length. (Linux drops such a packet too, as truncated: ip_rcv_core(),
+ *    ip6_rcv_core().)
  *  - a GSO frame must parse fully, its IP length field must name exactly the
  *    frame (ip_end == frame_len: Linux guests put the whole super-packet's
  *    length there), for UDP_L4 the UDP length too, and csum_start must be
@@ -214,7 +221,8 @@ int vnet_validate(const struct vnet_hdr *h, const uint8_t *head, size_t head_len
 	parsed = frame_parse(head, head_len, frame_len, fi);
 	if (h->gso_type != VNET_GSO_NONE)
 		return check_gso_frame(h, head, parsed, frame_len, fi);
-	if (parsed == PARSE_OK && fi->ip_version && fi->ip_end > frame_len)
+	/* fi->ip_end is set once the IP header is read, even if parsing then failed */
+	if (fi->ip_version && fi->ip_end > frame_len)
 		return VR_GSO_IP_LENGTH;
 	return VR_OK;
 }

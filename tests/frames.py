@@ -232,6 +232,15 @@ def build(version: int = 4, proto: int = TCP, payload: bytes = b"x" * 100,
     return f
 
 
+def v6_length_past_unparsed_exts(claimed: int = 1000, total: int = 200) -> bytes:
+    """An IPv6 frame of total bytes whose payload length claims claimed bytes
+    and whose headers do not parse (nine empty hop-by-hop headers, more than
+    frame_parse() walks): the fuzz_tx finding of
+    fuzz/corpus/fuzz_tx/crash-v6-length-past-unparsed-exts-sw-csum, rebuilt."""
+    data = eth(ETH_P_IPV6) + ipv6(0, claimed)
+    return data + bytes(total - len(data))
+
+
 def with_fields(f: Frame, data: bytes | None = None, **kw) -> Frame:
     """A copy of f with some header fields (or the bytes) replaced."""
     d = dict(f.__dict__)

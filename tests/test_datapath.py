@@ -250,6 +250,23 @@ def test_tx_sw_csum(tx):
     assert counters(r.c)["sw_csum"] == 3
 
 
+def test_tx_sw_csum_over_a_next_header_never_writes_a_frame_that_fails_validation(tx):
+    """fuzz_tx: an IPv6 frame whose payload length runs past the frame, its
+    headers too deep to parse, with NEEDS_CSUM whose field (bytes 61-62)
+    covers the second extension header's next-header byte. It passed
+    validation (the IP length was judged only for frames that parsed), then
+    the software checksum (0xffff over zeros) made it parse, and the tap got
+    an IPv6 packet 1054 bytes long in 200: refused and counted now."""
+    r = tx(flags=lib.TXF_ENABLED | lib.TXF_SW_CSUM)
+    data = F.v6_length_past_unparsed_exts(claimed=1000, total=200)
+    head = r.tx_send(vnet(F.NEEDS_CSUM, 0, 0, 0, 55, 6), data)
+    r.run()
+    assert r.recv_all() == []
+    assert r.ring.get_used() == [(head, 0)]
+    cnt = counters(r.c)
+    assert cnt["refused_gso_ip_length"] == 1 and "sw_csum" not in cnt and "frames" not in cnt
+
+
 @pytest.mark.parametrize("version,proto", [(4, F.TCP), (6, F.TCP), (4, F.UDP)])
 def test_tx_sw_gso(tx, version, proto):
     r = tx(flags=lib.TXF_ENABLED | lib.TXF_SW_GSO | lib.TXF_SW_CSUM)

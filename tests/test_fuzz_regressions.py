@@ -27,6 +27,16 @@ def _request(**kw):
     return port, pb.DhcpRequest(**base)
 
 
+# fuzz_tx (fuzz/corpus/fuzz_tx/crash-v6-length-past-unparsed-exts-sw-csum):
+# an IPv6 frame whose payload length ran past the frame passed validation
+# because its extension headers did not parse; the software checksum, written
+# over a next-header byte, made it parse, and the tap got a frame that fails
+# validation (gso_ip_length). Tested where the data path and validation are:
+# tests/test_datapath.py
+# test_tx_sw_csum_over_a_next_header_never_writes_a_frame_that_fails_validation
+# and tests/test_validate.py rows ip_length_exts_unparsed*.
+
+
 # py_dhcp / py_control: a DhcpRequest comes from the tx worker as protobuf,
 # whose fields are wider than DHCP's. decide() copied them into the reply
 # and build(), in the rx worker, raised struct.error ('H' format) on a

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from tests.frames import (ALL_HOST, DATA_VALID, F_CSUM, F_HOST_ECN, F_HOST_TSO4,
                           F_HOST_TSO6, F_HOST_UFO, F_HOST_USO, GSO_ECN, GSO_TCPV4,
                           GSO_TCPV6, GSO_UDP, GSO_UDP_L4, NEEDS_CSUM, TCP, UDP,
-                          build, c_validate, eth, patch, with_fields)
+                          build, c_validate, eth, patch, v6_length_past_unparsed_exts,
+                          with_fields)
 from vionetd._core import lib
 from vionetd.core import reason_name
 
@@ -99,6 +100,14 @@ BAD = [
     ("uso_udp_len", with_fields(U4, data=patch(U4.data, U4.l4_off + 4, b"\x00\x09")),
      ALL_HOST, lib.VR_GSO_IP_LENGTH),
     ("truncated_ip", with_fields(N4, data=N4.data[:-1]), ALL_HOST, lib.VR_GSO_IP_LENGTH),
+    # The IP length is judged once the IP header is read, whether or not the
+    # extension headers after it parse (fuzz_tx: a software checksum written
+    # over a next-header byte made such a frame parse after validation).
+    ("ip_length_exts_unparsed", with_fields(N4, data=v6_length_past_unparsed_exts()),
+     ALL_HOST, lib.VR_GSO_IP_LENGTH),
+    ("ip_length_exts_unparsed_csum", with_fields(
+        N4, data=v6_length_past_unparsed_exts(), flags=NEEDS_CSUM, csum_start=55,
+        csum_offset=6), ALL_HOST, lib.VR_GSO_IP_LENGTH),
 ]
 
 
