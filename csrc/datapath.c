@@ -48,6 +48,8 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_V6_DIVERTED] = "v6_diverted",
 	[DC_V6_ROUTER_DROP] = "v6_router_drop",
 	[DC_LOCKED_IP6_DROP] = "locked_ip6_drop",
+	[DC_V6_UNPARSED_DROP] = "v6_unparsed_drop",
+	[DC_CSUM_FIELD_DROP] = "csum_field_drop",
 };
 
 uint64_t dp_now_ns(void)

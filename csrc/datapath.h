@@ -81,6 +81,8 @@ enum dp_counter {
 	DC_V6_ROUTER_DROP,    /* TX: router advertisements, redirects and
 				 DHCPv6 server messages from the guest (TXF_INET6) */
 	DC_LOCKED_IP6_DROP,   /* TX: IPv6 from a source not in locked_ip6 */
+	DC_V6_UNPARSED_DROP,  /* TX: IPv6 whose headers do not parse (TXF_INET6, TXF_LOCKED_IP6) */
+	DC_CSUM_FIELD_DROP,   /* TX: NEEDS_CSUM not at the L4 checksum, where a filter reads L4 */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */

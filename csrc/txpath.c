@@ -505,6 +505,48 @@ static int ip6_source_refused(const struct tx_ctx *c, const struct frame_info *f
 	return 1;
 }
 
+/*
+ * TXF_INET6, TXF_LOCKED_IP6 (IPv6) and TXF_DHCP_DIVERT (IPv4) judge a frame
+ * by its transport header, so they must see the one the tap will get:
+ *  - an IPv6 frame whose headers do not parse (a router advertisement
+ *    behind more extension headers than frame_parse() walks) is refused:
+ *    nothing could tell what it is;
+ *  - NEEDS_CSUM must name the transport's own checksum field (TCP 16,
+ *    UDP 6, ICMPv6 2, at the transport header), else the sum, written by
+ *    us or by the kernel, could rewrite the bytes judged (an echo request
+ *    whose type byte becomes 134, UDP 1234->67 whose port becomes 68).
+ *    Linux accepts any field within the frame, but its guests (virtio_net
+ *    without the tunnel features, which we never offer) only send these.
+ * Frames the filters do not read (not IP, or the other family) pass.
+ * 0, or the counter of the refusal.
+ */
+static int filter_unreadable(const struct tx_ctx *c, size_t hlen, size_t frame_len)
+{
+	const struct vnet_hdr *h = &c->cp->hdr;
+	struct frame_info fi;
+	int parsed = frame_parse(c->cp->head, hlen < HEAD_MAX ? hlen : HEAD_MAX, frame_len, &fi);
+	int v6 = fi.ethertype == 0x86DD;
+	uint16_t want;
+
+	if (v6 ? !(c->flags & (TXF_INET6 | TXF_LOCKED_IP6)) :
+	    !(c->flags & TXF_DHCP_DIVERT) || fi.ethertype != 0x0800)
+		return 0;
+	if (v6 && parsed != PARSE_OK)
+		return DC_V6_UNPARSED_DROP;
+	if (!(h->flags & VNET_F_NEEDS_CSUM))
+		return 0;
+	if (parsed != PARSE_OK || fi.fragment)
+		return DC_CSUM_FIELD_DROP;
+	if (fi.l4_proto == 6 || fi.l4_proto == 17)
+		want = fi.l4_proto == 6 ? TCP_CSUM_OFF : UDP_CSUM_OFF;
+	else if (v6 && fi.l4_proto == 58)
+		want = 2;                       /* RFC 4443 2.1 */
+	else
+		return DC_CSUM_FIELD_DROP;
+	return h->csum_start == fi.hdrs_len - fi.l4_len && h->csum_offset == want ?
+	       0 : DC_CSUM_FIELD_DROP;
+}
+
 /* What TXF_INET6 does with a frame (RFC 4861 4.1-4.5, RFC 8415 7.2). */
 enum v6_verdict { V6_PASS, V6_DIVERT, V6_DROP };
 
@@ -610,6 +652,11 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	}
 	if (c->flags & TXF_LOCKED_MAC && arp_claims_other(c, &fi, hlen)) {
 		c->cnt[DC_LOCKED_ARP_DROP]++;
+		return TX_DONE;
+	}
+	if (c->flags & (TXF_INET6 | TXF_LOCKED_IP6 | TXF_DHCP_DIVERT) &&
+	    (r = filter_unreadable(c, hlen, frame_len)) != 0) {
+		c->cnt[r]++;
 		return TX_DONE;
 	}
 	if (c->flags & TXF_LOCKED_IP6 && ip6_source_refused(c, &fi, hlen)) {
