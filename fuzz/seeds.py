@@ -122,6 +122,21 @@ def c_seeds():
         write("fuzz_tx", "v6-locked-" + name.split(".")[0],
               struct.pack("<QIBBB", 0, 0x199, 3, 0, 0) + img)
 
+    # the filters' blind spots (txpath.c filter_unreadable): an RA and a
+    # DHCPv6 reply behind nine extension headers, and partial checksums that
+    # would write an RA's type (ICMPv6) or DHCP's port 68 (IPv4 UDP)
+    for kind in ("ra", "dhcp6_reply"):
+        img = ring_image([[b"\0" * 12 + Fr.router_message(kind, 9)]], num=8)
+        for flags in (0x91, 0x199):
+            write("fuzz_tx", "%s-deep-%x" % (kind, flags), struct.pack("<QIBBB", 0, flags, 3, 0, 0) + img)
+    for name, make, flags in (("echo-csum-ra", Fr.echo_becoming_ra, 0x81),
+                              ("udp-csum-dhcp", Fr.udp_becoming_dhcp, 0x11)):
+        frame, start, off = make()
+        img = ring_image([[struct.pack("<BBHHHHH", Fr.NEEDS_CSUM, 0, 0, 0, start, off, 0) + frame]], num=8)
+        for sw in (0, 0x2):
+            write("fuzz_tx", "%s-%x" % (name, flags | sw),
+                  struct.pack("<QIBBB", Fr.ALL_HOST, flags | sw, 3, 0, 0) + img)
+
     # RX: frames from the "tap", buffers posted by the guest
     rx_features = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 54)
     for i, f in enumerate(tx_frames):

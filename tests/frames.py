@@ -241,6 +241,46 @@ def v6_length_past_unparsed_exts(claimed: int = 1000, total: int = 200) -> bytes
     return data + bytes(total - len(data))
 
 
+# ---- frames the IPv6 and DHCP filters must refuse (txpath.c) ------------------
+
+def behind_dest_opts(n: int, proto: int, l4: bytes) -> bytes:
+    """An IPv6 frame from SRC6 with l4 behind n 8-byte destination options."""
+    return eth(ETH_P_IPV6) + ipv6(proto, len(l4), exts=[(60, 8)] * n) + l4
+
+
+def router_message(kind: str, n_exts: int) -> bytes:
+    """What only a router or a DHCPv6 server sends ("ra": an RA; else a
+    DHCPv6 Reply, UDP 547 -> 546), behind n_exts destination options."""
+    if kind == "ra":            # RFC 4861 4.2: type 134, no options
+        return behind_dest_opts(n_exts, 58, bytes([134, 0, 0, 0]) + bytes(12))
+    body = bytes([7, 0, 0x12, 0x34])   # RFC 8415: Reply, transaction id
+    return behind_dest_opts(n_exts, UDP, udp(8 + len(body), 547, 546) + body)
+
+
+def csum_lands(frame: bytes, start: int, target: int) -> bytes:
+    """frame with its last word chosen so that completing a partial checksum
+    from start (the sum to the end, complemented) gives target."""
+    assert (len(frame) - start) % 2 == 0
+    w = ((~target & 0xFFFF) - ones_sum(frame[start:-2])) % 0xFFFF
+    frame = frame[:-2] + struct.pack("!H", w)
+    assert inet_csum(frame[start:]) == target
+    return frame
+
+
+def echo_becoming_ra() -> tuple[bytes, int, int]:
+    """ICMPv6 echo request (128) whose checksum, stored over its type and
+    code (csum_start 54, csum_offset 0), makes it a router advertisement."""
+    icmp = bytes([128, 0, 0, 0]) + struct.pack("!HH", 1, 1) + b"x" * 40 + bytes(2)
+    return csum_lands(behind_dest_opts(0, 58, icmp), 54, 0x8600), 54, 0
+
+
+def udp_becoming_dhcp() -> tuple[bytes, int, int]:
+    """IPv4 UDP 1234 -> 67 whose checksum, stored over its source port
+    (csum_start 34, csum_offset 0), makes it a DHCP request (68 -> 67)."""
+    l4 = udp(8 + 40, 1234, 67) + b"y" * 38 + bytes(2)
+    return csum_lands(eth(ETH_P_IP) + ipv4(UDP, len(l4)) + l4, 34, 68), 34, 0
+
+
 def with_fields(f: Frame, data: bytes | None = None, **kw) -> Frame:
     """A copy of f with some header fields (or the bytes) replaced."""
     d = dict(f.__dict__)

@@ -428,18 +428,6 @@ LOCKED6 = lib.TXF_ENABLED | lib.TXF_LOCKED_IP6
 FILTERS = lib.TXF_ENABLED | lib.TXF_INET6 | lib.TXF_LOCKED_IP6 | lib.TXF_DHCP_DIVERT
 
 
-def _behind_dest_opts(n, proto, l4):
-    """An IPv6 frame from F.SRC6 with l4 behind n 8-byte destination options."""
-    return F.eth(F.ETH_P_IPV6) + F.ipv6(proto, len(l4), exts=[(60, 8)] * n) + l4
-
-
-def _router_message(kind, n_exts):
-    if kind == "ra":            # RFC 4861 4.2: type 134, no options
-        return _behind_dest_opts(n_exts, 58, bytes([134, 0, 0, 0]) + bytes(12))
-    body = bytes([7, 0, 0x12, 0x34])   # RFC 8415: Reply, transaction id
-    return _behind_dest_opts(n_exts, F.UDP, F.udp(8 + len(body), 547, 546) + body)
-
-
 @pytest.mark.parametrize("kind,n_exts,flags,counter", [
     ("ra", 1, INET6, "v6_router_drop"),
     ("ra", 9, INET6, "v6_unparsed_drop"),
@@ -456,7 +444,7 @@ def test_tx_ipv6_filter_refuses_headers_it_cannot_parse(tx, kind, n_exts, flags,
     r = tx(flags=flags)
     r.c.locked_ip6[0] = list(F.SRC6)
     ok = F.build(6, F.TCP, b"x" * 40)
-    r.tx_send(vnet(), _router_message(kind, n_exts))
+    r.tx_send(vnet(), F.router_message(kind, n_exts))
     r.tx_send(ok.vnet_hdr(), ok.data)
     r.run()
     assert [g[12:] for g in r.recv_all()] == [ok.data]
@@ -465,33 +453,9 @@ def test_tx_ipv6_filter_refuses_headers_it_cannot_parse(tx, kind, n_exts, flags,
     assert len(r.ring.get_used()) == 2
 
 
-def _csum_lands(frame, start, target):
-    """frame with its last word chosen so that completing a partial checksum
-    from start (the sum to the end, complemented) gives target."""
-    assert (len(frame) - start) % 2 == 0
-    w = ((~target & 0xFFFF) - F.ones_sum(frame[start:-2])) % 0xFFFF
-    frame = frame[:-2] + struct.pack("!H", w)
-    assert F.inet_csum(frame[start:]) == target
-    return frame
-
-
-def _echo_becoming_ra():
-    """ICMPv6 echo request (128) whose checksum, stored over its type and
-    code (csum_start 54, csum_offset 0), makes it a router advertisement."""
-    icmp = bytes([128, 0, 0, 0]) + struct.pack("!HH", 1, 1) + b"x" * 40 + bytes(2)
-    return _csum_lands(_behind_dest_opts(0, 58, icmp), 54, 0x8600), 54, 0
-
-
-def _udp_becoming_dhcp():
-    """IPv4 UDP 1234 -> 67 whose checksum, stored over its source port
-    (csum_start 34, csum_offset 0), makes it a DHCP request (68 -> 67)."""
-    l4 = F.udp(8 + 40, 1234, 67) + b"y" * 38 + bytes(2)
-    return _csum_lands(F.eth(F.ETH_P_IP) + F.ipv4(F.UDP, len(l4)) + l4, 34, 68), 34, 0
-
-
 @pytest.mark.parametrize("sw_csum", [0, lib.TXF_SW_CSUM], ids=["kernel_csum", "sw_csum"])
-@pytest.mark.parametrize("make,flags", [(_echo_becoming_ra, INET6),
-                                        (_udp_becoming_dhcp, lib.TXF_ENABLED | lib.TXF_DHCP_DIVERT)],
+@pytest.mark.parametrize("make,flags", [(F.echo_becoming_ra, INET6),
+                                        (F.udp_becoming_dhcp, lib.TXF_ENABLED | lib.TXF_DHCP_DIVERT)],
                          ids=["echo_to_ra", "udp_to_dhcp"])
 def test_tx_filters_refuse_a_checksum_that_is_not_the_l4_field(tx, make, flags, sw_csum):
     """The checksum, written by us (TXF_SW_CSUM) or by the kernel, lands
@@ -523,7 +487,7 @@ def test_tx_filters_pass_partial_checksums_at_the_l4_field(tx, sw_csum):
     sent = [(f.vnet_hdr(), f.data) for f in frames]
     icmp = bytes([128, 0]) + struct.pack("!H", F.ones_sum(F.pseudo_header(
         6, F.SRC6, F.DST6, 58, 12))) + struct.pack("!HH", 7, 1) + b"ping"
-    sent.append((vnet(F.NEEDS_CSUM, 0, 0, 0, 54, 2), _behind_dest_opts(0, 58, icmp)))
+    sent.append((vnet(F.NEEDS_CSUM, 0, 0, 0, 54, 2), F.behind_dest_opts(0, 58, icmp)))
     for h, d in sent:
         r.tx_send(h, d)
     r.run()

@@ -79,11 +79,41 @@ static inline uint32_t sw_flag_for(uint8_t gso_type)
 	return 0;
 }
 
+/* TXF_INET6, TXF_LOCKED_IP6: an IPv6 frame (behind one 802.1Q tag at
+ * most) whose headers do not parse, which no filter could judge. */
+static inline int ip6_unparsed(const uint8_t *f, size_t len)
+{
+	struct frame_info fi;
+	size_t hl = len < HEAD_MAX ? len : HEAD_MAX;
+
+	return frame_parse(f, hl, len, &fi) != PARSE_OK && fi.ethertype == 0x86DD;
+}
+
+/* What the filters promise of a frame the kernel gets: f is its first
+ * hl bytes (at most HEAD_MAX) of len. */
+static inline void tx_check_filters(const struct tx_ctx *c, const uint8_t *f, size_t hl,
+				    size_t len, const char *what)
+{
+	if ((c->flags & TXF_LOCKED_MAC) && memcmp(f + 6, c->locked_mac, 6))
+		FAIL("%s: frame from another MAC passed the lock", what);
+	if ((c->flags & TXF_DHCP_DIVERT) && is_dhcp_frame(f, hl) && len <= DIVERT_MAX)
+		FAIL("%s: DHCP request went to the tap instead of the parent", what);
+	if ((c->flags & TXF_INET6) && v6_kind(f, hl) == 1 && len <= DIVERT_MAX)
+		FAIL("%s: router solicitation or DHCPv6 went to the tap instead of the parent", what);
+	if ((c->flags & TXF_INET6) && v6_kind(f, hl) == 2)
+		FAIL("%s: the guest's router message went to the tap", what);
+	if ((c->flags & (TXF_INET6 | TXF_LOCKED_IP6)) && ip6_unparsed(f, hl))
+		FAIL("%s: IPv6 frame whose headers do not parse passed the filter", what);
+	if ((c->flags & TXF_LOCKED_IP6) && !ip6_source_ok(c, f, hl))
+		FAIL("%s: IPv6 frame from another source passed the lock", what);
+}
+
 /*
  * One frame as written: [vnet header][frame]. It must pass validation as
  * it is (the header we rebuilt, the head we copied), carry only what the
- * policy lets through to the kernel, and respect the locked address and
- * the DHCP diversion.
+ * policy lets through to the kernel, and respect the locked addresses, the
+ * DHCP diversion and TXF_INET6, both as written and as the kernel makes
+ * it when it completes a partial checksum (where the guest said).
  */
 static inline void tx_check_out(const struct tx_ctx *c, const uint8_t *buf, size_t n)
 {
@@ -108,19 +138,17 @@ static inline void tx_check_out(const struct tx_ctx *c, const uint8_t *buf, size
 		FAIL("GSO type %u passed to the tap though cut in software", h.gso_type);
 	if (!h.gso_type && (h.flags & VNET_F_NEEDS_CSUM) && (c->flags & TXF_SW_CSUM))
 		FAIL("partial checksum passed to the tap though done in software");
-	if ((c->flags & TXF_LOCKED_MAC) && memcmp(head + 6, c->locked_mac, 6))
-		FAIL("frame from another MAC passed the lock");
-	if ((c->flags & TXF_DHCP_DIVERT) && is_dhcp_frame(head, len < hl ? len : hl) &&
-	    len <= DIVERT_MAX)
-		FAIL("DHCP request went to the tap instead of the parent");
-	if ((c->flags & TXF_INET6) && v6_kind(head, len < hl ? len : hl) == 1 &&
-	    len <= DIVERT_MAX)
-		FAIL("router solicitation or DHCPv6 went to the tap instead of the parent");
-	if ((c->flags & TXF_INET6) && v6_kind(head, len < hl ? len : hl) == 2)
-		FAIL("the guest's router message went to the tap");
-	if ((c->flags & TXF_LOCKED_IP6) && !ip6_source_ok(c, head, len < hl ? len : hl))
-		FAIL("IPv6 frame from another source passed the lock");
+	tx_check_filters(c, head, hl, len, "as written");
 	free(head);
+	if (!h.gso_type && (h.flags & VNET_F_NEEDS_CSUM)) {
+		uint8_t *done = exact_copy(buf + VNET_HDR_LEN, len);
+
+		if (csum_complete(done, len, h.csum_start, h.csum_offset) < 0)
+			FAIL("the kernel could not complete the checksum at %u+%u of %zu",
+			     h.csum_start, h.csum_offset, len);
+		tx_check_filters(c, done, hl, len, "checksum completed");
+		free(done);
+	}
 }
 
 static inline void tx_check_divert(const struct tx_ctx *c)
