@@ -116,7 +116,9 @@ enum {
 	TXF_INET6 = 128,      /* a local interface's IPv6: hand ICMPv6 router
 				 solicitations and UDP 546->547 (DHCPv6) to
 				 Python; drop what only a router or a DHCPv6
-				 server sends (RA, redirect, UDP 547->546) */
+				 server sends (RA, redirect, UDP 547->546),
+				 IPv6 that does not parse, and NEEDS_CSUM
+				 off the L4 checksum (txpath.c filter_unreadable) */
 	TXF_LOCKED_IP6 = 256, /* drop IPv6 frames whose source is none of
 				 locked_ip6[] (nor :: in ICMPv6: duplicate
 				 address detection, solicitations, MLD) */

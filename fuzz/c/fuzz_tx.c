@@ -15,7 +15,8 @@
  * through the io_uring of txuring.c, when the kernel allows one), then guest
  * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56,
  * its IPv6 sources fe80::5054:ff:fe12:3456 and fd00:1::5054:ff:fe12:3456.
- * Oracles: every frame the tap gets passes txcheck.h; a diverted frame is
+ * Oracles: every frame the tap gets passes txcheck.h (as written and as the
+ * kernel completes its partial checksum); a diverted frame is
  * a DHCP request, a router solicitation or a DHCPv6 client message (as
  * the flags ask) of at most DIVERT_MAX bytes; used entries name valid heads;
  * the ring is consistent after tx_reset (nothing held).
