@@ -18,25 +18,28 @@ def mtus(monkeypatch):
     return calls
 
 
-def test_vmm_mtu_at_most_the_interfaces_and_the_tap_follows(mtus, caplog):
+def test_vmm_mtu_is_recorded_never_applied_and_logged_once(mtus, caplog):
     """NET_SET_MTU relayed by the session: at most the interface's mtu (1500
-    without one); the tap follows; the configured MTU comes back when the
-    VMM goes."""
+    without one), recorded, never set on the tap (a bridge follows its
+    smallest port); one line per session for the accepted ones and one for
+    the refused ones, however many the VMM sends."""
     t = port("mtu 9000").tap
-    assert t.set_mtu(9000) == "" and mtus == [("vtap0", 9000)] and t.vmm_mtu == 9000
-    assert t.set_mtu(1400) == "" and mtus[-1] == ("vtap0", 1400)
-    with caplog.at_level("ERROR", logger="vionetd"):
-        assert t.set_mtu(9001) == "MTU 9001 larger than the interface's 9000"
-    assert any("refusing MTU 9001 from the VMM: larger than this interface's mtu 9000"
-               in r.getMessage() for r in caplog.records), caplog.text
-    assert mtus[-1] == ("vtap0", 1400)
+    with caplog.at_level("INFO", logger="vionetd"):
+        for mtu in (9000, 1400, 68) * 50:
+            assert t.set_mtu(mtu) == ""
+        for mtu in (9001, 65535) * 50:
+            assert t.set_mtu(mtu) == "MTU %d larger than the interface's 9000" % mtu
+    assert mtus == [] and t.vmm_mtu == 68
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["a/0: guest MTU 9000 recorded; tap vtap0 keeps 9000",
+                     "a/0: refusing MTU 9001 from the VMM: larger than this interface's "
+                     "mtu 9000"], lines
     t.vmm_gone()
-    assert mtus[-1] == ("vtap0", 9000) and t.vmm_mtu == 0
-    t.vmm_gone()                               # no VMM MTU: nothing to restore
-    assert len(mtus) == 3
+    assert t.vmm_mtu == 0 and mtus == []
     q = port("").tap
     assert q.set_mtu(1501) == "MTU 1501 larger than the interface's 1500"
-    assert q.set_mtu(1500) == "" and mtus[-1] == ("vtap0", 1500)
+    q.port.tap_mtu = 9000                      # its bridge's
+    assert q.set_mtu(1501) == "" and mtus == []
 
 
 def test_features_set_the_taps_offloads_and_say_what_workers_do(monkeypatch):

@@ -115,6 +115,8 @@ def parse_show(text):
         elif m := re.match(r"^  session: (\d+), restarts (\d+)$", line):
             cur["session"] = int(m.group(1))
             cur["session_restarts"] = int(m.group(2))
+        elif m := re.match(r"^  mtu: tap (\d+|-), guest (\d+|-)$", line):
+            cur["mtu"] = (m.group(1), m.group(2))
         elif m := re.match(r"^  last drop: (.+)$", line):
             cur["reason"] = m.group(1)
         elif m := re.match(r"^  migration: dirty logging (on|off), pages marked (\d+), "

@@ -238,7 +238,8 @@ class CtlServer:
             session_pid=port.children.session_pid or 0,
             session_restarts=port.children.session_restarts,
             retries=port.session.retries, logging=port.session.logging,
-            announced=port.tap.announced)
+            announced=port.tap.announced, mtu=port.tap.mtu if port.tap_name else 0,
+            guest_mtu=port.tap.vmm_mtu)
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"

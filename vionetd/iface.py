@@ -2,7 +2,8 @@
 
 The parent owns, per VM interface:
 - the tap, opened here (one fd per queue pair, IFF_MULTI_QUEUE when there
-  are several) and configured with pyroute2 (links.py): MTU, bridge, up,
+  are several) and configured with pyroute2 (links.py): MTU (the configured
+  one, or its bridge's; never the guest's), bridge, up,
   and for a local interface its address and DHCP lease (dhcp.restore),
   and its IPv6 (iface6.py) unless inet6 is off;
 - the listening vhost-user socket, created here and handed to the session;
@@ -47,6 +48,7 @@ class Interface:
         self.tap_name = None
         self.tap_caps = 0           # TUN_F_* the kernel accepts
         self.tap_mac = None         # the host side's MAC, source of DHCP replies
+        self.tap_mtu = 0            # set once: the configured MTU or the bridge's
         self.offered = 0
         self.listener = None
         self.address = None         # local interfaces: local.Addresses
@@ -104,10 +106,16 @@ class Interface:
             tap.set_rx_filter(self.tap_fd, self.locked_mac)
 
     def _configure_link(self):
-        if self.iface.mtu:
-            links.set_mtu(self.tap_name, self.iface.mtu)
-        if self.iface.switch:
-            links.attach_to_bridge(self.tap_name, self.conf.switches[self.iface.switch].bridge)
+        """The tap's MTU is the configured one or, on a switch without one,
+        the bridge's (a bridge follows its smallest port: the tap must not
+        lower it); nothing a VMM sends changes it (tap_requests.py)."""
+        bridge = self.iface.switch and self.conf.switches[self.iface.switch].bridge
+        mtu = self.iface.mtu or (bridge_mtu(bridge) if bridge else 0)
+        if mtu:
+            links.set_mtu(self.tap_name, mtu)
+        self.tap_mtu = mtu or links.get_mtu(self.tap_name)
+        if bridge:
+            links.attach_to_bridge(self.tap_name, bridge)
         links.set_up(self.tap_name)
         self.tap_mac = links.get_mac(self.tap_name)
         if self.iface.local:
@@ -201,3 +209,12 @@ class Interface:
             done({})
         else:
             self.channel.request_stats(done)
+
+
+def bridge_mtu(bridge):
+    """The bridge's MTU, or 0 if there is no such bridge (attaching to it
+    then says so)."""
+    try:
+        return links.get_mtu(bridge)
+    except links.LinkError:
+        return 0

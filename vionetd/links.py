@@ -129,3 +129,9 @@ def get_mac(ifname: str, ipr=None) -> bytes:
     if not mac:
         raise LinkError(errno.EINVAL, "%s: no hardware address" % ifname)
     return bytes.fromhex(mac.replace(":", ""))
+
+
+def get_mtu(ifname: str, ipr=None) -> int:
+    """A link's MTU."""
+    with _ipr(ipr) as r:
+        return int(r.get_links(_index(r, ifname))[0].get_attr("IFLA_MTU"))

@@ -4,21 +4,24 @@ Three vhost-user requests end at the tap of one interface, and only the
 parent may touch it:
 - SET_FEATURES: the tap's offloads follow what the VMM acked, and the
   session learns what its workers must do in software (features);
-- NET_SET_MTU: the tap's MTU follows the guest's, never above the
-  interface's mtu in vionetd.conf (set_mtu); the configured MTU comes back
-  when the VMM goes (vmm_gone);
+- NET_SET_MTU: the guest's MTU is recorded, never applied: the tap keeps
+  the interface's MTU (the configured one, or its bridge's), since a Linux
+  bridge follows its smallest port and below 1280 loses its IPv6
+  addresses; one above the interface's MTU is refused (set_mtu). Each is
+  logged once per session; the record is forgotten when the VMM goes
+  (vmm_gone);
 - SEND_RARP: a RARP from the guest's MAC is written into the tap, so that
   bridges learn the port of a guest that migrated here (announce).
 
 Invariants: a request that breaks the interface's rules (an MTU above its
 mtu, a MAC other than a locked lladdr, more than ANNOUNCE_BUDGET RARPs) is
-refused and logged, never half done; the session's checks of the message
-itself are session_channel.py's.
+refused and logged, never half done; no request changes the tap's MTU; the
+session's checks of the message itself are session_channel.py's.
 """
 import collections
 import os
 
-from vionetd import features, links, local6, tap
+from vionetd import features, local6, tap
 from vionetd import vionetd_pb2 as pb
 from vionetd.backoff import take_slot
 from vionetd.log import log
@@ -30,14 +33,16 @@ ANNOUNCE_BUDGET = (8, 10.0)   # RARPs per 10 s (QEMU's defaults send 5 in about 
 class TapRequests:
     def __init__(self, port):
         self.port = port
-        self.vmm_mtu = 0            # accepted NET_SET_MTU; the tap follows it
+        self.vmm_mtu = 0            # accepted NET_SET_MTU, recorded only
+        self.mtu_logged = (None, set())   # (session pid, what was logged for it)
         self.announces = collections.deque()   # times of recent RARPs
         self.announced = 0
 
     @property
     def mtu(self):
-        """The interface's MTU from vionetd.conf (a tap's default without one)."""
-        return self.port.iface.mtu or DEFAULT_MTU
+        """The tap's MTU: from vionetd.conf, else its bridge's (iface.py),
+        else a tap's default."""
+        return self.port.iface.mtu or self.port.tap_mtu or DEFAULT_MTU
 
     def features(self, value):
         """The VMM's SET_FEATURES: the tap's offloads follow; returns what
@@ -57,35 +62,33 @@ class TapRequests:
 
     def set_mtu(self, mtu):
         """NET_SET_MTU: the MTU the VMM gives the guest (QEMU's host_mtu,
-        libvirt's <mtu size=.../>). Larger than the interface's mtu is
-        refused; otherwise the tap's MTU follows. Returns the refusal, ""
-        if none."""
-        key, name = self.port.key, self.port.tap_name
+        libvirt's <mtu size=.../>). Larger than the interface's MTU is
+        refused; otherwise recorded, and the tap keeps its own. Returns the
+        refusal, "" if none."""
+        key = self.port.key
         if mtu > self.mtu:
-            log.error("%s: refusing MTU %d from the VMM: larger than this "
-                      "interface's mtu %d in vionetd.conf", key, mtu, self.mtu)
+            self._log_once(log.error, "%s: refusing MTU %d from the VMM: larger than this "
+                           "interface's mtu %d", key, mtu, self.mtu)
             return "MTU %d larger than the interface's %d" % (mtu, self.mtu)
-        try:
-            links.set_mtu(name, mtu)
-        except Exception as e:
-            log.error("%s: MTU %d from the VMM: tap %s: %s", key, mtu, name, e)
-            return "tap MTU %d: %s" % (mtu, e)
         self.vmm_mtu = mtu
-        log.info("%s: guest MTU %d, tap %s follows", key, mtu, name)
+        self._log_once(log.info, "%s: guest MTU %d recorded; tap %s keeps %d", key, mtu,
+                       self.port.tap_name, self.mtu)
         return ""
+
+    def _log_once(self, fn, *args):
+        """One accepted and one refused MTU line per session: a VMM may
+        repeat NET_SET_MTU at will."""
+        session = self.port.children.session_pid
+        if self.mtu_logged[0] != session:
+            self.mtu_logged = (session, set())
+        if fn not in self.mtu_logged[1]:
+            self.mtu_logged[1].add(fn)
+            fn(*args)
 
     def vmm_gone(self):
         """The session waits for a VMM again: the next one may not set an
-        MTU, so the tap gets the configured one back."""
-        if self.vmm_mtu:
-            self.restore_mtu()
-
-    def restore_mtu(self):
+        MTU."""
         self.vmm_mtu = 0
-        try:
-            links.set_mtu(self.port.tap_name, self.mtu)
-        except Exception as e:
-            log.warning("%s: restoring the tap's MTU: %s", self.port.key, e)
 
     def announce(self, mac):
         """SEND_RARP: the guest has moved here; a RARP from its MAC lets

@@ -35,14 +35,14 @@ def request(path, req, timeout=10.0):
 
 
 STATUS_COLUMNS = ("VM", "STATE", "SOCKET", "TAP", "LLADDR", "ADDRESS", "ADDRESS6", "QUEUES",
-                  "DROPPED")
+                  "MTU", "DROPPED")
 
 
 def print_status(reply, out):
     """A table like vmctl status: columns as wide as their widest cell."""
     rows = [STATUS_COLUMNS] + [(i.vm, state_cell(i), i.socket, i.tap or "-", i.lladdr or "-",
                                 i.address or "-", i.address6 or "-", str(i.queues),
-                                i.reason or "-")
+                                mtu_cell(i), i.reason or "-")
                                for i in reply.interfaces]
     widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_COLUMNS))]
     for r in rows:
@@ -52,6 +52,11 @@ def print_status(reply, out):
 def state_cell(i):
     """The state, and in client mode the failed attempts: connecting(12)."""
     return "%s(%d)" % (i.state, i.retries) if i.retries else i.state
+
+
+def mtu_cell(i):
+    """The tap's MTU, and the guest's when its VMM set one: 1500(1400)."""
+    return ("%d(%d)" % (i.mtu, i.guest_mtu) if i.guest_mtu else str(i.mtu or "-"))
 
 
 def print_show(reply, out):
@@ -73,6 +78,7 @@ def print_show(reply, out):
                 ("vmm", i.vmm_features, features.names),
                 ("negotiated", i.negotiated, features.names)):
             print("    %-10s %#018x %s" % (label, mask, " ".join(names(mask))), file=out)
+        print("  mtu: tap %s, guest %s" % (i.mtu or "-", i.guest_mtu or "-"), file=out)
         print("  path: tx %s, rx %s" % (i.tx_path, i.rx_path), file=out)
         print("  session: %s, restarts %d" % (i.session_pid or "-", i.session_restarts),
               file=out)
@@ -104,6 +110,7 @@ def as_dict(reply):
                      "worker_pids": list(i.worker_pids), "restarts": i.restarts,
                      "session_pid": i.session_pid, "session_restarts": i.session_restarts,
                      "reason": i.reason, "retries": i.retries,
+                     "mtu": i.mtu, "guest_mtu": i.guest_mtu,
                      "migration": {"logging": i.logging, "pages_marked": pages_marked(i),
                                    "announced": i.announced},
                      "counters": {c.name: c.value for c in i.counters},
