@@ -79,3 +79,27 @@ def test_killed_processes_are_tracked_until_reaped(port):
 def test_describe_exit():
     assert children.describe_exit(signal.SIGKILL) == "killed by SIGKILL"
     assert children.describe_exit(3 << 8) == "exited with status 3"
+
+
+def test_spawns_one_per_ring_one_fork_per_turn_forgotten_with_the_session(port, monkeypatch):
+    """However often a session asks, one fork waits per (role, queue pair);
+    one fork per timer run (a zero delay between: other VMs' messages are
+    served between forks); the session's end cancels what waits."""
+    c = port.children
+    timers = []
+    port.parent.loop.call_later = lambda d, fn: timers.append((d, fn)) or SimpleNamespace(
+        cancel=lambda: timers.remove((d, fn)))
+    forked = []
+    monkeypatch.setattr(c, "_fork_worker", lambda role, qp: forked.append((role, qp)) or
+                        c.workers.__setitem__((role, qp), 0) or SimpleNamespace(
+                            fileno=lambda: -1, close=lambda: None))
+    port.channel = SimpleNamespace(sock=True, send=lambda *a, **kw: True, close=lambda: None)
+    for _ in range(1000):
+        for role in (1, 2):
+            c.spawn_worker(role, 0)
+    assert c.asked == {(1, 0): True, (2, 0): True} and len(timers) == 1
+    d, fn = timers.pop()
+    fn()
+    assert forked == [(1, 0)] and timers[0][0] == 0
+    c.end_session()
+    assert not c.asked and not timers

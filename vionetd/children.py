@@ -7,8 +7,12 @@ Only the parent may fork. Per interface it forks:
   younger than SESSION_YOUNG; the VMM reconnects to the new one;
 - the workers the session asks for: each gets its tap and name from here,
   then its channel is handed to the session; the one a new worker replaces
-  is killed first; at most SPAWN_BUDGET forks per window (backoff.take_slot),
-  a request beyond it waits on a timer.
+  is killed first. Requests wait in `asked`, at most one per (role, queue
+  pair) (a second is the same request), and one timer forks them: one
+  worker per loop turn (a zero delay between forks, so that other VMs'
+  messages are served between them), at most SPAWN_BUDGET per window
+  (backoff.take_slot), the timer waiting out the window beyond it. The
+  session's end forgets them and cancels the timer.
 
 Invariants: nothing here waits for a child. A process is killed with
 SIGKILL and reaped when SIGCHLD says it has exited (Parent.reap calls
@@ -43,6 +47,8 @@ class Children:
         self.respawn = None         # timer of the next session
         self.workers = {}           # (role, queue pair) -> pid
         self.spawns = collections.deque()   # times of recent worker forks
+        self.asked = {}             # (role, queue pair) -> True: forks waiting, in order
+        self.fork_timer = None      # forks the oldest of asked
         self.exiting = set()        # killed, not reaped yet
 
     # ---- the session ------------------------------------------------------
@@ -67,6 +73,7 @@ class Children:
                 os._exit(code)
         theirs.close()
         mine.setblocking(False)
+        control.refuse_fds(mine)        # a session never sends one
         self.session_pid = pid
         self.session_started = time.monotonic()
         port.channel = SessionChannel(port, mine)
@@ -86,6 +93,10 @@ class Children:
             self.port.channel.close()
         self.session_pid = None
         self.workers.clear()
+        self.asked.clear()
+        if self.fork_timer is not None:
+            self.fork_timer.cancel()
+            self.fork_timer = None
 
     def session_died(self, how):
         """The session exited or broke the rules: end it, and unless the
@@ -138,21 +149,34 @@ class Children:
     # ---- workers --------------------------------------------------------
 
     def spawn_worker(self, role, qp):
-        """Fork a worker for the session, killing the one it replaces. At
-        most SPAWN_BUDGET forks per window: beyond it the request waits."""
-        port = self.port
-        wait = take_slot(self.spawns, SPAWN_BUDGET)
-        if wait:
-            port.parent.loop.call_later(wait, lambda: self.spawn_worker(role, qp)
-                                        if port.channel and port.channel.sock else None)
+        """The session asks for the worker of (role, qp): fork it soon
+        (_fork_next), unless it is asked for already."""
+        if (role, qp) in self.asked:
             return
-        old = self.workers.pop((role, qp), None)
-        if old:
-            self._kill(old)
-        mine = self._fork_worker(role, qp)
-        port.channel.send([mine.fileno()], worker=pb.WorkerChannel(
-            role=role, pid=self.workers[role, qp], queue_pair=qp))
-        mine.close()
+        self.asked[role, qp] = True
+        if self.fork_timer is None:
+            self.fork_timer = self.port.parent.loop.call_later(0, self._fork_next)
+
+    def _fork_next(self):
+        """Fork the oldest worker asked for, killing the one it replaces;
+        the next waits for the next loop turn, or for the budget."""
+        port = self.port
+        self.fork_timer = None
+        if not self.asked or port.channel is None or port.channel.sock is None:
+            return
+        wait = take_slot(self.spawns, SPAWN_BUDGET)
+        if not wait:
+            role, qp = next(iter(self.asked))
+            del self.asked[role, qp]
+            old = self.workers.pop((role, qp), None)
+            if old:
+                self._kill(old)
+            mine = self._fork_worker(role, qp)
+            port.channel.send([mine.fileno()], worker=pb.WorkerChannel(
+                role=role, pid=self.workers[role, qp], queue_pair=qp))
+            mine.close()
+        if self.asked and self.port.channel is not None:
+            self.fork_timer = port.parent.loop.call_later(wait, self._fork_next)
 
     def _fork_worker(self, role, qp):
         """Fork the worker of (role, qp) and give it its name and tap;
@@ -170,6 +194,7 @@ class Children:
             finally:
                 os._exit(code)
         theirs.close()
+        control.refuse_fds(mine)        # the session's end: a worker never sends one
         self.workers[role, qp] = pid
         try:
             control.send(mine, pb.ToWorker(hello=pb.Hello(name=port.key, role=role,

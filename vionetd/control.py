@@ -25,12 +25,14 @@ Invariants:
 """
 import array
 import os
+import select
 import socket
 
 from vionetd import vionetd_pb2 as pb
 
 MAX_MESSAGE = 64 * 1024   # an Inject frame (<= 64 KiB) plus its envelope
 MAX_FDS = 8               # as vhost-user: at most 8 memory regions per table
+SO_PASSRIGHTS = getattr(socket, "SO_PASSRIGHTS", 83)   # asm-generic/socket.h
 
 # Ring 2i is queue pair i's RX ring (its rx worker), ring 2i+1 its TX ring.
 ROLE_NAME = {pb.ROLE_RX: "rx", pb.ROLE_TX: "tx"}
@@ -43,6 +45,18 @@ class ChannelError(Exception):
 def pair():
     """A new channel: (parent end, worker end), both close-on-exec."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def refuse_fds(sock):
+    """Make sock refuse fds (SO_PASSRIGHTS off, Linux 6.16): a peer's
+    sendmsg() with SCM_RIGHTS then fails (EPERM), so no fd is ever in
+    flight towards sock, and none is released in its reader's context (a
+    socket lingering on close, a FUSE file). An older kernel has no such
+    option; reading with fds=False (recv) still discards them."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError:
+        pass
 
 
 def send(sock, msg, fds=()):
@@ -67,45 +81,77 @@ def fds_of(ancdata):
     return fds
 
 
-def recv(sock, msg_type, wait=True):
+def recv(sock, msg_type, wait=True, fds=True):
     """Receive one message of msg_type (a protobuf class) and its fds.
 
     Returns (message, [fds]), or (None, []) when the peer has closed. With
     wait=False an empty channel raises BlockingIOError instead of blocking,
-    whatever the socket's mode.
+    whatever the socket's mode. With fds=False (what an untrusted peer
+    sends: the parent reading a session, a session reading a worker) the
+    datagram is read without a control buffer, so the kernel discards any
+    fds it carried (no fd is ever installed here, so none is closed here:
+    a FUSE file's close could block); it then raises ChannelError, as it
+    does for a message that is not the canonical encoding of msg_type
+    (unknown fields, a field twice: what our own senders never write).
     """
-    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4),
-                                       0 if wait else socket.MSG_DONTWAIT)
-    fds = fds_of(anc)
+    flag = 0 if wait else socket.MSG_DONTWAIT
+    if not fds:
+        data, _, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, 0, flag)
+        if not data and not flags & socket.MSG_CTRUNC:
+            return _empty(sock), []
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
+            raise ChannelError("message with fds, or truncated")
+        msg = parse(msg_type, data)
+        msg.DiscardUnknownFields()          # (serializing would keep them)
+        if msg.SerializeToString() != data:
+            raise ChannelError("message with unknown or repeated fields")
+        return msg, []
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4), flag)
+    got = fds_of(anc)
     try:
-        if not data and not fds:
-            return None, []
+        if not data and not got:
+            return _empty(sock), []
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
             raise ChannelError("truncated message or fds")
-        msg = msg_type()
-        try:
-            msg.ParseFromString(data)
-        except Exception as e:  # protobuf raises its own DecodeError
-            raise ChannelError("message does not parse: %s" % e)
-        return msg, fds
+        return parse(msg_type, data), got
     except ChannelError:
-        close_fds(fds)
+        close_fds(got)
         raise
 
 
-def receive(sock, msg_type, limit):
+def parse(msg_type, data):
+    msg = msg_type()
+    try:
+        msg.ParseFromString(data)
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise ChannelError("message does not parse: %s" % e)
+    return msg
+
+
+def _empty(sock):
+    """A read of 0 bytes: None if the peer has closed (POLLHUP), else it
+    sent an empty datagram, which no endpoint ever sends: ChannelError."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLIN)
+    if any(ev & select.POLLHUP for _, ev in p.poll(0)):
+        return None
+    raise ChannelError("empty datagram")
+
+
+def receive(sock, msg_type, limit, fds=True):
     """The messages already waiting on sock, at most limit, without blocking:
-    (message, fds) pairs as recv() returns them; (None, []) when the peer
-    has closed, and nothing after it. Stops early if a handler closed sock
-    meanwhile. Raises what recv() raises (OSError, ChannelError)."""
+    (message, fds) pairs as recv() returns them (fds: as recv()'s); (None,
+    []) when the peer has closed, and nothing after it. Stops early if a
+    handler closed sock meanwhile. Raises what recv() raises (OSError,
+    ChannelError)."""
     for _ in range(limit):
         if sock.fileno() < 0:
             return
         try:
-            msg, fds = recv(sock, msg_type, wait=False)
+            msg, got = recv(sock, msg_type, wait=False, fds=fds)
         except BlockingIOError:
             return
-        yield msg, fds
+        yield msg, got
         if msg is None:
             return
 

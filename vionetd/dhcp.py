@@ -111,9 +111,12 @@ def options(data):
 def well_formed(req):
     """What fields() guarantees of a request, checked again by the parent,
     which gets it from the tx worker as protobuf, whose fields are wider than
-    DHCP's: 16-bit flags, a 6-byte chaddr, 4-byte addresses."""
+    DHCP's: 16-bit flags, a 6-byte chaddr, 4-byte addresses, an 8-bit op and
+    message type, options of at most 255 bytes."""
     return (req.flags <= 0xFFFF and len(req.chaddr) == 6 and len(req.ciaddr) == 4
-            and len(req.requested_addr) in (0, 4) and len(req.server_id) in (0, 4))
+            and len(req.requested_addr) in (0, 4) and len(req.server_id) in (0, 4)
+            and req.op <= 0xFF and req.message_type <= 0xFF
+            and max(len(req.client_id), len(req.hostname), len(req.param_request)) <= 255)
 
 
 def decide(port, req):

@@ -18,6 +18,8 @@ from vionetd.session.parent_link import ParentLink
 from vionetd.session.vmm_link import VmmLink
 from vionetd.session.workers import Supervisor
 
+REASON_MAX = 300          # characters of a reason the parent takes (longer: killed)
+
 
 class Session:
     def __init__(self, chan, listener, name, offered, queue_pairs=1, test_hooks=False,
@@ -55,6 +57,6 @@ class Session:
     def report_state(self):
         d = self.device
         self.parent.report_state(pb.SessionState(
-            state=self.state, reason=self.vmm.reason, vmm_features=d.vmm_features,
+            state=self.state, reason=self.vmm.reason[:REASON_MAX], vmm_features=d.vmm_features,
             worker_restarts=self.workers.restarts, mtu=d.mtu, retries=self.vmm.retries,
             logging=d.logging))

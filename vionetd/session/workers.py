@@ -154,8 +154,9 @@ class Supervisor:
 
     def _from_worker(self, w):
         try:
-            for msg, fds in control.receive(w.chan, pb.FromWorker, MESSAGES_PER_TURN):
-                control.close_fds(fds)          # workers never send fds
+            # workers never send fds: read without a control buffer, the
+            # kernel discards any (and the message then loses the worker)
+            for msg, _ in control.receive(w.chan, pb.FromWorker, MESSAGES_PER_TURN, fds=False):
                 if msg is None:
                     return self.lost(w, "exited")
                 self._message(w, msg)
