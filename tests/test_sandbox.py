@@ -75,10 +75,14 @@ def test_workers_are_confined_and_still_move_frames(running):
             assert st["NoNewPrivs"] == ["1"]
             assert st["Seccomp"] == ["2"]
             assert os.readlink("/proc/%d/root" % pid) == config.DEFAULT_CHROOT
-            # channel, stderr, tap, and with a ring: kick, call, guest memory
-            # fds closed; the tx worker also has its io_uring (txuring.c)
+            # channel, tap, and with a ring: kick, call, guest memory fds
+            # closed; stdin, stdout, stderr are /dev/null; the tx worker
+            # also has its io_uring (txuring.c)
             fds = [os.readlink("/proc/%d/fd/%s" % (pid, n))
                    for n in os.listdir("/proc/%d/fd" % pid)]
+            assert [os.readlink("/proc/%d/fd/%d" % (pid, n)) for n in (0, 1, 2)] == \
+                ["/dev/null"] * 3
+            fds = [f for f in fds if f != "/dev/null"]
             rings = fds.count("anon_inode:[io_uring]")
             assert rings == (role == "tx") and len(fds) - rings <= 5
             with open("/proc/%d/cmdline" % pid) as f:

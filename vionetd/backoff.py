@@ -8,8 +8,11 @@ Two small policies that were written out again wherever they were needed:
   short VMM connections all wait this way.
 - take_slot: a sliding-window budget ("at most N events in S seconds"), for
   worker forks and RARP announcements.
+- Bucket: a token bucket (a burst, then a steady rate) that counts what it
+  refuses, for a session's log lines and forbidden-call reports.
 
-Neither sleeps: both return a delay, and the caller arms a timer with it.
+None sleeps: each returns a delay or a refusal, and the caller arms a timer
+with it or drops what it refused.
 """
 import time
 
@@ -50,3 +53,30 @@ def take_slot(times, budget):
         return window - (now - times[0]) or 1e-6
     times.append(now)
     return 0
+
+
+class Bucket:
+    """A token bucket: burst tokens, refilled at rate per second. take()
+    is True while a token is left; what it refuses is counted in dropped
+    until the caller takes the count (refused())."""
+
+    def __init__(self, burst, rate):
+        self.burst, self.rate = burst, rate
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.dropped = 0
+
+    def take(self):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+    def refused(self):
+        """How many take() refused since the last call; the count restarts."""
+        n, self.dropped = self.dropped, 0
+        return n

@@ -8,11 +8,16 @@ Two levels an operator can switch at run time (vionetctl log brief|verbose):
 brief logs what changes state (connections, workers, drops of a peer),
 verbose also what every control message does.
 
-No input may fill a disk: a line of the brief level repeated more than
-BURST times within WINDOW seconds is counted instead of written (Collapse),
-and the next time it is written it says how many were left out, as syslogd's
-"last message repeated N times" does. Verbose lines, which an operator asks
-for, are all written.
+No input may fill a disk: a line of the brief level whose format repeats,
+for the same source, more than BURST times within WINDOW seconds is counted
+instead of written (Collapse), and the next time it is written it says how
+many were left out, as syslogd's "last message repeated N times" does. A
+line's format is its record.msg (a session's line: the format it sends,
+session_channel.py), so "%s: DHCP NAK for %s" with a thousand addresses is
+one line; its source is the interface it names (its first argument when the
+format begins "%s:", or record.source). What a session sends is bounded
+before that too, by a token bucket per session (session_channel.py).
+Verbose lines, which an operator asks for, are all written.
 """
 import logging
 import logging.handlers
@@ -56,24 +61,35 @@ def set_level(level):
     log.setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
 
 
+def source_of(record):
+    """The interface a line is about: record.source, or the first argument
+    of a format that begins "%s:", else ""."""
+    src = getattr(record, "source", None)
+    if src is None and isinstance(record.msg, str) and record.msg.startswith("%s:") \
+            and isinstance(record.args, tuple) and record.args:
+        src = record.args[0]
+    return str(src or "")
+
+
 class Collapse(logging.Filter):
     def __init__(self):
         super().__init__()
-        self.seen = {}      # text -> [window start, written, left out]
+        self.seen = {}      # (format, source) -> [window start, written, left out]
 
     def filter(self, record):
         if record.levelno < logging.INFO:
             return True
-        text = record.getMessage()
+        key = (str(getattr(record, "form", None) or record.msg), source_of(record))
         now = time.monotonic()
-        entry = self.seen.get(text)
+        entry = self.seen.get(key)
         if entry is None or now - entry[0] > WINDOW:
             left_out = entry[2] if entry else 0
             if len(self.seen) >= MAX_LINES:
                 self.seen.clear()
-            self.seen[text] = [now, 1, 0]
+            self.seen[key] = [now, 1, 0]
             if left_out:
-                record.msg, record.args = "%s (and %d more like it, not logged)", (text, left_out)
+                record.msg, record.args = ("%s (and %d more like it, not logged)",
+                                           (record.getMessage(), left_out))
             return True
         entry[1] += 1
         if entry[1] <= BURST:

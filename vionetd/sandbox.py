@@ -5,7 +5,9 @@ byte from a VMM or maps a guest, in this order (each step needs the
 privileges the next one drops):
 
 1. close every fd but those it keeps (its channels, a session's listening
-   socket, stderr while -d);
+   socket); stdin, stdout and stderr become /dev/null, so that nothing it
+   writes reaches the parent's terminal or journal (its diagnostics go over
+   its channel) and no fd it receives later takes their numbers;
 2. chroot to an empty directory, so a path means nothing;
 3. drop to the VM's unprivileged uid and gid (numbers: the parent resolved
    a configured name, or took them from the range, uids.py; they need no
@@ -75,7 +77,7 @@ COMMON = {
     "newfstatat": "Python checks fds it wraps (fstat through fstatat)",
     "lseek": "Python's buffered stderr",
     "ioctl": "Python's isatty() on stderr (TCGETS; FIONBIO where a process allows it)",
-    "write": "stderr with -d",
+    "write": "Python's stderr (/dev/null: sandbox.close_fds)",
     "exit": "thread exit",
     "exit_group": "the end",
 }
@@ -99,6 +101,12 @@ def syscall_name(nr):
 
 
 def close_fds(keep):
+    """Close every fd but keep; 0, 1 and 2 (unless kept) become /dev/null."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd not in keep and fd != null:
+            os.dup2(null, fd)
+    keep = set(keep) | {0, 1, 2}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in keep:
@@ -209,14 +217,13 @@ def seccomp_filter(calls, nonblocking_ioctl=False):
     return f
 
 
-def enter(calls, keep, ident, root, keep_stderr=True, nonblocking_ioctl=False,
-          files=WORKER_NOFILE):
+def enter(calls, keep, ident, root, nonblocking_ioctl=False, files=WORKER_NOFILE):
     """Confine the calling process to COMMON + calls. keep: the fds it keeps
     (the first is its channel, where a forbidden call is reported); ident:
     the (uid, gid) it runs as; files: its RLIMIT_NOFILE. Raises
     OSError if any step fails: a process that cannot be confined must not run."""
     parent = os.getppid()
-    close_fds(set(keep) | ({2} if keep_stderr else set()))
+    close_fds(set(keep))
     f = seccomp_filter(calls, nonblocking_ioctl)   # resolves names: before chroot
     drop_privileges(ident, root)
     die_with_parent(parent)

@@ -13,10 +13,13 @@ control channel becomes readable, returns here, the message is handled, and
 the data path is entered again. So the rings are always consistent when
 Python looks at them: no chain is half-taken when a stop is answered (a tx
 worker may hold staged chains while its tap is full: txpath.c).
+
+A worker writes nothing to stderr (it is /dev/null): what it has to say
+(no io_uring, cannot confine itself, why it exits) goes to its session as
+FromWorker.error (tell), which the session logs through the parent.
 """
 import os
 import signal
-import sys
 
 import setproctitle
 
@@ -27,6 +30,7 @@ from vionetd.core import ffi, lib
 from vionetd.datapath import Datapath, RingFailed
 
 DEFAULT_ROOT = "/var/empty"
+LOG_TEXT_MAX = 300            # characters of a diagnostic (FromWorker.error)
 
 # What the data path needs beyond sandbox.COMMON (and nothing of a session's:
 # no accept, no sendmsg, so a worker cannot pass an fd anywhere).
@@ -143,15 +147,23 @@ class Worker:
             control.send(self.chan, pb.FromWorker(**{out[0]: out[1]}))
 
 
-def open_uring(name):
+def open_uring(chan):
     """A TX worker's restricted io_uring, or None where the kernel has none
     or refuses it (kernel.io_uring_disabled): then one writev() per frame."""
     u = lib.txu_open()
     if u == ffi.NULL:
-        print("vionetd: %s: io_uring: %s; one write per frame"
-              % (name, os.strerror(ffi.errno)), file=sys.stderr)
+        tell(chan, "io_uring: %s; one write per frame" % os.strerror(ffi.errno))
         return None
     return u
+
+
+def tell(chan, text):
+    """A diagnostic for the session, which logs it (FromWorker.error): a
+    worker's stderr is /dev/null (sandbox.enter)."""
+    try:
+        control.send(chan, pb.FromWorker(error=text[:LOG_TEXT_MAX]))
+    except (OSError, control.ChannelError):
+        pass
 
 
 def main(chan, name, conf, test_hooks=False, ident=None, role=None):
@@ -161,17 +173,17 @@ def main(chan, name, conf, test_hooks=False, ident=None, role=None):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.set_wakeup_fd(-1)
     setproctitle.setproctitle("vionetd: %s" % name)
-    uring = open_uring(name) if role == pb.ROLE_TX else None
+    uring = open_uring(chan) if role == pb.ROLE_TX else None
     keep = [chan.fileno()] + ([lib.txu_fd(uring)] if uring else [])
     try:
         sandbox.enter(SYSCALLS, keep, ident or sandbox.identity(conf.user),
                       conf.chroot or DEFAULT_ROOT)
     except OSError as e:
-        print("vionetd: %s: cannot confine worker: %s" % (name, e), file=sys.stderr)
+        tell(chan, "cannot confine worker: %s" % e)
         return 1
     try:
         return Worker(chan, name, test_hooks, uring).run()
     except (control.ChannelError, OSError, ValueError) as e:
         # No traceback: printing one would open source files, which seccomp forbids.
-        print("vionetd: %s: %s" % (name, e), file=sys.stderr)
+        tell(chan, str(e))
         return 1

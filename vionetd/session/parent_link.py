@@ -108,7 +108,7 @@ class ParentLink:
 
 class ParentLog(logging.Handler):
     """Log lines go to the parent, which writes them (a session cannot open
-    syslog's socket) and collapses repeats."""
+    syslog's socket) and collapses repeats by the format sent with each."""
 
     def __init__(self, link):
         super().__init__()
@@ -116,4 +116,5 @@ class ParentLog(logging.Handler):
 
     def emit(self, record):
         self.link.send(log=pb.LogLine(level=record.levelno,
-                                      text=printable(record.getMessage(), LOG_TEXT_MAX)))
+                                      text=printable(record.getMessage(), LOG_TEXT_MAX),
+                                      format=printable(str(record.msg), LOG_TEXT_MAX)))

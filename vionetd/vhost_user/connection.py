@@ -66,6 +66,7 @@ class Connection:
         self.messages = 0
         self.stray_fds = 0                      # fds with messages that take none
         self.asked_queue_num = False            # GET_QUEUE_NUM came
+        self.refusals_logged: set = set()       # requests.once_per_connection()
 
     # ---- what the session reads ----
 

@@ -13,7 +13,9 @@ waits for), and for a request we do not do, how it is refused:
   FATAL        always fatal: the frontend waits for a reply payload that we
                cannot give (none of them is legal without a feature we
                never offer).
-A number without a row is refused SOFT.
+A number without a row is refused SOFT. A refusal is logged once per
+connection for each request we know, and once for all those we do not
+(a VMM could send every number there is): once_per_connection().
 
 A handler is handler(conn, body, fds): it checks what depends on the
 connection's state, calls the Backend through backend.call() (so it is a
@@ -108,12 +110,25 @@ def unsupported(conn, row: Row, msg) -> None:
     if row.refuse == FATAL:
         raise ProtocolError(f"{row.name} needs a feature we never offered")
     if conn.ack(msg, False):
-        log.warning("%s: %s refused (not supported)", conn.name, row.name)
+        how = "refused"
     elif row.refuse == UNLESS_REPLY:
         raise ProtocolError(f"{row.name} not supported and no failure "
                             "reply was asked for")
     else:
-        log.warning("%s: %s ignored (not supported)", conn.name, row.name)
+        how = "ignored"
+    if once_per_connection(conn, row.req):
+        log.warning("%s: %s %s (not supported%s)", conn.name, row.name, how,
+                    "" if row.req in ROWS else "; further unknown requests are not logged")
+
+
+def once_per_connection(conn, req: int) -> bool:
+    """True the first time conn refuses req, or for a number without a row
+    the first time it refuses any such number."""
+    key = req if req in ROWS else None
+    if key in conn.refusals_logged:
+        return False
+    conn.refusals_logged.add(key)
+    return True
 
 
 def failed(conn, row: Row, msg, e: Exception) -> None:
