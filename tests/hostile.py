@@ -31,9 +31,11 @@ captured in the far namespace, /proc of the daemon's processes, its log file.
 """
 import collections
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -62,14 +64,27 @@ def tagged(tag, src, dst=None):
 
 # ---- processes ---------------------------------------------------------------
 
-def _stat(pid):
-    """(ppid, utime+stime, cutime+cstime, starttime) from /proc/PID/stat, or None."""
+def _stat_fields(pid):
+    """/proc/PID/stat's fields from the third (state) on, or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             s = f.read()
     except OSError:
         return None
-    rest = s[s.rindex(")") + 2:].split()
+    return s[s.rindex(")") + 2:].split()
+
+
+def alive(pid):
+    """pid runs (a zombie has exited)."""
+    rest = _stat_fields(pid)
+    return rest is not None and rest[0] not in ("Z", "X")
+
+
+def _stat(pid):
+    """(ppid, utime+stime, cutime+cstime, starttime) from /proc/PID/stat, or None."""
+    rest = _stat_fields(pid)
+    if rest is None:
+        return None
     # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15,
     # cutime 16, cstime 17, starttime 22
     return (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[13]) + int(rest[14]),
@@ -137,6 +152,80 @@ def cpu_seconds(root):
         if s:
             ticks += s[1]
     return ticks / CLK_TCK
+
+
+def process_named(rig, title, other_than=None, timeout=40.0):
+    """The pid of the daemon's process titled title ("vionetd: vhost
+    vic/0"), other than other_than, waited for up to timeout; None if none.
+    rig: a Rig (its processes are remembered for cleanup) or the daemon's pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = rig.processes() if isinstance(rig, Rig) else [
+            (p, cmdline(p)) for p in descendants(rig)]
+        for pid, cmd in found:
+            if cmd == title and pid != other_than:
+                return pid
+        time.sleep(0.05)
+    return None
+
+
+def parent_figures(pid):
+    """(open fds, VmRSS in KiB) of a process."""
+    return len(os.listdir("/proc/%d/fd" % pid)), int(proc_status(pid)["VmRSS"][0])
+
+
+SYS_PIDFD_GETFD = 438         # the same number on every architecture
+
+
+def grab_fd(pid, fd):
+    """A dup of process pid's fd (pidfd_getfd(2); root)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        n = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd(%d, %d)" % (pid, fd))
+        return n
+    finally:
+        os.close(pidfd)
+
+
+def socket_inodes(pid):
+    """{inode: fd number} of pid's sockets."""
+    out = {}
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out[int(target[8:-1])] = int(name)
+    return out
+
+
+def unix_peers(ns):
+    """{inode: peer inode} of the unix sockets of namespace ns (ss -x)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-xnaH"], capture_output=True,
+                         text=True, check=True).stdout
+    peers = {}
+    for line in out.splitlines():
+        w = line.split()
+        if len(w) >= 8 and w[5].isdigit() and w[7].isdigit():
+            peers[int(w[5])] = int(w[7])
+    return peers
+
+
+def session_channel(parent, ns, pid):
+    """A dup of session pid's end of its channel to the parent (pid parent,
+    in namespace ns): what a compromised session would write to. It is the
+    session's socket whose peer the parent holds (its workers' channels
+    have theirs in the workers)."""
+    theirs = socket_inodes(pid)
+    parents = set(socket_inodes(parent))
+    for inode, peer in unix_peers(ns).items():
+        if inode in theirs and peer in parents:
+            return socket.socket(fileno=grab_fd(pid, theirs[inode]))
+    raise LookupError("session %d has no channel to the parent" % pid)
 
 
 # ---- the far side --------------------------------------------------------------
@@ -336,7 +425,7 @@ class Monitor:
         if not self.rtts:
             out.append("no handshake round trip completed")
         elif self.max_rtt > rtt_bound:
-            out.append("bystander handshake round trip took %.2f s (bound %.1f s)"
+            out.append("bystander handshake round trip took %.3f s (bound %g s)"
                        % (self.max_rtt, rtt_bound))
         time.sleep(0.2)                 # let the sniffer see the last frames
         seen = self.arrivals()

@@ -991,3 +991,55 @@ def test_defect_8_set_features_without_version_1_is_refused(rig, ack):
         else:
             assert refused(h, fe, V.SET_FEATURES), "SET_FEATURES without VERSION_1 acked as success"
     check(rig, attack_and_check(rig, attack, hold=0))
+
+
+# ---- a guest's MTU and the host's bridge -------------------------------------
+
+def bridge_state(ns, bridge):
+    """(MTU, IPv6 addresses) of the bridge in ns."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ip", "-o", "-6", "addr", "show", "dev",
+                          bridge], capture_output=True, text=True, check=True).stdout
+    mtu = subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/%s/mtu" % bridge],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return int(mtu), sorted(w for line in out.splitlines() for w in line.split()
+                            if "::" in w and "/" in w)
+
+
+def test_guest_mtu_never_reaches_the_bridge():
+    """NET_SET_MTU 68 (IPv4's minimum, below IPv6's 1280) and 65535 on a
+    switched interface whose bridge has an IPv6 address: the first is
+    recorded (vionetctl shows it), the second refused, and neither changes
+    the tap's MTU, the bridge's, or the bridge's addresses."""
+    from tests.daemon import daemon, switched_conf, wire
+    from tests import netns as N
+    with wire() as (dns, wns, bridge, veth_w):
+        N.ns_run(dns, "sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=0" % bridge)
+        N.ns_run(dns, "ip", "-6", "addr", "add", "fd00::1/64", "dev", bridge, "nodad")
+        before = bridge_state(dns, bridge)
+        assert before[1] and before[0] == 1500, before
+        with daemon(switched_conf(bridge, ("t1",)), dns) as d:
+            d.wait_socket(d.dir + "/t1.sock")
+            fe = vmm.Frontend.connect(d.dir + "/t1.sock")
+            try:
+                fe.get_features()
+                fe.set_protocol_features(fe.get_protocol_features())
+                fe.set_owner()
+                answers = []
+                for mtu in (68, 65535, 68):
+                    fe.send(V.NET_SET_MTU, struct.pack("<Q", mtu), need_reply=True)
+                    answers.append(struct.unpack("<Q", fe.recv_reply(V.NET_SET_MTU))[0])
+                assert answers == [0, 1, 0]
+                assert bridge_state(dns, bridge) == before
+                show = d.stats()["t1/0"]
+                assert (show.get("mtu"), show.get("guest_mtu")) == (1500, 68), show
+                tap = show["tap"]
+                assert int(subprocess.run(["ip", "netns", "exec", dns, "cat",
+                                           "/sys/class/net/%s/mtu" % tap],
+                                          capture_output=True, text=True).stdout) == 1500
+            finally:
+                fe.close()
+            assert bridge_state(dns, bridge) == before
+            log = d.log()
+            assert log.count("guest MTU 68 recorded") == 1, log
+            assert log.count("refusing MTU 65535") == 1, log
+        assert bridge_state(dns, bridge) == before
