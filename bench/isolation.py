@@ -32,6 +32,17 @@ Scenarios (the victim VMM):
                   (workers cannot map it) and kicks both rings; holds the
                   connection while the daemon keeps it, then does it again
   reconnect_loop  connects and closes its socket in a tight loop
+  log_flood       negotiates, then sends vhost-user requests of unknown
+                  numbers (a new number each), NET_SET_MTU of ever other
+                  values and GET_FEATURES with stray fds, reconnecting every
+                  200 messages: every line it could make the daemon write
+  compromised_session
+                  takes the victim's session over (its channel to the
+                  parent, duplicated with pidfd_getfd(2)) and writes what a
+                  compromised session could: 500 log lines, 500 spawn
+                  requests, 200 MTUs, 20 messages with fds, then an unknown
+                  field, which gets it killed; then the same to the next
+                  session, for the whole scenario
 
 Figures per scenario:
   bystander_handshake_ms    worst of the two below
@@ -46,11 +57,14 @@ Figures per scenario:
                             parent and every live descendant, plus the
                             parent's cutime+cstime (children it reaped)
   log_growth_bytes          growth of the daemon's log (stderr, -v) file
+  victim_log_bytes_per_min  of that, the lines about the victim ("vic/0:"),
+                            per minute of the scenario
   victim_restarts           the victim's worker restarts (vionetctl show)
   attacker_ops              messages, negotiations or connects the attacker did
   daemon_alive              whether the daemon was still running afterwards
 
-Durations: 10 s per scenario, 60 s for reconnect_loop; --seconds S sets
+Durations: 10 s per scenario, 60 s for reconnect_loop and log_flood (a
+minute of log); --seconds S sets
 every scenario to S. Between scenarios the rig is checked and, if the daemon
 died or the bystander stopped answering, started afresh (reported as
 "rig_restarted"). This is a benchmark: it prints figures and asserts nothing.
@@ -60,6 +74,7 @@ returns (the Rig's context, the attacker killed by its own pid); every wait
 is bounded.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -76,8 +91,9 @@ from tests import hostile as H        # noqa: E402
 from tests import vmm                 # noqa: E402
 from vionetd import vhost_user as V   # noqa: E402
 
-SCENARIOS = ("undisturbed", "flood", "trickle", "crash_loop", "reconnect_loop")
-DEFAULT_SECONDS = {"reconnect_loop": 60.0}
+SCENARIOS = ("undisturbed", "flood", "trickle", "crash_loop", "reconnect_loop", "log_flood",
+             "compromised_session")
+DEFAULT_SECONDS = {"reconnect_loop": 60.0, "log_flood": 60.0}
 DEFAULT_OTHER = 10.0
 
 
@@ -88,26 +104,37 @@ def _connect(path):
     return fe
 
 
-def attack_flood(path, end):
+def each_connection(path, end, step, setup=None):
+    """Connect to path (again whenever dropped) until end, and call
+    step(fe) over and over on the connection; the sum of what step returns."""
     ops = 0
-    batch = struct.pack("<III", V.GET_FEATURES, 1, 0) * 64
     while time.monotonic() < end:
         try:
             fe = _connect(path)
-        except OSError:
+            if setup:
+                setup(fe)
+        except (OSError, vmm.FrontendError):
             time.sleep(0.05)
             continue
         try:
             while time.monotonic() < end:
-                fe.sock.sendall(batch)
-                for _ in range(64):
-                    fe.recv_reply(V.GET_FEATURES)
-                ops += 64
+                ops += step(fe)
         except (OSError, vmm.FrontendError):
             time.sleep(0.05)
         finally:
             fe.close()
     return ops
+
+
+def attack_flood(path, end):
+    batch = struct.pack("<III", V.GET_FEATURES, 1, 0) * 64
+
+    def step(fe):
+        fe.sock.sendall(batch)
+        for _ in range(64):
+            fe.recv_reply(V.GET_FEATURES)
+        return 64
+    return each_connection(path, end, step)
 
 
 def attack_trickle(path, end):
@@ -151,11 +178,70 @@ def attack_reconnect_loop(path, end):
     return H.reconnect_loop(path, seconds=end - time.monotonic())
 
 
+def attack_log_flood(path, end):
+    n = [0]
+
+    def setup(fe):
+        fe.get_features()
+        fe.set_protocol_features(fe.get_protocol_features())
+        fe.set_owner()
+
+    def step(fe):
+        n[0] += 1
+        fe.send(1000 + n[0] % 100000)                       # unknown: ignored
+        fe.send(V.NET_SET_MTU, struct.pack("<Q", 68 + n[0] % 60000))
+        fe.send(V.GET_FEATURES, fds=[0])                    # a stray fd
+        fe.recv_reply(V.GET_FEATURES)
+        if n[0] % 50 == 0:
+            fe.close()                                      # and again
+        return 3
+    return each_connection(path, end, step, setup)
+
+
+def attack_compromised_session(path, end, daemon_pid, ns):
+    """What a compromised victim session writes to its parent (see the
+    module doc), session after session."""
+    from vionetd import vionetd_pb2 as pb
+    ops, pid = 0, None
+    burst = ([pb.FromSession(log=pb.LogLine(level=40, text="x%d" % i, format="x%d" % i))
+              for i in range(500)] + [pb.FromSession(spawn=pb.Spawn(role=1 + i % 2))
+                                      for i in range(500)]
+             + [pb.FromSession(set_mtu=68 + i) for i in range(200)])
+    burst = [m.SerializeToString() for m in burst]
+    while time.monotonic() < end:
+        pid = H.process_named(daemon_pid, "vionetd: vhost vic/0", other_than=pid,
+                              timeout=max(0.0, end - time.monotonic()))
+        if pid is None:
+            break
+        try:
+            chan = H.session_channel(daemon_pid, ns, pid)
+        except (OSError, LookupError):
+            continue
+        chan.settimeout(max(0.1, end - time.monotonic()))
+        try:
+            for data in burst:
+                chan.send(data)
+                ops += 1
+            for _ in range(20):
+                with contextlib.suppress(PermissionError):    # SO_PASSRIGHTS: refused
+                    chan.sendmsg([b""], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          struct.pack("i", 0))])
+                ops += 1
+            chan.send(pb.FromSession(dial=True).SerializeToString() + b"\xf8\x07\x01")
+            ops += 1
+        except OSError:
+            pass
+        finally:
+            chan.close()
+    return ops
+
+
 ATTACKS = {"flood": attack_flood, "trickle": attack_trickle,
-           "crash_loop": attack_crash_loop, "reconnect_loop": attack_reconnect_loop}
+           "crash_loop": attack_crash_loop, "reconnect_loop": attack_reconnect_loop,
+           "log_flood": attack_log_flood, "compromised_session": attack_compromised_session}
 
 
-def start_attacker(kind, path, seconds):
+def start_attacker(kind, path, seconds, *args):
     """Fork the attacker; it writes its op count to a pipe. (pid, read fd)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -163,7 +249,7 @@ def start_attacker(kind, path, seconds):
         code = 1
         try:
             os.close(r)
-            ops = ATTACKS[kind](path, time.monotonic() + seconds)
+            ops = ATTACKS[kind](path, time.monotonic() + seconds, *args)
             os.write(w, b"%d\n" % ops)
             code = 0
         finally:
@@ -211,13 +297,24 @@ def log_size(rig):
         return None
 
 
+def victim_log_bytes(rig, since):
+    """Bytes of the log's lines about the victim, from offset since."""
+    try:
+        with open(rig.d.log_path, "rb") as f:
+            f.seek(since)
+            return sum(len(line) for line in f if b" vic/0:" in line)
+    except (OSError, TypeError):
+        return None
+
+
 def run_scenario(rig, kind, seconds):
     restarted = rig.restarts
     rig.ensure()
     cpu0, log0 = H.cpu_seconds(rig.pid), log_size(rig)
     attacker = None
     if kind in ATTACKS:      # forked before the measuring threads start
-        attacker = start_attacker(kind, rig.path("vic"), seconds)
+        extra = (rig.pid, rig.dns) if kind == "compromised_session" else ()
+        attacker = start_attacker(kind, rig.path("vic"), seconds, *extra)
     with rig.monitor(pace=0.02, frame_pace=0, newcomer=rig.path("new")) as mon:
         time.sleep(seconds)
     ops = finish_attacker(*attacker, bound=15) if attacker else None
@@ -241,11 +338,16 @@ def run_scenario(rig, kind, seconds):
         "bystander_errors": mon.errors[:3],
         "daemon_cpu_s": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2),
         "log_growth_bytes": None if log0 is None or log1 is None else log1 - log0,
+        "victim_log_bytes_per_min": per_minute(victim_log_bytes(rig, log0), t),
         "victim_restarts": victim_restarts(rig) if rig.alive() else None,
         "attacker_ops": ops,
         "daemon_alive": rig.alive(),
         "rig_restarted": rig.restarts != restarted,
     }
+
+
+def per_minute(n, seconds):
+    return None if n is None or not seconds else round(n * 60.0 / seconds)
 
 
 def warm_up(rig, seconds=1.0):
@@ -279,11 +381,12 @@ def main(argv=None):
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
         cols = ("bystander_handshake_ms", "bystander_get_features_ms", "bystander_negotiation_ms",
-                "bystander_frame_ratio", "daemon_cpu_s", "log_growth_bytes", "victim_restarts")
-        print("%-15s" % "scenario" + "".join("%14s" % c.replace("bystander_", "")[:13]
+                "bystander_frame_ratio", "daemon_cpu_s", "log_growth_bytes",
+                "victim_log_bytes_per_min", "victim_restarts")
+        print("%-20s" % "scenario" + "".join("%14s" % c.replace("bystander_", "")[:13]
                                               for c in cols))
         for kind, r in out.items():
-            print("%-15s" % kind + "".join("%14s" % r[c] for c in cols))
+            print("%-20s" % kind + "".join("%14s" % r[c] for c in cols))
     return 0
 
 

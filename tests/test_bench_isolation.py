@@ -15,10 +15,10 @@ pytestmark = pytest.mark.root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = {"undisturbed", "flood", "trickle", "crash_loop", "reconnect_loop",
-             "undisturbed_again"}
+             "log_flood", "compromised_session", "undisturbed_again"}
 KEYS = {"bystander_handshake_ms", "bystander_get_features_ms", "bystander_negotiation_ms",
         "bystander_frame_ratio", "bystander_frames_per_s", "daemon_cpu_s",
-        "log_growth_bytes", "daemon_alive"}
+        "log_growth_bytes", "victim_log_bytes_per_min", "daemon_alive"}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,14 @@ def test_undisturbed_reference(result):
     assert r["bystander_get_features_ms"] is not None
     assert r["daemon_cpu_s"] is not None and r["daemon_cpu_s"] >= 0
     assert r["daemon_alive"]
+
+
+def test_the_attacks_of_the_new_scenarios_ran(result):
+    """log_flood and compromised_session did attack (a compromised session
+    needs pidfd_getfd(2), root) and the daemon lived through them."""
+    for kind in ("log_flood", "compromised_session"):
+        assert result[kind]["attacker_ops"], kind
+        assert result[kind]["daemon_alive"], kind
 
 
 def test_table_output():
