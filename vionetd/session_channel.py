@@ -227,7 +227,8 @@ class SessionChannel:
 
     def _announce(self, mac):
         if len(mac) != 6 or mac[0] & 1:
-            return "announce of %r: not a unicast MAC" % mac.hex()
+            return "announce of %s: not a unicast MAC" % (
+                mac.hex() if len(mac) <= 6 else "%d bytes" % len(mac))
         self.port.tap.announce(mac)
         return None
 
