@@ -8,11 +8,11 @@ nor closes one whose close could block), at most MESSAGES_PER_TURN per
 readable event, and each goes through one dispatch table (control.Table), a
 row per field. Each row checks its message before it acts: a state among
 STATES and VMM features the VMM may ack (features.vmm_may_ack), features
-inside that too, a worker of a known role and queue pair, an MTU in 68..65535,
-a dial only in client mode (DIAL_BUDGET: beyond it, refused), DHCP only on a
-local interface and as dhcp.fields()
-makes it, counters only when asked for, a unicast MAC to announce, text
-(a reason, a log line and its format) at most TEXT_LIMIT characters, made
+inside that too, a worker of a known role and queue pair, an MTU in
+68..65535, a dial only in client mode (beyond DIAL_BUDGET: refused), DHCP
+only on a local interface and as dhcp.fields() makes it, counters only
+when asked for, a unicast MAC to announce, text (a reason, a log line and
+its format) at most TEXT_LIMIT characters, made
 printable. A row returns None, or the rule the session broke: the session is
 then killed with that reason and replaced (children.py), as is one whose
 datagram carried fds, was empty, truncated, does not parse, has fields its

@@ -39,7 +39,7 @@ def stub_port(vm, idx, local_addr):
         if local_addr else None, lease6=None,
         reason="", children=SimpleNamespace(workers=workers, session_pid=300 + idx,
                                             session_restarts=0),
-        tap=SimpleNamespace(announced=idx),
+        tap=SimpleNamespace(announced=idx, mtu=1500, vmm_mtu=1400 if idx else 0),
         session=SimpleNamespace(retries=idx, logging=bool(idx), worker_restarts=idx,
                                 vmm_features=(1 << 64) - 1 if idx else 0),
         request_stats=lambda done: PENDING.append((done, counters)))
