@@ -227,7 +227,8 @@ def attack_compromised_session(path, end, daemon_pid, ns):
                     chan.sendmsg([b""], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                           struct.pack("i", 0))])
                 ops += 1
-            chan.send(pb.FromSession(dial=True).SerializeToString() + b"\xf8\x07\x01")
+            chan.send(pb.FromSession(state=pb.SessionState(state="waiting"))
+                      .SerializeToString() + b"\xf8\x07\x01")    # an unknown field
             ops += 1
         except OSError:
             pass

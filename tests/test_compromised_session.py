@@ -59,6 +59,12 @@ def state(**kw):
     return msg(state=pb.SessionState(**kw))
 
 
+def nested_unknown():
+    """A SessionState with a field 127 of its own, inside a FromSession."""
+    inner = pb.SessionState(state="waiting").SerializeToString() + b"\xf8\x07\x01"
+    return b"\x0a" + bytes([len(inner)]) + inner
+
+
 # name: datagrams, each bytes or (bytes, fds)
 CASES = {
     "state_unknown": [state(state="dancing")],
@@ -80,9 +86,8 @@ CASES = {
     "announce_multicast": [msg(announce=b"\x01" * 6)],
     "announce_oversized": [msg(announce=b"\x02" * 60000)],
     "field_number_zero": [b"\x00"],
-    "unknown_field": [msg(dial=True) + b"\xf8\x07\x01"],
-    "unknown_nested_field": [b"\x0a\x0b" + pb.SessionState(state="waiting").SerializeToString()
-                             + b"\xf8\x07\x01"],
+    "unknown_field": [state(state="waiting") + b"\xf8\x07\x01"],
+    "unknown_nested_field": [nested_unknown()],
     "field_twice": [state(state="waiting") * 2],
     "garbage": [b"\xff" * 100],
     "empty_datagram": [b""],
