@@ -766,6 +766,22 @@ def test_refusals_are_logged(rig, caplog):
                for r in caplog.records)
 
 
+def test_refusals_are_logged_once_per_connection(rig, caplog):
+    """A VMM repeating a request we do not do, or sending every number we
+    do not know, makes one line each for what we know and one in all for
+    what we do not."""
+    owned(rig)
+    with caplog.at_level("WARNING", logger="vionetd.vhost_user"):
+        for i in range(200):
+            rig.fe.send(V.SET_VRING_ENDIAN, struct.pack("<II", 0, 0))
+            rig.fe.send(1000 + i)
+        assert rig.fe.get_queue_num() >= 1         # all of them handled
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("SET_VRING_ENDIAN ignored" in t for t in lines) == 1, lines
+    assert sum("further unknown requests are not logged" in t for t in lines) == 1, lines
+    assert len(lines) == 2, lines
+
+
 def test_fds_with_a_message_that_takes_none_are_closed(rig):
     """GET_QUEUE_NUM with three eventfds: the fds are closed at once (the
     daemon holds no more fds than before) and the request is answered."""
