@@ -11,7 +11,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["core.h", "sysdecl.h", "virtq.h", "txuring.h"]  # headers whose declarations others use come first
+ORDER = ["core.h", "sysdecl.h", "virtq.h", "txuring.h", "rate.h"]  # headers whose declarations others use come first
 
 
 def _headers():

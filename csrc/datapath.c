@@ -50,6 +50,7 @@ static const char *const fixed[DC_FIXED_MAX] = {
 	[DC_LOCKED_IP6_DROP] = "locked_ip6_drop",
 	[DC_V6_UNPARSED_DROP] = "v6_unparsed_drop",
 	[DC_CSUM_FIELD_DROP] = "csum_field_drop",
+	[DC_RATE_HELD] = "rate_held",
 };
 
 uint64_t dp_now_ns(void)
@@ -94,6 +95,27 @@ int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
 int dp_signal_due(uint64_t since, uint64_t window, uint64_t now)
 {
 	return since && now - since >= window;
+}
+
+void dp_hold(uint64_t *until, uint64_t *cnt, uint64_t wait)
+{
+	if (!*until)
+		cnt[DC_RATE_HELD]++;
+	*until = dp_now_ns() + wait;
+}
+
+int dp_hold_over(uint64_t *until, uint64_t now)
+{
+	if (!*until || now < *until)
+		return 0;
+	*until = 0;
+	return 1;
+}
+
+struct timespec dp_timespec(uint64_t ns)
+{
+	return (struct timespec){ .tv_sec = (time_t)(ns / 1000000000u),
+				  .tv_nsec = (long)(ns % 1000000000u) };
 }
 
 const char *dp_counter_name(int i)

@@ -28,8 +28,10 @@
 #define VIONETD_DATAPATH_H
 
 #include <stdint.h>
+#include <time.h>
 #include "core.h"
 #include "virtq.h"
+#include "rate.h"
 
 /* CDEF BEGIN */
 
@@ -83,6 +85,8 @@ enum dp_counter {
 	DC_LOCKED_IP6_DROP,   /* TX: IPv6 from a source not in locked_ip6 */
 	DC_V6_UNPARSED_DROP,  /* TX: IPv6 whose headers do not parse (TXF_INET6, TXF_LOCKED_IP6) */
 	DC_CSUM_FIELD_DROP,   /* TX: NEEDS_CSUM not at the L4 checksum, where a filter reads L4 */
+	DC_RATE_HELD,         /* the rate limit held the next frame back (TX:
+				 left in the ring; RX: left in the tap) */
 	DC_FIXED_MAX
 };
 /* Separate enums: cffi resolves a name only once its enum is complete. */
@@ -180,11 +184,13 @@ struct tx_ctx {
 	 * SLAAC and DHCPv6 addresses); unused entries are all zero, which
 	 * matches no source but :: (checked apart). */
 	uint8_t locked_ip6[4][16];
+	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
 	uint64_t cnt[DC_MAX];
 	uint32_t divert_len;
 	uint8_t divert[2048];
 	/* private below */
 	int waiting_out;
+	uint64_t rate_until;  /* dp_now_ns() the limit holds the ring until; 0: not held */
 	int armed;            /* kicks asked for (vq_enable_notify) since the last batch */
 	uint64_t linger_until;  /* dp_now_ns() until which we look without kicks */
 	uint64_t unsignalled_since; /* 0: every completion signalled */
@@ -222,9 +228,11 @@ struct rx_ctx {
 	 * batch). */
 	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
+	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
 	uint64_t cnt[DC_MAX];
 	/* private below */
 	int waiting_bufs;
+	uint64_t rate_until;  /* dp_now_ns() the limit leaves the tap unread until; 0: not held */
 	uint64_t unsignalled_since; /* 0: every completion signalled */
 	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
@@ -280,5 +288,12 @@ uint64_t dp_linger_ns(int linger_us);
 int dp_complete(struct vq *q, uint64_t *cnt, uint64_t *since, uint64_t *last,
 		uint64_t window, int force);
 int dp_signal_due(uint64_t since, uint64_t window, uint64_t now);
+/* The limit holds the path for wait ns (rate_hold_ns()): *until is set,
+ * and rate_held counted once per hold (not again while *until stands). */
+void dp_hold(uint64_t *until, uint64_t *cnt, uint64_t wait);
+/* A hold is over at now: *until is cleared; 1 if it was set. */
+int dp_hold_over(uint64_t *until, uint64_t now);
+/* ns as a ppoll() timeout. */
+struct timespec dp_timespec(uint64_t ns);
 
 #endif

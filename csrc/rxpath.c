@@ -91,6 +91,7 @@ void rx_reset(struct rx_ctx *c)
 	if (c->held_len)
 		c->cnt[DC_RX_TOO_BIG]++;        /* the ring stops: the held frame is lost */
 	c->held_len = 0;
+	c->rate_until = 0;
 	c->unsignalled_since = 0;
 	c->last_signal = 0;
 	rx_init(c);
@@ -281,6 +282,8 @@ static enum rx_res rx_finish(struct rx_ctx *c, size_t n)
 	rx_complete(c, n);
 	c->cnt[DC_FRAMES]++;
 	c->cnt[DC_BYTES] += n - VNET_HDR_LEN;
+	if (c->rate.on)
+		rate_charge(&c->rate, n - VNET_HDR_LEN);
 	return RX_DONE;
 }
 
@@ -434,7 +437,14 @@ static unsigned rx_batch(struct rx_ctx *c, int *more)
 		c->expect = c->seen_max;        /* what the last batch needed */
 	c->seen_max = 0;
 	for (i = 0; i < limit; i++) {
-		enum rx_res r = rx_frame(c);
+		enum rx_res r;
+		uint64_t wait;
+
+		if ((wait = rate_hold_ns(&c->rate)) != 0) {
+			dp_hold(&c->rate_until, c->cnt, wait);  /* the tap waits */
+			break;
+		}
+		r = rx_frame(c);
 
 		if (r == RX_TAP_EMPTY)
 			break;
@@ -463,21 +473,37 @@ static unsigned rx_batch(struct rx_ctx *c, int *more)
 	return i;
 }
 
+/* While the limit holds the tap: wake when it lets go, or sooner for the
+ * timeout ppoll() already has (tsp: NULL, or ts). */
+static struct timespec *rx_hold_timeout(struct rx_ctx *c, struct timespec *ts,
+					struct timespec *tsp)
+{
+	uint64_t now = dp_now_ns(), left = c->rate_until > now ? c->rate_until - now : 0;
+
+	if (!tsp || (uint64_t)ts->tv_sec * 1000000000u + (uint64_t)ts->tv_nsec > left)
+		*ts = dp_timespec(left);
+	return ts;
+}
+
 int rx_run(struct rx_ctx *c, int ctl_fd)
 {
 	uint64_t linger = dp_linger_ns(c->linger_us);
 	int more = 1;
 
 	for (;;) {
-		int tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
+		int tap_on;
 		struct pollfd p[3] = {
 			{ .fd = ctl_fd, .events = POLLIN },
 			{ .fd = c->kick_fd, .events = POLLIN },
-			{ .fd = tap_on ? c->tap_fd : -1, .events = POLLIN },
+			{ .fd = -1, .events = POLLIN },      /* the tap, when tap_on */
 		};
 		struct timespec ts = { 0, 0 }, *tsp = &ts;
 		int n;
 
+		if (c->rate_until && dp_hold_over(&c->rate_until, dp_now_ns()))
+			more = 1;               /* the limit lets go: read the tap */
+		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs && !c->rate_until;
+		p[2].fd = tap_on ? c->tap_fd : -1;
 		if (!(more && tap_on)) {
 			tsp = NULL;
 			if (c->unsignalled_since) {
@@ -493,6 +519,8 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 					tsp = &ts;
 				}
 			}
+			if (c->rate_until)
+				tsp = rx_hold_timeout(c, &ts, tsp);
 		}
 		n = ppoll(p, 3, tsp, NULL);
 		if (n < 0) {
@@ -513,7 +541,7 @@ int rx_run(struct rx_ctx *c, int ctl_fd)
 				c->cnt[DC_LINGER_FOUND]++;  /* shares the pending signal */
 			more = 1;
 		}
-		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs;
+		tap_on = (c->flags & RXF_ENABLED) && !c->waiting_bufs && !c->rate_until;
 		if (more && tap_on)
 			rx_batch(c, &more);
 		else

@@ -282,6 +282,7 @@ void tx_reset(struct tx_ctx *c)
 	c->seg_next = c->seg_count = 0;
 	c->seg_off = 0;
 	c->waiting_out = 0;
+	c->rate_until = 0;
 	c->armed = 0;
 	c->linger_until = 0;
 	c->unsignalled_since = 0;
@@ -678,6 +679,8 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 	rebuild_hdr(c, &fi, frame_len);
 	c->cnt[DC_FRAMES]++;
 	c->cnt[DC_BYTES] += frame_len;
+	if (c->rate.on)
+		rate_charge(&c->rate, frame_len);
 	c->cnt[DC_GSO_IN] += c->cp->hdr.gso_type != VNET_GSO_NONE;
 	c->cnt[DC_CSUM_IN] += !!(c->cp->hdr.flags & VNET_F_NEEDS_CSUM);
 	if (c->flags & sw_gso_flag(c->cp->hdr.gso_type))
@@ -709,8 +712,14 @@ static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_s
 		goto out;
 	while (done < limit) {
 		enum tx_res res;
+		uint64_t wait;
 		int r;
 
+		if ((wait = rate_hold_ns(&c->rate)) != 0) {
+			/* over the limit: the chains wait in the ring */
+			dp_hold(&c->rate_until, c->cnt, wait);
+			goto out;
+		}
 		if (!stage_has_room(c->stage) && stage_flush(c))
 			goto out;
 		r = vq_pop(&c->q, &c->chain, 0, VNET_HDR_LEN + FRAME_MAX);
@@ -806,7 +815,15 @@ int tx_run(struct tx_ctx *c, int ctl_fd)
 		struct timespec ts = { 0, 0 }, *tsp = &ts;
 		int n, look = 0;
 
-		if (!more || c->waiting_out) {
+		if (c->rate_until && !more && !c->waiting_out) {
+			/* Held by the limit: look at the ring when it lets go. */
+			uint64_t now = dp_now_ns();
+
+			if (dp_hold_over(&c->rate_until, now))
+				more = 1;
+			else
+				ts = dp_timespec(c->rate_until - now);
+		} else if (!more || c->waiting_out) {
 			uint64_t now = dp_now_ns();
 
 			if (c->waiting_out || c->armed) {
