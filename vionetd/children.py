@@ -78,6 +78,7 @@ class Children:
         self.session_started = time.monotonic()
         port.channel = SessionChannel(port, mine)
         port.parent.watch(mine, port.channel.readable)
+        port.channel.send(limits=port.limits)
 
     def end_session(self):
         """Kill the workers, then the session (SIGCHLD reaps them). In that

@@ -138,6 +138,12 @@ class Datapath:
                 os.close(fd)
         self._apply_log()
 
+    def set_rate(self, msg):
+        """The limit of this direction (pb.Rate; zeros: none), at once,
+        even while the ring runs: the next frame waits for it."""
+        lib.rate_set(ffi.addressof(self.ctx, "rate"), msg.bytes_per_s, msg.burst_bytes,
+                     msg.frames_per_s, 0)
+
     def _apply_log(self):
         on = (self.ring_started and self.log.bits != ffi.NULL and
               F.has(self.features, F.LOG_ALL) and not self.log_disabled)

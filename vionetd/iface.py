@@ -202,6 +202,18 @@ class Interface:
         """What the current (or last) session reported."""
         return self.channel.session if self.channel is not None else NO_SESSION
 
+    @property
+    def limits(self):
+        """rate tx|rx as the workers take them (pb.Limits)."""
+        return pb.Limits(tx=rate_message(self.iface.rate_tx), rx=rate_message(self.iface.rate_rx))
+
+    def set_limits(self, iface):
+        """A reload changed only rate tx|rx: the session passes them on,
+        the VMM sees nothing."""
+        self.iface = iface
+        if self.channel is not None:
+            self.channel.send(limits=self.limits)
+
     def request_stats(self, done):
         """Ask the session for counters; done({name: value}) is called with
         them, or with {} if there is no session to answer."""
@@ -218,3 +230,8 @@ def bridge_mtu(bridge):
         return links.get_mtu(bridge)
     except links.LinkError:
         return 0
+
+
+def rate_message(rate):
+    """A config.Rate as pb.Rate: bits to bytes per second."""
+    return pb.Rate(bytes_per_s=rate.bits // 8, burst_bytes=rate.burst, frames_per_s=rate.pps)

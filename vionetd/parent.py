@@ -153,20 +153,23 @@ class Parent:
 
     def _keep_or_stop(self, port, iface, conf):
         """Keep port if its block under conf (iface; None: it is gone) is the
-        same, or differs in its socket's owner, group or mode alone; else
-        stop it."""
-        if iface is not None and unchanged(port, iface, conf):
-            port.conf = conf                # e.g. dns: the next DHCP answer has it
+        same, or differs only in what changes in place: its socket's owner,
+        group or mode (applied to the socket) and its rate limits (sent to
+        its session, which gives them to the workers); else stop it."""
+        changes = None if iface is None else in_place_changes(port, iface, conf)
+        if changes is None:
+            log.info("%s: stopping (%s)", port.key, "removed" if iface is None else "changed")
+            port.stop()
+            del self.ports[port.key]
             return
-        if iface is not None and only_socket_ownership(port, iface, conf):
+        if "ownership" in changes:
             vmmsocket.apply_ownership(iface.socket, iface.socket_owner, iface.socket_group,
                                       iface.socket_mode)
-            port.iface, port.conf = iface, conf
             log.info("%s: socket owner, group or mode changed", port.key)
-            return
-        log.info("%s: stopping (%s)", port.key, "removed" if iface is None else "changed")
-        port.stop()
-        del self.ports[port.key]
+        if "rates" in changes:
+            port.set_limits(iface)
+            log.info("%s: rate limits changed", port.key)
+        port.iface, port.conf = iface, conf     # e.g. dns: the next DHCP answer has it
 
     def _start(self, port):
         """Start port, now or once its tap name is free; a Reply of its
@@ -306,3 +309,16 @@ def only_socket_ownership(port, iface, conf):
     return unchanged(port, dataclasses.replace(
         iface, socket_owner=port.iface.socket_owner, socket_group=port.iface.socket_group,
         socket_mode=port.iface.socket_mode), conf)
+
+
+def in_place_changes(port, iface, conf):
+    """None if port must restart under conf (iface: its new block); else
+    what a reload changes in place, a subset of {"ownership", "rates"}."""
+    old_rates = dataclasses.replace(iface, rate_tx=port.iface.rate_tx,
+                                    rate_rx=port.iface.rate_rx)
+    changes = set() if old_rates == iface else {"rates"}
+    if unchanged(port, old_rates, conf):
+        return changes
+    if only_socket_ownership(port, old_rates, conf):
+        return changes | {"ownership"}
+    return None

@@ -68,6 +68,7 @@ class Worker:
             "dhcp_reply": lambda body: self.dp.inject(dhcp.build(body)),
             "router_advert": lambda body: self.dp.inject(ra.build(body)),
             "dhcp6_reply": lambda body: self.dp.inject(dhcp6.build(body)),
+            "rate": lambda body: self.dp.set_rate(body),
         }
         if test_hooks:
             rows["test_forbidden_call"] = sandbox.test_forbidden_call

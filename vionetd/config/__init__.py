@@ -39,13 +39,13 @@ from vionetd.config.model import (DEFAULT_CHROOT, DEFAULT_PREFIX,
                                   DIRECTIONS, MODES,
                                   OFF, OFFLOAD_NAMES, PASSTHROUGH, SOFTWARE,
                                   Config, ConfigError, Interface, Offload,
-                                  Switch, Vm)
+                                  Rate, Switch, Vm)
 from vionetd.config.values import (IFNAME_MAX, MAX_QUEUES, MTU_MAX, MTU_MIN,
                                    QUEUES_AUTO, SUN_PATH_MAX)
 
 __all__ = [
     "parse", "load", "check", "MAX_FILE_SIZE",
-    "Config", "ConfigError", "Interface", "Offload", "Switch", "Vm",
+    "Config", "ConfigError", "Interface", "Offload", "Rate", "Switch", "Vm",
     "DEFAULT_CHROOT", "DEFAULT_PREFIX", "DEFAULT_SOCKET",
     "DEFAULT_SOCKET_MODE", "DEFAULT_USER", "DEFAULT_USER_RANGE",
     "DIRECTIONS", "MODES", "OFF", "OFFLOAD_NAMES", "PASSTHROUGH", "SOFTWARE",

@@ -33,7 +33,7 @@ from typing import Callable, NoReturn
 from vionetd.config import checks, values
 from vionetd.config.lexer import Lexer, Token
 from vionetd.config.model import (DIRECTIONS, MODES, OFFLOAD_NAMES, SOFTWARE,
-                                  Config, Interface, Switch, Vm, alternatives)
+                                  Config, Interface, Rate, Switch, Vm, alternatives)
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
@@ -273,6 +273,12 @@ class _TopLevel(_Block):
         self.conf.local_prefix = values.prefix(tok)
         self.notes.where[("global", "prefix")] = tok.line
 
+    def metrics_listen(self, kw: Token):
+        """metrics listen ADDR:PORT"""
+        self.once("metrics listen", kw.line)
+        self.conf.metrics_listen = values.listen(
+            self.word("ADDRESS:PORT", '"metrics listen"'))
+
     def socket(self, kw: Token):
         """socket PATH: the control socket. socket OPTION...: the defaults
         of the VMs' sockets (owner, group, mode; not connect)."""
@@ -336,6 +342,7 @@ class _TopLevel(_Block):
         "dns6": dns6,
         "local prefix": local_prefix,
         "local prefix6": local_prefix6,
+        "metrics listen": metrics_listen,
         "socket": socket,
         "switch": switch,
         "user": user,
@@ -557,6 +564,28 @@ class _Interface(_Block):
                 getattr(self.iface.offload, d)[n] = mode
                 self.offload_lines[(d, n)] = kw.line
 
+    def rate(self, kw: Token):
+        """rate tx|rx [RATE] [burst SIZE] [pps N]: RATE or pps, or both."""
+        d = self.word("tx or rx", "rate")
+        if d.value not in DIRECTIONS:
+            d.error('expected tx or rx after rate, got "%s"' % d.value)
+        self.once("rate " + d.value, kw.line)
+        what = "rate " + d.value
+        bits = burst = pps = 0
+        if not self.lex.peek().is_word("burst", "pps"):
+            bits = values.bitrate(self.word("a rate such as 100M", what), what)
+        for word in ("burst", "pps"):
+            if self.lex.peek().is_word(word):
+                self.lex.next()
+                tok = self.word("a number", "%s %s" % (what, word))
+                if word == "burst":
+                    burst = values.burst(tok, what + " burst")
+                else:
+                    pps = values.pps(tok, what + " pps")
+        if not bits and not pps:
+            kw.error("%s: expected a rate (such as 100M) or pps N" % what)
+        setattr(self.iface, "rate_" + d.value, Rate(bits, burst, pps))
+
     def queues(self, kw: Token):
         self.once("queues", kw.line)
         self.iface.queues = values.queues(
@@ -585,6 +614,7 @@ class _Interface(_Block):
         "mtu": mtu,
         "offload": offload,
         "queues": queues,
+        "rate": rate,
         "socket": socket,
         "switch": switch,
     }
@@ -594,4 +624,4 @@ class _Interface(_Block):
 KEYWORDS = frozenset(
     [word for block in (_TopLevel, _Switch, _Vm, _Interface)
      for phrase in block.STATEMENTS for word in phrase.split()]
-    + list(SOCKET_OPTIONS) + ["range"])
+    + list(SOCKET_OPTIONS) + ["range", "burst", "pps"])

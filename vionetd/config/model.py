@@ -71,6 +71,18 @@ class Offload:
         return self.mode(direction, name) != OFF
 
 
+@dataclass(frozen=True)
+class Rate:
+    """rate tx|rx: the limit of one direction (0: none of that kind)."""
+    bits: int = 0        # bits per second
+    burst: int = 0       # bytes the bucket holds; 0: 10 ms of the rate, at least 64 KiB
+    pps: int = 0         # frames per second
+
+    @property
+    def on(self) -> bool:
+        return bool(self.bits or self.pps)
+
+
 @dataclass
 class Switch:
     name: str
@@ -100,6 +112,9 @@ class Interface:
     hostname: str | None = None      # DHCP option 12
     inet6: bool = True               # local: a /64, RAs and DHCPv6 ("inet6 off")
     offload: Offload = field(default_factory=Offload)
+    # rate tx|rx: applied by the workers, changed by a reload in place
+    rate_tx: Rate = field(default_factory=Rate)
+    rate_rx: Rate = field(default_factory=Rate)
     line: int = field(default=0, compare=False, repr=False)
 
     @property
@@ -142,6 +157,8 @@ class Config:
     # None: the host's ULA /48, made once and kept with the leases (local6.py)
     local_prefix6: ipaddress.IPv6Network | None = None
     dns6: list[ipaddress.IPv6Address] = field(default_factory=list)
+    # metrics listen ADDR:PORT: where the metrics process serves /metrics
+    metrics_listen: tuple[str, int] | None = None
     switches: dict[str, Switch] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
 

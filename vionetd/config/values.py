@@ -226,6 +226,59 @@ def number(tok: Token, what: str, low: int, high: int) -> int:
     return n
 
 
+# Decimal suffixes of rates (bits and frames per second, as tc and iperf3
+# write them) and binary ones of sizes (bytes).
+_RATE_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_SCALED = re.compile(r"([0-9]+)([kKMG]?)\Z")
+RATE_BITS_MAX = 100 * 10**9          # csrc/rate.h RATE_MAX_BYTES, in bits
+RATE_BURST_MAX = 1 << 30             # csrc/rate.h RATE_MAX_BURST
+RATE_PPS_MAX = 100 * 10**6           # csrc/rate.h RATE_MAX_FRAMES
+
+
+def scaled(tok: Token, what: str, units: dict[str, int], low: int, high: int) -> int:
+    """A number with an optional suffix of units (100M), in low..high; what
+    names the statement."""
+    m = _SCALED.match(tok.value)
+    if not m:
+        tok.error('expected a number with an optional k, M or G after %s, got "%s"'
+                  % (what, tok.value))
+    n = int(m.group(1)) * units[m.group(2)]
+    if not low <= n <= high:
+        tok.error("%s %s out of range %d..%d" % (what, tok.value, low, high))
+    return n
+
+
+def bitrate(tok: Token, what: str) -> int:
+    """Bits per second: 200M is 200 000 000."""
+    return scaled(tok, what, _RATE_UNITS, 1000, RATE_BITS_MAX)
+
+
+def burst(tok: Token, what: str) -> int:
+    """Bytes: 1M is 1 MiB."""
+    return scaled(tok, what, _SIZE_UNITS, 1500, RATE_BURST_MAX)
+
+
+def pps(tok: Token, what: str) -> int:
+    """Frames per second: 10k is 10 000."""
+    return scaled(tok, what, _RATE_UNITS, 1, RATE_PPS_MAX)
+
+
+def listen(tok: Token) -> tuple[str, int]:
+    """ADDR:PORT of an IPv4 or [IPv6] address, port 1..65535."""
+    host, sep, port = tok.value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        ok = bool(sep) and port.isdigit() and 1 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        tok.error('expected ADDRESS:PORT (such as 127.0.0.1:9469 or [::1]:9469) '
+                  'after "metrics listen", got "%s"' % tok.value)
+    return host, int(port)
+
+
 def queues(tok: Token) -> int:
     """Queue pairs: a number in 1..MAX_QUEUES, or unquoted auto
     (QUEUES_AUTO: one per CPU, at most MAX_QUEUES)."""

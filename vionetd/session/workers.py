@@ -77,6 +77,7 @@ class Supervisor:
         self.loop = session.loop
         self.workers = [Worker(i) for i in range(2 * queue_pairs)]
         self.restarts = 0
+        self.limits = pb.Limits()             # from the parent: each worker gets its direction's
         self.table = control.Table({           # FromWorker, with the worker first
             "ring_stopped": lambda w, body: self._answer(w, "ring_stopped", body),
             "ring_enabled": lambda w, body: self._answer(w, "ring_enabled", body),
@@ -119,8 +120,19 @@ class Supervisor:
         w.chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fds[0])
         w.pid, w.state = body.pid, State.RUNNING
         self.loop.watch(w.chan, lambda: self._from_worker(w))
+        self.send(w, rate=self.rate_of(w))
         self.session.device.restore(w)
         self.session.report_state()
+
+    def set_limits(self, limits):
+        """ToSession.limits - the interface's rate limits: every worker
+        applies its direction's at once, a new one when it arrives."""
+        self.limits = limits
+        for w in self.workers:
+            self.send(w, rate=self.rate_of(w))
+
+    def rate_of(self, w):
+        return self.limits.tx if w.role == pb.ROLE_TX else self.limits.rx
 
     # ---- talking to them --------------------------------------------------
 
