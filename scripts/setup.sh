@@ -3,7 +3,8 @@
 #
 # Idempotent and non-interactive: Debian packages (liburing for the tx
 # worker's io_uring and the benchmark tool, QEMU, iproute2, tools for
-# the guest image, systemd-analyze for the unit's test, libvirt through
+# the guest image, systemd-analyze for the unit's test, tmux for
+# vionetctl top's test, libvirt through
 # scripts/libvirt.sh, clang with libFuzzer and llvm-cov for fuzz/), QEMU 10
 # from bookworm-backports (it knows USO), and a Python virtual environment in
 # .venv with the package installed editable, which builds the C core through
@@ -22,7 +23,7 @@ debian_packages() {
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
 	    kmod tcpdump procps psmisc systemd util-linux \
-	    clang llvm libclang-rt-14-dev liburing-dev; do
+	    clang llvm libclang-rt-14-dev liburing-dev tmux; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then

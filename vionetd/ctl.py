@@ -27,7 +27,7 @@ import pwd
 import socket
 import struct
 
-from vionetd import features, log as logmod
+from vionetd import features, log as logmod, procstat, tap
 from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
@@ -239,7 +239,9 @@ class CtlServer:
             session_restarts=port.children.session_restarts,
             retries=port.session.retries, logging=port.session.logging,
             announced=port.tap.announced, mtu=port.tap.mtu if port.tap_name else 0,
-            guest_mtu=port.tap.vmm_mtu)
+            guest_mtu=port.tap.vmm_mtu, limits=port.limits,
+            tap_dropped=tap.dropped(port.tap_name) if port.tap_name else 0,
+            processes=procstat.processes(port))
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"

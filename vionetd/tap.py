@@ -167,3 +167,14 @@ def probe_offloads(fd: int) -> int:
 def offload_names(mask: int) -> list[str]:
     """The names of the bits in a TUNSETOFFLOAD mask, for logs and vionetctl."""
     return [n for b, n in sorted(OFFLOAD_NAMES.items()) if mask & b]
+
+
+def dropped(name):
+    """Frames the kernel dropped at tap name because its queue was full
+    (the readers did not keep up: e.g. rx workers held by rate rx): the
+    device's tx_dropped, as the host sends towards the guest. 0 if unknown."""
+    try:
+        with open("/sys/class/net/%s/statistics/tx_dropped" % name) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0

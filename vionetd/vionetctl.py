@@ -1,8 +1,11 @@
 """Run by vionetctl(8), the operator's command: ask a running vionetd what it does.
 
-    vionetctl [-s socket] status | show VM | stats [--json] | reload | log brief|verbose
+    vionetctl [-s socket] status | show VM | stats [--json | --prometheus]
+                          | top [-b] [-n N] [-d SECONDS] [-o COLUMN]
+                          | reload | log brief|verbose
 
-One request, one reply (ctl.py has the server side). Exit status: 0 done,
+One request, one reply (ctl.py has the server side); top asks for the
+counters once a second (top.py). Exit status: 0 done,
 1 the daemon could not be reached or refused or failed the request (the
 reason on stderr), 2 usage (argparse).
 """
@@ -88,11 +91,42 @@ def print_show(reply, out):
             print("  last drop: %s" % i.reason, file=out)
         print("  migration: dirty logging %s, pages marked %d, announced %d" %
               ("on" if i.logging else "off", pages_marked(i), i.announced), file=out)
+        print("  rate: tx %s, rx %s; tap dropped %d" % (
+            rate_text(i.limits.tx, counter(i, "tx_rate_held")),
+            rate_text(i.limits.rx, counter(i, "rx_rate_held")), i.tap_dropped), file=out)
+        if i.processes:
+            print("  processes: %s" % ", ".join(
+                "%s %d %.2fs %dK" % (p.role, p.pid, p.cpu_seconds, p.rss_bytes >> 10)
+                for p in i.processes), file=out)
         for q in i.queue_pairs or [pb.QueueCounters()]:
             print("  counters of queue pair %d (not zero):" % q.queue_pair, file=out)
             for c in q.counters:
                 if c.value:
                     print("    %-32s %d" % (c.name, c.value), file=out)
+
+
+def rate_text(r, held):
+    """One direction's limit as vionetd.conf writes it, and how often it held."""
+    if not (r.bytes_per_s or r.frames_per_s):
+        return "none"
+    words = [scaled(r.bytes_per_s * 8, 1000)] if r.bytes_per_s else []
+    words += ["burst %s" % (scaled(r.burst_bytes, 1024) if r.burst_bytes else "auto")] \
+        if r.bytes_per_s else []
+    words += ["pps %s" % scaled(r.frames_per_s, 1000)] if r.frames_per_s else []
+    return "%s (held %d times)" % (" ".join(words), held)
+
+
+def scaled(n, base):
+    """200000000 -> 200M (base 1000), 1048576 -> 1M (base 1024), as exactly as it goes."""
+    for unit in ("G", "M", "K"):
+        size = base ** ("KMG".index(unit) + 1)
+        if n >= size and n % size == 0:
+            return "%d%s" % (n // size, unit)
+    return str(n)
+
+
+def counter(i, name):
+    return sum(c.value for c in i.counters if c.name == name)
 
 
 def pages_marked(i):
@@ -113,6 +147,12 @@ def as_dict(reply):
                      "mtu": i.mtu, "guest_mtu": i.guest_mtu,
                      "migration": {"logging": i.logging, "pages_marked": pages_marked(i),
                                    "announced": i.announced},
+                     "rate": {d: {"bits_per_s": r.bytes_per_s * 8, "burst_bytes": r.burst_bytes,
+                                  "pps": r.frames_per_s}
+                              for d, r in (("tx", i.limits.tx), ("rx", i.limits.rx))},
+                     "tap_dropped": i.tap_dropped,
+                     "processes": {p.role: {"pid": p.pid, "cpu_seconds": p.cpu_seconds,
+                                            "rss_bytes": p.rss_bytes} for p in i.processes},
                      "counters": {c.name: c.value for c in i.counters},
                      "queue_pairs": [{c.name: c.value for c in q.counters}
                                      for q in i.queue_pairs]}
@@ -125,7 +165,18 @@ def parser():
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status")
     sub.add_parser("show").add_argument("vm")
-    sub.add_parser("stats").add_argument("--json", action="store_true")
+    stats = sub.add_parser("stats").add_mutually_exclusive_group()
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--prometheus", action="store_true",
+                       help="Prometheus's text exposition format")
+    top = sub.add_parser("top")
+    top.add_argument("-b", action="store_true", help="batch mode: plain lines, no terminal")
+    top.add_argument("-n", type=int, default=0, metavar="N",
+                     help="stop after N refreshes (0: until q or interrupted)")
+    top.add_argument("-d", type=float, default=1.0, metavar="SECONDS",
+                     help="between refreshes (default 1)")
+    top.add_argument("-o", default="rx", metavar="COLUMN",
+                     help="sort by: vm, state, rx, tx, rxpps, txpps, drops, cpu (default rx)")
     sub.add_parser("reload")
     sub.add_parser("log").add_argument("level", choices=("brief", "verbose"))
     return p
@@ -133,6 +184,9 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.cmd == "top":
+        from vionetd import top
+        return top.main(args, lambda: request(args.s, pb.CtlRequest(stats=True)))
     req = {"status": lambda: pb.CtlRequest(status=True),
            "show": lambda: pb.CtlRequest(show=args.vm),
            "stats": lambda: pb.CtlRequest(stats=True),
@@ -153,6 +207,9 @@ def main(argv=None):
         print_status(reply, sys.stdout)
     elif args.cmd == "show":
         print_show(reply, sys.stdout)
+    elif args.cmd == "stats" and args.prometheus:
+        from vionetd import prometheus
+        sys.stdout.write(prometheus.exposition(reply))
     elif args.cmd == "stats":
         d = as_dict(reply)
         if args.json:
