@@ -169,7 +169,7 @@ class CtlServer:
         if kind == "status":
             return pb.CtlReply(interfaces=[self.describe(p) for p in self.parent.ports.values()])
         if kind == "stats":
-            return self._with_counters(list(self.parent.ports.values()), respond)
+            return self.stats(respond)
         if kind == "show":
             ports = [p for p in self.parent.ports.values() if p.iface.vm == req.show]
             if not ports:
@@ -187,6 +187,11 @@ class CtlServer:
             log.info("log level %s", req.log_level)
             return pb.CtlReply(message="log level %s" % req.log_level)
         return pb.CtlReply(error="unknown request")
+
+    def stats(self, respond):
+        """Every interface with its counters: respond(CtlReply) once they
+        are in (vionetctl stats, and the metrics process's request)."""
+        return self._with_counters(list(self.parent.ports.values()), respond)
 
     def _with_counters(self, ports, respond):
         """Statuses with counters, gathered from the sessions without

@@ -57,6 +57,7 @@ class Parent:
         self.ids = Identities()  # the uid and gid of each VM's processes
         self.running = True
         self.ctl = None
+        self.metrics = None      # metrics_link.MetricsLink with "metrics listen"
 
     # ---- the loop -------------------------------------------------------
 
@@ -74,6 +75,10 @@ class Parent:
                 log.error("control socket %s: %s", self.conf.socket, e.strerror)
                 return 1
             self.watch(self.ctl.sock, self.ctl.accept)
+            err = self._metrics(self.conf)
+            if err:
+                log.error("%s", err)
+                return 1
             self.apply(self.conf)
             log.info("started, %d interface(s)", len(self.ports))
             while self.running:
@@ -129,6 +134,8 @@ class Parent:
 
     def _reaped(self, pid, status):
         if self.exiting.reaped(pid):
+            return
+        if self.metrics is not None and self.metrics.child_died(pid):
             return
         for port in list(self.ports.values()):
             if port.children.child_died(pid, status):
@@ -195,7 +202,7 @@ class Parent:
             log.error("reload refused, configuration unchanged: %s", e)
             done.set(str(e))
             return done
-        err = self._control_socket(conf)
+        err = self._control_socket(conf) or self._metrics(conf)
         if err:
             log.error("reload refused, configuration unchanged: %s", err)
             done.set(err)
@@ -223,14 +230,40 @@ class Parent:
             return "control socket %s: %s" % (conf.socket, e.strerror or e)
         return None
 
+    def _metrics(self, conf):
+        """Start, restart or stop the metrics process as conf says (its
+        address, user or chroot changed: a new one). The new socket is bound
+        before the old one goes: an address that cannot be bound refuses the
+        reload (the error), and the old process serves on."""
+        from vionetd import metrics_link
+        want = metrics_link.settings(conf)
+        if self.metrics is not None and self.metrics.key == want:
+            return None
+        old, new = self.metrics, None
+        same = old is not None and want is not None and old.key[0] == want[0]
+        if want is not None:
+            try:
+                new = metrics_link.MetricsLink(self, conf, old.listener if same else None)
+            except OSError as e:
+                return "metrics listen %s:%d: %s" % (*conf.metrics_listen, e.strerror or e)
+        if old is not None:
+            old.stop(keep_listener=same)
+        self.metrics = new
+        if new is not None:
+            new.start()
+        return None
+
     def shutdown(self):
-        """Stop every port, remove the control socket and the pid file. The
-        processes killed are reaped as SIGCHLD reports them, for EXIT_WAIT at
-        most: once vionetd has exited, their taps are gone."""
+        """Stop every port and the metrics process, remove the control
+        socket and the pid file. The processes killed are reaped as SIGCHLD
+        reports them, for EXIT_WAIT at most: once vionetd has exited, their
+        taps are gone."""
         self.running = False
         for port in list(self.ports.values()):
             port.stop()
         self.ports.clear()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.ctl:
             self.ctl.close()
         deadline = time.monotonic() + EXIT_WAIT
