@@ -37,6 +37,7 @@ MAX_REQUEST = 4096            # bytes of request line and headers
 CLIENT_SECONDS = 10.0         # from accept to the last byte of the answer
 CACHE_SECONDS = 1.0
 ANSWER_WAIT = 3.0             # seconds to wait for the parent's counters
+LINGER = 1.0                  # seconds a sent answer waits for the client to close
 ACCEPTS_PER_TURN = 64
 MAX_REPLY = 16 << 20          # the parent's CtlReply (vionetctl takes as much)
 
@@ -44,6 +45,7 @@ MAX_REPLY = 16 << 20          # the parent's CtlReply (vionetctl takes as much)
 SYSCALLS = {
     "accept4": "the HTTP clients (socket.accept)",
     "getsockname": "Python's socket.accept() reads the new socket's address",
+    "shutdown": "the answer's end (SHUT_WR) before the rest of a request is read away",
 }
 
 STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -81,6 +83,7 @@ class Client:
         self.data = b""
         self.out = None           # the answer, once known; what is left of it
         self.waiting = False      # for the parent's counters
+        self.closing = False      # answered: what the client still sends is read away
 
 
 class Server:
@@ -134,6 +137,8 @@ class Server:
     def _serve(self, c, ev):
         if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and c.out is None:
             return self._drop(c)
+        if c.closing:
+            return self._discard(c)
         if c.out is not None:
             return self._write(c)
         try:
@@ -180,7 +185,29 @@ class Server:
             return self._drop(c)
         c.out = c.out[n:]
         if not c.out:
-            self._drop(c)
+            self._linger(c)
+
+    def _linger(self, c):
+        """The answer is sent: close our side and read away what the client
+        still sends (closing with unread bytes would reset the connection,
+        and the client might lose the answer), for LINGER at most."""
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return self._drop(c)
+        c.out, c.closing = None, True
+        c.until = min(c.until, time.monotonic() + LINGER)
+        self.poll.modify(c.sock, select.POLLIN)
+
+    def _discard(self, c):
+        try:
+            if c.sock.recv(1 << 16):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._drop(c)
 
     def _drop(self, c):
         self.clients.pop(c.sock.fileno(), None)
