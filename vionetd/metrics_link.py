@@ -178,3 +178,26 @@ class MetricsLink:
         self._end()
         if not keep_listener:
             self.listener.close()
+
+
+def follow(parent, link, conf):
+    """Start, restart or stop the metrics process (link: the MetricsLink
+    running now, or None) as conf says: its address, user or chroot changed,
+    a new one. A new socket is bound before the old one goes, so an address
+    that cannot be bound leaves the old process serving. Returns (error or
+    None, the MetricsLink from now on)."""
+    want = settings(conf)
+    if link is not None and link.key == want:
+        return None, link
+    same = link is not None and want is not None and link.key[0] == want[0]
+    new = None
+    if want is not None:
+        try:
+            new = MetricsLink(parent, conf, link.listener if same else None)
+        except OSError as e:
+            return "metrics listen %s:%d: %s" % (*conf.metrics_listen, e.strerror or e), link
+    if link is not None:
+        link.stop(keep_listener=same)
+    if new is not None:
+        new.start()
+    return None, new

@@ -231,27 +231,11 @@ class Parent:
         return None
 
     def _metrics(self, conf):
-        """Start, restart or stop the metrics process as conf says (its
-        address, user or chroot changed: a new one). The new socket is bound
-        before the old one goes: an address that cannot be bound refuses the
-        reload (the error), and the old process serves on."""
+        """The metrics process as conf says (metrics_link.follow); an error
+        refuses the reload."""
         from vionetd import metrics_link
-        want = metrics_link.settings(conf)
-        if self.metrics is not None and self.metrics.key == want:
-            return None
-        old, new = self.metrics, None
-        same = old is not None and want is not None and old.key[0] == want[0]
-        if want is not None:
-            try:
-                new = metrics_link.MetricsLink(self, conf, old.listener if same else None)
-            except OSError as e:
-                return "metrics listen %s:%d: %s" % (*conf.metrics_listen, e.strerror or e)
-        if old is not None:
-            old.stop(keep_listener=same)
-        self.metrics = new
-        if new is not None:
-            new.start()
-        return None
+        err, self.metrics = metrics_link.follow(self, self.metrics, conf)
+        return err
 
     def shutdown(self):
         """Stop every port and the metrics process, remove the control

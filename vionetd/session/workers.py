@@ -67,6 +67,11 @@ class Worker:
         self.timer = None                     # RESTART_PENDING: the new ask
 
 
+def rate_of(limits, w):
+    """The pb.Rate of w's direction in an interface's pb.Limits."""
+    return limits.tx if w.role == pb.ROLE_TX else limits.rx
+
+
 class Supervisor:
     """Every worker of one session: asks for them, talks to them, replaces
     them. The session gives: its loop, its parent link (spawn requests,
@@ -120,19 +125,15 @@ class Supervisor:
         w.chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fds[0])
         w.pid, w.state = body.pid, State.RUNNING
         self.loop.watch(w.chan, lambda: self._from_worker(w))
-        self.send(w, rate=self.rate_of(w))
+        self.send(w, rate=rate_of(self.limits, w))
         self.session.device.restore(w)
         self.session.report_state()
 
     def set_limits(self, limits):
-        """ToSession.limits - the interface's rate limits: every worker
-        applies its direction's at once, a new one when it arrives."""
+        """ToSession.limits: each worker applies its direction's at once."""
         self.limits = limits
         for w in self.workers:
-            self.send(w, rate=self.rate_of(w))
-
-    def rate_of(self, w):
-        return self.limits.tx if w.role == pb.ROLE_TX else self.limits.rx
+            self.send(w, rate=rate_of(limits, w))
 
     # ---- talking to them --------------------------------------------------
 
