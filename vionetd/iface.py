@@ -207,12 +207,19 @@ class Interface:
         """rate tx|rx as the workers take them (pb.Limits)."""
         return pb.Limits(tx=rate_message(self.iface.rate_tx), rx=rate_message(self.iface.rate_rx))
 
-    def set_limits(self, iface):
-        """A reload changed only rate tx|rx: the session passes them on,
+    def change_in_place(self, iface, conf, changes):
+        """A reload kept this interface (its new block iface, under conf):
+        changes, a subset of {"ownership", "rates"}, are applied to the
+        socket and sent to the session (which gives each worker its rate);
         the VMM sees nothing."""
-        self.iface = iface
-        if self.channel is not None:
+        if "ownership" in changes:
+            vmmsocket.apply_ownership(iface.socket, iface.socket_owner, iface.socket_group,
+                                      iface.socket_mode)
+            log.info("%s: socket owner, group or mode changed", self.key)
+        self.iface, self.conf = iface, conf     # e.g. dns: the next DHCP answer has it
+        if "rates" in changes and self.channel is not None:
             self.channel.send(limits=self.limits)
+            log.info("%s: rate limits changed", self.key)
 
     def request_stats(self, done):
         """Ask the session for counters; done({name: value}) is called with

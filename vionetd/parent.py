@@ -36,7 +36,7 @@ import time
 
 import setproctitle
 
-from vionetd import config, vmmsocket
+from vionetd import config, metrics_link, vmmsocket
 from vionetd.eventloop import Loop, Reply
 from vionetd.exiting import EXIT_WAIT, Exiting
 from vionetd.iface import Interface
@@ -75,7 +75,7 @@ class Parent:
                 log.error("control socket %s: %s", self.conf.socket, e.strerror)
                 return 1
             self.watch(self.ctl.sock, self.ctl.accept)
-            err = self._metrics(self.conf)
+            err, self.metrics = metrics_link.follow(self, None, self.conf)
             if err:
                 log.error("%s", err)
                 return 1
@@ -160,23 +160,14 @@ class Parent:
 
     def _keep_or_stop(self, port, iface, conf):
         """Keep port if its block under conf (iface; None: it is gone) is the
-        same, or differs only in what changes in place: its socket's owner,
-        group or mode (applied to the socket) and its rate limits (sent to
-        its session, which gives them to the workers); else stop it."""
+        same but for what changes in place (in_place_changes()); else stop it."""
         changes = None if iface is None else in_place_changes(port, iface, conf)
         if changes is None:
             log.info("%s: stopping (%s)", port.key, "removed" if iface is None else "changed")
             port.stop()
             del self.ports[port.key]
             return
-        if "ownership" in changes:
-            vmmsocket.apply_ownership(iface.socket, iface.socket_owner, iface.socket_group,
-                                      iface.socket_mode)
-            log.info("%s: socket owner, group or mode changed", port.key)
-        if "rates" in changes:
-            port.set_limits(iface)
-            log.info("%s: rate limits changed", port.key)
-        port.iface, port.conf = iface, conf     # e.g. dns: the next DHCP answer has it
+        port.change_in_place(iface, conf, changes)
 
     def _start(self, port):
         """Start port, now or once its tap name is free; a Reply of its
@@ -202,7 +193,9 @@ class Parent:
             log.error("reload refused, configuration unchanged: %s", e)
             done.set(str(e))
             return done
-        err = self._control_socket(conf) or self._metrics(conf)
+        err = self._control_socket(conf)
+        if not err:     # the metrics process as conf says; an error refuses the reload
+            err, self.metrics = metrics_link.follow(self, self.metrics, conf)
         if err:
             log.error("reload refused, configuration unchanged: %s", err)
             done.set(err)
@@ -229,13 +222,6 @@ class Parent:
         except OSError as e:
             return "control socket %s: %s" % (conf.socket, e.strerror or e)
         return None
-
-    def _metrics(self, conf):
-        """The metrics process as conf says (metrics_link.follow); an error
-        refuses the reload."""
-        from vionetd import metrics_link
-        err, self.metrics = metrics_link.follow(self, self.metrics, conf)
-        return err
 
     def shutdown(self):
         """Stop every port and the metrics process, remove the control
