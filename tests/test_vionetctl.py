@@ -122,6 +122,11 @@ def parse_show(text):
         elif m := re.match(r"^  migration: dirty logging (on|off), pages marked (\d+), "
                            r"announced (\d+)$", line):
             cur["migration"] = (m.group(1), int(m.group(2)), int(m.group(3)))
+        elif m := re.match(r"^  rate: tx (.+), rx (.+); tap dropped (\d+)$", line):
+            cur["rate"] = (m.group(1), m.group(2))
+            cur["tap_dropped"] = int(m.group(3))
+        elif m := re.match(r"^  processes: (.+)$", line):
+            cur["processes"] = {p.split()[0]: int(p.split()[1]) for p in m.group(1).split(", ")}
         elif m := re.match(r"^  workers: ([\d ]+), restarts (\d+)$", line):
             cur["workers"] = [int(p) for p in m.group(1).split()]
             cur["restarts"] = int(m.group(2))
@@ -322,6 +327,10 @@ def test_show_workers_are_the_real_ones(rig):
     titles = sorted(process_title(pid) for pid in s["workers"])
     assert titles == ["vionetd: rx a/0", "vionetd: tx a/0"]
     assert s["restarts"] == 0
+    # the processes line names the same ones, and the session
+    assert s["processes"] == {"session": s["session"], "rx": s["workers"][0],
+                              "tx": s["workers"][1]}
+    assert s["rate"] == ("none", "none") and s["tap_dropped"] == 0
 
 
 def test_show_counters_follow_traffic(rig):

@@ -196,7 +196,7 @@ class CtlServer:
     def _with_counters(self, ports, respond):
         """Statuses with counters, gathered from the sessions without
         waiting in the loop."""
-        reply = pb.CtlReply(interfaces=[self.describe(p) for p in ports])
+        reply = pb.CtlReply(interfaces=[self.describe(p, usage=True) for p in ports])
         left = set(range(len(ports)))
 
         def finish():
@@ -227,7 +227,10 @@ class CtlServer:
             finish()
         return None
 
-    def describe(self, port):
+    def describe(self, port, usage=False):
+        """One interface's InterfaceStatus; with usage, what its processes
+        cost (procstat.py) and its tap's kernel drops too (stats and show:
+        status stays cheap)."""
         vmm = port.session.vmm_features
         st = pb.InterfaceStatus(
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,
@@ -244,9 +247,10 @@ class CtlServer:
             session_restarts=port.children.session_restarts,
             retries=port.session.retries, logging=port.session.logging,
             announced=port.tap.announced, mtu=port.tap.mtu if port.tap_name else 0,
-            guest_mtu=port.tap.vmm_mtu, limits=port.limits,
-            tap_dropped=tap.dropped(port.tap_name) if port.tap_name else 0,
-            processes=procstat.processes(port))
+            guest_mtu=port.tap.vmm_mtu, limits=port.limits)
+        if usage:
+            st.tap_dropped = tap.dropped(port.tap_name) if port.tap_name else 0
+            st.processes.extend(procstat.processes(port))
         sw = features.software_mode(port.iface.offload, vmm)
         st.tx_path = tx_path(sw)
         st.rx_path = "software checksum" if sw.rx_csum else "passthrough"
