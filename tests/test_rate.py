@@ -167,3 +167,73 @@ def test_rx_limit_leaves_frames_in_the_tap(rx_rig):
     lib.rate_set(ffi.addressof(r.c, "rate"), 0, 0, 0, 0)
     r.run(kick=False)
     assert r.c.cnt[lib.DC_FRAMES] == 900               # none was lost meanwhile
+
+
+# ---- the daemon: vionetd.conf to the workers, and reloads in place -----------
+
+DAEMON_CONF = """socket "@CTL@"
+vm "a" {
+    interface {
+        socket "@DIR@/a.sock"
+        lladdr 52:54:00:12:34:56
+%s
+    }
+}
+"""
+
+
+def tx_fps(d, seconds=1.5):
+    """TX frames per second of a/0 over seconds, from its counters."""
+    def sample():
+        t0 = time.monotonic()
+        c = d.stats()["a/0"]["counters"]
+        return (t0 + time.monotonic()) / 2, c   # when the counters were read, about
+    t0, c0 = sample()
+    time.sleep(seconds)
+    t1, c1 = sample()
+    return (c1["tx_frames"] - c0["tx_frames"]) / (t1 - t0), c1["tx_rate_held"]
+
+
+def reload_with(d, line):
+    with open(d.conf, "w") as f:
+        f.write((DAEMON_CONF % line).replace("@CTL@", d.ctl_socket).replace("@DIR@", d.dir))
+    d.ctl("reload")
+
+
+@pytest.mark.root
+def test_daemon_rate_follows_reloads_without_a_reconnect():
+    """rate tx pps 500 holds a guest that sends back to back at 500 frames
+    a second; a reload to 1500 and then to no limit applies at once, with
+    the same session, workers and VMM connection."""
+    from tests import netns as N
+    from tests.daemon import daemon
+    from tests.hostile import Sender
+    from tests.test_reload import forked_loop
+    from tests.testvm import TestVM
+    with N.netns("rate") as ns:
+        N.disable_ipv6(ns)
+        with daemon(DAEMON_CONF % "        rate tx pps 500", ns) as d:
+            d.wait_socket(d.dir + "/a.sock")
+            with TestVM(d.dir + "/a.sock") as vm:
+                sender = Sender(vm, bytes.fromhex("525400123456"))
+                with forked_loop(lambda: sender.send(b"rate", timeout=5), seconds=60):
+                    time.sleep(0.5)
+                    before = d.stats()["a/0"]
+                    fps, held = tx_fps(d)
+                    assert 500 * 0.9 <= fps <= 500 * 1.1 and held > 0, fps
+                    reload_with(d, "        rate tx pps 1500")
+                    time.sleep(0.3)
+                    fps2, _ = tx_fps(d)
+                    assert 1500 * 0.9 <= fps2 <= 1500 * 1.1, fps2
+                    reload_with(d, "")
+                    time.sleep(0.3)
+                    fps3, _ = tx_fps(d)
+                    after = d.stats()["a/0"]
+                print("pps 500: %.0f, pps 1500: %.0f, no limit: %.0f frames/s" % (fps, fps2, fps3))
+                assert fps3 > 2 * fps2
+                assert after["session_pid"] == before["session_pid"]
+                assert after["worker_pids"] == before["worker_pids"]
+                assert after["rate"]["tx"]["pps"] == 0
+                assert vm.fe.get_features() == vm.fe.get_features()   # the connection lives
+            assert d.log().count("VMM connected") == 1
+            assert d.log().count("rate limits changed") == 2
