@@ -13,8 +13,8 @@ to.
 
 KIND: tx_64k tx_1514 tx_64 rx_64k rx_1514 rx_64 (64k: TSO4 super-frames of
 45 x 1448 bytes; all IPv4/TCP with a partial checksum), each also with a
-_q2 suffix (two queue pairs), and tx_64k_log rx_64k_log rx_1514_log
-rx_64_log (dirty logging on).
+_q2 suffix (two queue pairs) and a _rate suffix (a rate limit), and
+tx_64k_log rx_64k_log rx_1514_log rx_64_log (dirty logging on).
 
 Topology, all in one network namespace of the benchmark's own (deleted at
 the end, with every tap in it):
@@ -78,6 +78,18 @@ Rows and their limits:
     run (null, with ratio_vs_nolog_missing, without it); cpu_ratio_vs_nolog
     the same in the workers' CPU per frame, steadier on a busy machine.
     The limit is the plain tap's: a tap has nothing to log.
+
+  - *_rate: the interface has `rate tx|rx` (vionetd.conf(5)) at RATE, by
+    frame size (2 Gbit/s for 64k, 500 Mbit/s for 1514, 50 Mbit/s for 64),
+    below what the row moves without it. Only vionetd runs: limit_gbit_s is
+    the configured rate and ratio_vs_limit how close the frontend's figure
+    came to it (1.0: the limit held exactly; the first round gains one
+    burst, 10 ms of the rate). TX: the frontend keeps the ring full and the
+    tx worker leaves chains in it while over the limit (counter
+    tx_rate_held); RX: the source writes at full speed, the rx worker
+    leaves the tap unread and the kernel drops the rest (tap.tx_dropped).
+    The rows without a limit pay one test per frame for the feature
+    (csrc/rate.h).
 
 Figures per row: vionetd_gbit_s, vionetd_mpps (frames the frontend saw
 completed / received, frame bytes without the vnet header), limit_gbit_s,
@@ -211,10 +223,14 @@ from tests.daemon import Daemon         # noqa: E402
 BASE_KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
 LOG_KINDS = ("tx_64k_log", "rx_64k_log", "rx_1514_log", "rx_64_log")
 Q2_KINDS = tuple(k + "_q2" for k in BASE_KINDS)
+RATE_KINDS = tuple(k + "_rate" for k in BASE_KINDS)
 # The order rows run in: each _log row right after its non-log row (the
 # ratio between them is taken in the same run, so keep them close in time).
 KINDS = tuple(x for k in BASE_KINDS for x in (k, k + "_log") if x in BASE_KINDS + LOG_KINDS) \
-    + Q2_KINDS
+    + Q2_KINDS + RATE_KINDS
+# The limit of a _rate row (vionetd.conf "rate tx|rx", bits per second), by
+# frame size: below what the row does without one on a 2-core host.
+RATE = {"64k": 2 * 10**9, "1514": 500 * 10**6, "64": 50 * 10**6}
 # Ring sizes: 1024 both ways, the most QEMU allows (tx_queue_size above 256
 # only with vhost-user) and what a VMM tuned for throughput sets (libvirt:
 # <driver rx_queue_size='1024' tx_queue_size='1024'/>). QEMU's default, 256,
@@ -243,10 +259,15 @@ CONF = """socket "@CTL@"
 vm "bench" {
     interface "%(tap)s" {
         socket "@DIR@/bench.sock"
-        lladdr %(mac)s%(queues)s
+        lladdr %(mac)s%(queues)s%(rate)s
     }
 }
 """
+
+
+def is_rate(kind):
+    """A row of an interface with a rate limit: "tx_64_rate"."""
+    return kind.endswith("_rate")
 
 
 def parse_kind(kind):
@@ -503,14 +524,50 @@ class Bench:
     def limit_tap(self):
         return N.unique("vbl")
 
+    def tx_vionetd(self, size, s):
+        """One TX round through vionetd: the frontend's result."""
+        return Tool(self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
+                               "-q", str(self.ring_tx), "-P", str(TX_PIECE)]
+                    + self.frontend_args()).result(s + 30)
+
+    def rx_vionetd(self, size, s):
+        """One RX round through vionetd: the frontend's result, the source's in it."""
+        with tools() as start:
+            fe = start(self.exe, ["rx", "-s", self.sock, "-t", str(s),
+                                  "-q", str(self.ring_rx), "-B", str(RX_BUF[size])]
+                       + self.frontend_args())
+            fe.wait_ready()
+            # the workers of pair 1 start when the frontend sets up its rings
+            wait_workers(self.d.proc.pid, 5.0, 2 * self.pairs)
+            src = start(self.exe, ["source", "-i", self.tap, "-k", size,
+                                   "-t", str(s + 0.5)] + self.source_args(), ns=self.ns)
+            res = fe.result(s + 30)
+            res["source"] = src.result(15)
+            return res
+
+    def rated(self, direction, size, bits):
+        """A _rate row: rounds of vionetd alone, its figure against the
+        configured rate (limit_gbit_s), the median round's counters."""
+        s = self.seconds / self.rounds
+        run = self.tx_vionetd if direction == "tx" else self.rx_vionetd
+        rounds = [self.measure(direction, lambda: run(size, s)) for _ in range(self.rounds)]
+        res, info = sorted(rounds, key=lambda r: rates(r[0])[0])[len(rounds) // 2]
+        g, mpps = rates(res)
+        return {"vionetd_gbit_s": round(g, 3), "vionetd_mpps": round(mpps, 4),
+                "limit_gbit_s": bits / 1e9, "ratio_vs_limit": round(g * 1e9 / bits, 3),
+                "rate_bits_per_s": bits,
+                "vionetd_cpu_s": direction_cpu(info["worker_cpu_s"], direction),
+                "vionetd_us_per_frame": finite(us_per_frame(info["worker_cpu_s"],
+                                                            info["counters"], direction)),
+                "rounds": [{"vionetd_gbit_s": round(rates(r)[0], 3),
+                            "machine_busy": i["machine_busy"]} for r, i in rounds],
+                "frontend": res, **info}
+
     def tx(self, size):
         s = self.seconds / self.rounds
 
         def run_vionetd():
-            return Tool(self.exe, ["tx", "-s", self.sock, "-k", size, "-t", str(s),
-                                   "-q", str(self.ring_tx), "-P", str(TX_PIECE)]
-                        + self.frontend_args()
-                        ).result(s + 30)
+            return self.tx_vionetd(size, s)
 
         def run_limit(layout=()):
             return Tool(self.exe, ["tapwrite", "-i", self.limit_tap(), "-k", size,
@@ -524,18 +581,7 @@ class Bench:
         s = self.seconds / self.rounds
 
         def run_vionetd():
-            with tools() as start:
-                fe = start(self.exe, ["rx", "-s", self.sock, "-t", str(s),
-                                      "-q", str(self.ring_rx), "-B", str(RX_BUF[size])]
-                           + self.frontend_args())
-                fe.wait_ready()
-                # the workers of pair 1 start when the frontend sets up its rings
-                wait_workers(self.d.proc.pid, 5.0, 2 * self.pairs)
-                src = start(self.exe, ["source", "-i", self.tap, "-k", size,
-                                       "-t", str(s + 0.5)] + self.source_args(), ns=self.ns)
-                res = fe.result(s + 30)
-                res["source"] = src.result(15)
-                return res
+            return self.rx_vionetd(size, s)
 
         def run_limit(layout=()):
             with tools() as start:
@@ -685,12 +731,17 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx, rounds=ROUNDS):
     tap = N.unique("vbt")
     direction, size, pairs, log = parse_kind(kind)
     queues = "\n        queues %d" % pairs if pairs > 1 else ""
-    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC, queues=queues), ns, d_dir)
+    bits = RATE[size] if is_rate(kind) else 0
+    rate = "\n        rate %s %d" % (direction, bits) if bits else ""
+    d = Daemon(CONF % dict(tap=tap, mac=GUEST_MAC, queues=queues, rate=rate), ns, d_dir)
     try:
         d.start()
         d.wait_socket(os.path.join(d_dir, "bench.sock"))
         b = Bench(exe, ns, d, tap, seconds, ring_tx, ring_rx, pairs, log, rounds)
-        r = b.tx(size) if direction == "tx" else b.rx(size)
+        if bits:
+            r = b.rated(direction, size, bits)
+        else:
+            r = b.tx(size) if direction == "tx" else b.rx(size)
         r["daemon_alive"] = d.proc.poll() is None
         return r
     finally:
@@ -698,7 +749,7 @@ def run_kind(exe, ns, tmp, kind, seconds, ring_tx, ring_rx, rounds=ROUNDS):
 
 
 def table(out, f):
-    fmt = "%-11s %11s %9s %11s %7s %7s %7s %8s %6s %6s"
+    fmt = "%-12s %11s %9s %11s %7s %7s %7s %8s %6s %6s"
     print(fmt % ("kind", "vionetd", "Mpps", "limit", "ratio", "layout", "batched", "cpu_s",
                  "busy", "nolog"), file=f)
     for k in KINDS:
@@ -706,7 +757,7 @@ def table(out, f):
             continue
         r = out[k]
         if "error" in r:
-            print("%-11s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
+            print("%-12s failed: %s" % (k, r["error"].splitlines()[0]), file=f)
             continue
         nolog, layout = r.get("ratio_vs_nolog"), r.get("ratio_vs_guest_layout")
         batched = r.get("ratio_vs_batched_limit")

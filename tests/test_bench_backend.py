@@ -129,6 +129,7 @@ def test_row_names():
     base = ["tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64"]
     assert set(base + [k + "_q2" for k in base]) <= set(backend.KINDS)
     assert {"tx_64k_log", "rx_64k_log", "rx_1514_log"} <= set(backend.KINDS)
+    assert set(k + "_rate" for k in base) <= set(backend.KINDS)
     # a _log row runs right after its non-log row (ratio_vs_nolog)
     for k in backend.KINDS:
         if k.endswith("_log"):
@@ -181,6 +182,23 @@ def test_rx_guest_layout_limit_spreads_a_64k_frame(more):
     lay = more["rx_64k"]["guest_layout"]
     assert lay["buffers_per_frame"] == 16 and lay["buffer_bytes"] == 4096
     assert lay["frames"] > 0 and lay["bytes"] == lay["frames"] * (54 + 45 * 1448)
+
+
+def test_rate_rows_hold_their_rate():
+    """A limited interface moves its configured rate (RATE), within what a
+    short run's first burst adds; TX holds chains back, RX leaves the tap."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import backend
+    finally:
+        sys.path.pop(0)
+    out = bench("tx_1514_rate", "rx_1514_rate", rounds=1)
+    for kind in ("tx_1514_rate", "rx_1514_rate"):
+        r = out[kind]
+        assert KEYS <= set(r), r.get("error")
+        assert r["limit_gbit_s"] == backend.RATE["1514"] / 1e9
+        assert 0.85 <= r["ratio_vs_limit"] <= 1.15, r["ratio_vs_limit"]
+        assert r["counters"][kind[:2] + "_rate_held"] > 0
 
 
 def test_rounds(result):
