@@ -7,16 +7,19 @@
  *
  * Input: u64 features, u8 RXF_* flags, u16 frame_max, u8 batch, u8
  * log2(num) (1..16), u8 mode (bit 0 EVENT_IDX, bit 1 inject, bits 2-3
- * number of rx_run calls - 1), u8 number of tap frames (0..7) and each as
+ * number of rx_run calls - 1, bit 4 a rate limit of RATE_PPS frames a
+ * second with a burst of one, rate.c), u8 number of tap frames (0..7) and each as
  * u16 length + bytes (vnet header + frame, as a tap delivers them), u16
  * inject length + bytes, then guest memory (ringmem.h's layout).
  * Oracles: ASan/UBSan on every guest buffer and the context; used entries
  * name valid heads (when no buffer covers the used ring); no more frames
- * delivered than the tap had; what was delivered counts its bytes.
+ * delivered than the tap had; what was delivered counts its bytes; with
+ * the limit, no more than its burst, the one it lets into debt and what a
+ * run far shorter than a second earns (RATE_SLACK).
  */
 #include "ringmem.h"
 
-enum { MAX_FRAMES = 7 };
+enum { MAX_FRAMES = 7, RATE_PPS = 2, RATE_SLACK = 2 };
 
 /*
  * Could the path's writes into guest buffers land on the used ring? Asked
@@ -87,6 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rm_setup(&r, &c->q, num, 0, mode & 1) != GM_OK)
 		abort();
 	rx_init(c);
+	rate_set(&c->rate, 0, 0, (mode & 16) ? RATE_PPS : 0, 1);
 	used_start = c->q.used_idx;
 	covered = buffers_cover_used(&r, num);
 	for (unsigned k = 0; k < runs; k++) {
@@ -106,6 +110,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FAIL("%llu frames delivered of %u sent", (unsigned long long)c->cnt[DC_FRAMES], sent);
 	if (c->cnt[DC_BYTES] > (uint64_t)c->cnt[DC_FRAMES] * FRAME_MAX)
 		FAIL("delivered bytes");
+	if ((mode & 16) && c->cnt[DC_FRAMES] > 2 + RATE_SLACK)
+		FAIL("%llu frames passed a limit of %d a second", (unsigned long long)c->cnt[DC_FRAMES],
+		     RATE_PPS);
 	if (!covered)
 		rm_check_used(&r, num, used_start);
 	rx_reset(c);

@@ -12,14 +12,17 @@
  * the smallest send buffer, read by the "kernel" only every other call, so
  * writes meet EAGAIN (frames handed back, segments left waiting) or
  * EMSGSIZE (a write error); bit 5: passthrough frames staged and written
- * through the io_uring of txuring.c, when the kernel allows one), then guest
- * memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56,
+ * through the io_uring of txuring.c, when the kernel allows one; bit 6: a
+ * rate limit of RATE_PPS frames a second with a burst of one, rate.c), then
+ * guest memory (ringmem.h's layout). The locked address is 52:54:00:12:34:56,
  * its IPv6 sources fe80::5054:ff:fe12:3456 and fd00:1::5054:ff:fe12:3456.
  * Oracles: every frame the tap gets passes txcheck.h (as written and as the
  * kernel completes its partial checksum); a diverted frame is
  * a DHCP request, a router solicitation or a DHCPv6 client message (as
  * the flags ask) of at most DIVERT_MAX bytes; used entries name valid heads;
- * the ring is consistent after tx_reset (nothing held).
+ * the ring is consistent after tx_reset (nothing held); with the limit, no
+ * more frames pass than its burst, the one it lets into debt and what it
+ * earned meanwhile (a run is far shorter than a second: RATE_SLACK).
  */
 #include <errno.h>
 #include <sys/eventfd.h>
@@ -28,6 +31,7 @@
 #include "txuring.h"
 
 static const uint8_t LOCKED[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+enum { RATE_PPS = 2, RATE_SLACK = 2 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -71,6 +75,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c->tap_fd = (b & 16) ? small[0] : r.tap[0];
 	tap_k = (b & 16) ? small[1] : r.tap[1];
 	c->waiting_out = 0;
+	rate_set(&c->rate, 0, 0, (b & 64) ? RATE_PPS : 0, 1);
 	memset(c->cnt, 0, sizeof(c->cnt));
 	rm_map(&r, &in);
 	if (rm_setup(&r, &c->q, num, (uint16_t)(mode >> 1) * 0x200, mode & 1) != GM_OK)
@@ -99,6 +104,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (!vq_pending(&c->q) && !c->seg_count)
 			break;
 	}
+	if ((b & 64) && c->cnt[DC_FRAMES] > 2 + RATE_SLACK)
+		FAIL("%llu frames passed a limit of %d a second", (unsigned long long)c->cnt[DC_FRAMES],
+		     RATE_PPS);
 	tx_reset(c);
 	rm_check_used(&r, num, used_start);
 	rm_drain(tap_k);
