@@ -20,6 +20,12 @@
  * completion, so frames of a stream share kicks and interrupts while a
  * lone frame waits for nothing (see tx_ctx.linger_us, rx_ctx.linger_us).
  *
+ * Rate limit: ctx->rate (rate.h), set by the worker with rate_set(). Before
+ * each frame the path asks the bucket (one test of rate.on without a
+ * limit); over the limit, TX takes no more chains (they wait in the ring,
+ * the guest's queue pushes back) and RX reads no more from the tap (the
+ * kernel's queue fills and drops), until rate_until, a ppoll() timeout.
+ *
  * Counters: ctx->cnt[DC_*], all uint64, named by dp_counter_name(i) for
  * 0 <= i < DC_MAX: fixed counters, then one per ring error (DC_RING_BASE +
  * VQE_*), then one per refused header (DC_VR_BASE + VR_*).

@@ -1,7 +1,8 @@
-"""Run by every session and worker: what it gives up before it meets a peer.
+"""Run by every session, worker and the metrics process: what it gives up before it meets a peer.
 
 Applied by every session and worker right after the fork, before it reads a
-byte from a VMM or maps a guest, in this order (each step needs the
+byte from a VMM or maps a guest (and by the metrics process before it
+accepts an HTTP client), in this order (each step needs the
 privileges the next one drops):
 
 1. close every fd but those it keeps (its channels, a session's listening
@@ -25,7 +26,8 @@ privileges the next one drops):
 
 The list is COMMON below (what the interpreter and the channels need) plus
 the calls of the process's own code, declared next to that code:
-session/main.py's SYSCALLS and worker.SYSCALLS, each call with its reason.
+session/main.py's SYSCALLS, worker.SYSCALLS and metrics.SYSCALLS, each
+call with its reason.
 
 A call outside the list traps: csrc/sigsys.c reports its number over the
 process's channel, then the process dies by SIGSYS; the receiver logs both
