@@ -33,7 +33,8 @@ uint64_t dp_now_ns(void);  /* datapath.c */
 #define RATE_MAX_FRAMES 100000000ull     /* frames per second */
 #define RATE_MAX_FRAME_BURST 1000000ull
 #define RATE_MIN_BURST 65536ull          /* one 64 KiB frame */
-#define RATE_DEFAULT_BURST_DIV 100       /* a default burst: 1/100 s of the rate */
+#define RATE_DEFAULT_BURST_DIV 20        /* a default burst: 1/20 s of the rate, room
+					   for a worker scheduled late on a busy host */
 
 /* CDEF BEGIN */
 
@@ -50,7 +51,7 @@ struct dp_rate {
 	struct rate_bucket bytes, frames;
 };
 
-/* Set the limit (0: none of that kind). A burst of 0 is 10 ms of the rate,
+/* Set the limit (0: none of that kind). A burst of 0 is 50 ms of the rate,
  * at least RATE_MIN_BURST bytes or 1 frame (vionetd.conf(5)). Values
  * beyond RATE_MAX_* are clamped. The buckets start full. */
 void rate_set(struct dp_rate *r, uint64_t bytes_per_s, uint64_t burst_bytes,

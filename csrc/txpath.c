@@ -701,7 +701,7 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_signal)
 {
 	unsigned limit = c->batch ? c->batch : DP_BATCH, done = 0;
-	int ret = DP_CTL;
+	int ret = DP_CTL, held = 0;
 
 	*more = 0;
 	vq_disable_notify(&c->q);
@@ -718,6 +718,7 @@ static int tx_batch(struct tx_ctx *c, int *more, unsigned *done_out, int force_s
 		if ((wait = rate_hold_ns(&c->rate)) != 0) {
 			/* over the limit: the chains wait in the ring */
 			dp_hold(&c->rate_until, c->cnt, wait);
+			held = 1;
 			goto out;
 		}
 		if (!stage_has_room(c->stage) && stage_flush(c))
@@ -769,11 +770,12 @@ out:
 	}
 	if (done)
 		c->cnt[DC_BATCHES]++;
-	/* A full batch, a wait for the tap or a divert: signal now (the
-	 * guest may be waiting for room); else throttled. */
+	/* A full batch, a wait for the tap or the limit, a divert: signal
+	 * now (the guest may be waiting for room: its queue stays stopped
+	 * until it hears of what was done); else throttled. */
 	c->cnt[DC_NOTIFICATIONS] += dp_complete(&c->q, c->cnt, &c->unsignalled_since,
 						&c->last_signal, dp_linger_ns(c->linger_us),
-						force_signal || *more || c->waiting_out);
+						force_signal || *more || c->waiting_out || held);
 	*done_out = done;
 	return ret;
 }

@@ -56,10 +56,11 @@ def test_frames_bucket():
     assert lib.rate_wait_ns(r, t) == pytest.approx(1_000_000, abs=1000)   # 1 ms
 
 
-def test_default_burst_is_10_ms_at_least_one_big_frame():
-    assert bucket(bps=100_000_000).bytes.size == 1_000_000 * NS
+def test_default_burst_is_50_ms_at_least_one_big_frame():
+    assert bucket(bps=100_000_000).bytes.size == 5_000_000 * NS
     assert bucket(bps=1_000_000).bytes.size == 65536 * NS
-    assert bucket(pps=50).frames.size == 1 * NS
+    assert bucket(pps=10).frames.size == 1 * NS
+    assert bucket(pps=1000).frames.size == 50 * NS
 
 
 def test_limits_are_clamped():

@@ -22,6 +22,7 @@ COLUMNS = ("INTERFACE", "STATE", "RX_Mbps", "RX_pps", "TX_Mbps", "TX_pps", "DROP
 SORTS = {"vm": 0, "state": 1, "rx": 2, "rxpps": 3, "tx": 4, "txpps": 5, "drops": 6, "cpu": 7}
 SORT_KEYS = {"v": "vm", "s": "state", "r": "rx", "R": "rxpps", "t": "tx", "T": "txpps",
              "d": "drops", "c": "cpu"}
+MIN_DELAY = 0.1       # seconds between refreshes, at least
 HELP_LINE = "q quit  sort: v vm  s state  r/R rx  t/T tx  d drops  c cpu (again: reverse)"
 
 
@@ -108,8 +109,9 @@ def batch(args, sampler, out):
 
 def main(args, fetch):
     """vionetctl top; fetch() -> a stats CtlReply. Exit status as vionetctl's."""
-    if args.o not in SORTS:
-        print("vionetctl: top -o: expected one of %s" % ", ".join(SORTS), file=sys.stderr)
+    if args.o not in SORTS or args.d < MIN_DELAY:
+        print("vionetctl: top: -o is one of %s, -d at least %g" % (", ".join(SORTS), MIN_DELAY),
+              file=sys.stderr)
         return 2
     sampler = Sampler(fetch)
     try:

@@ -75,7 +75,7 @@ class Offload:
 class Rate:
     """rate tx|rx: the limit of one direction (0: none of that kind)."""
     bits: int = 0        # bits per second
-    burst: int = 0       # bytes the bucket holds; 0: 10 ms of the rate, at least 64 KiB
+    burst: int = 0       # bytes the bucket holds; 0: 50 ms of the rate, at least 64 KiB
     pps: int = 0         # frames per second
 
     @property
