@@ -2,7 +2,7 @@
 
 With `metrics listen ADDR:PORT` in vionetd.conf the parent binds that TCP
 socket and forks this process (metrics_link.py), which confines itself
-(sandbox.enter: the daemon's user, an empty root, the allow-list SYSCALLS
+(sandbox.enter: the global user of vionetd.conf, an empty root, the allow-list SYSCALLS
 below) and then serves, from one poll() loop:
 
 - GET /metrics: the Prometheus text (prometheus.py) of the counters it asks
@@ -32,7 +32,7 @@ import setproctitle
 from vionetd import prometheus, sandbox
 from vionetd import vionetd_pb2 as pb
 
-MAX_CLIENTS = 40              # below the sandbox's RLIMIT_NOFILE (64)
+MAX_CLIENTS = 40              # below the sandbox's RLIMIT_NOFILE (WORKER_NOFILE, 64)
 MAX_REQUEST = 4096            # bytes of request line and headers
 CLIENT_SECONDS = 10.0         # from accept to the last byte of the answer
 CACHE_SECONDS = 1.0
@@ -257,8 +257,8 @@ def main(chan, listener, user, root):
     signal.set_wakeup_fd(-1)
     setproctitle.setproctitle("vionetd: metrics")
     try:
-        sandbox.enter(SYSCALLS, [chan.fileno(), listener.fileno()], user, root,
-                      nonblocking_ioctl=True)
+        sandbox.enter(SYSCALLS, [chan.fileno(), listener.fileno()], sandbox.identity(user),
+                      root, nonblocking_ioctl=True)
     except OSError as e:
         print("vionetd: metrics: cannot confine: %s" % e, file=sys.stderr)
         return 1
