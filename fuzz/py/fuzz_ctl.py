@@ -40,6 +40,7 @@ def stub_port(vm, idx, local_addr):
         reason="", children=SimpleNamespace(workers=workers, session_pid=300 + idx,
                                             session_restarts=0),
         tap=SimpleNamespace(announced=idx, mtu=1500, vmm_mtu=1400 if idx else 0),
+        limits=pb.Limits(tx=pb.Rate(bytes_per_s=25_000_000 * idx)),
         session=SimpleNamespace(retries=idx, logging=bool(idx), worker_restarts=idx,
                                 vmm_features=(1 << 64) - 1 if idx else 0),
         request_stats=lambda done: PENDING.append((done, counters)))
