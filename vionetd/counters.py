@@ -21,6 +21,7 @@ DROPS = {
     "sw_csum_fail": "checksum_failed", "too_big": "too_big", "bad_hdr": "bad_header",
     "buf_small": "buffer_small", "abandoned": "abandoned", "inject_nobuf": "inject_no_buffer",
     "inject_dropped": "inject_no_ring", "dhcp_malformed": "dhcp_malformed",
+    "v6_router_drop": "ipv6_router_message", "locked_ip6_drop": "locked_ipv6",
 }
 
 # HELP of the families of single counters, by name without direction.
@@ -38,6 +39,7 @@ HELP = {
     "gso_frames": "GSO frames from the guest",
     "partial_csum_frames": "Partially checksummed frames from the guest",
     "dhcp_diverted": "DHCP requests diverted to vionetd's server",
+    "v6_diverted": "Router solicitations and DHCPv6 messages diverted to vionetd",
     "no_buffers": "Times the guest had no receive buffers (the tap waits)",
     "bounced": "Frames read through a private buffer (the guest was short of buffers)",
     "injected": "Frames vionetd put into the guest's ring (DHCP replies)",
