@@ -22,6 +22,8 @@ DROPS = {
     "buf_small": "buffer_small", "abandoned": "abandoned", "inject_nobuf": "inject_no_buffer",
     "inject_dropped": "inject_no_ring", "dhcp_malformed": "dhcp_malformed",
     "v6_router_drop": "ipv6_router_message", "locked_ip6_drop": "locked_ipv6",
+    "rs_malformed": "router_solicit_malformed", "dhcp6_malformed": "dhcp6_malformed",
+    "rs_limited": "router_solicit_limited", "dhcp6_limited": "dhcp6_limited",
 }
 
 # HELP of the families of single counters, by name without direction.
