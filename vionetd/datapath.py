@@ -60,6 +60,13 @@ def tx_flags(enabled, sw, locked, local, inet6=False, locked_ip6=False):
     return flags
 
 
+def set_rate(ctx, msg):
+    """The limit of a context's direction (pb.Rate; zeros: none), at once,
+    even while its ring runs: the next frame waits for it."""
+    lib.rate_set(ffi.addressof(ctx, "rate"), msg.bytes_per_s, msg.burst_bytes,
+                 msg.frames_per_s, 0)
+
+
 class Datapath:
     def __init__(self, rx, uring=None):
         self.rx = rx
@@ -137,12 +144,6 @@ class Datapath:
             for fd in fds:
                 os.close(fd)
         self._apply_log()
-
-    def set_rate(self, msg):
-        """The limit of this direction (pb.Rate; zeros: none), at once,
-        even while the ring runs: the next frame waits for it."""
-        lib.rate_set(ffi.addressof(self.ctx, "rate"), msg.bytes_per_s, msg.burst_bytes,
-                     msg.frames_per_s, 0)
 
     def _apply_log(self):
         on = (self.ring_started and self.log.bits != ffi.NULL and

@@ -27,7 +27,7 @@ from vionetd import control, dhcp, dhcp6, ra, sandbox
 from vionetd.divert import Diverter
 from vionetd import vionetd_pb2 as pb
 from vionetd.core import ffi, lib
-from vionetd.datapath import Datapath, RingFailed
+from vionetd.datapath import Datapath, RingFailed, set_rate
 
 DEFAULT_ROOT = "/var/empty"
 LOG_TEXT_MAX = 300            # characters of a diagnostic (FromWorker.error)
@@ -68,7 +68,7 @@ class Worker:
             "dhcp_reply": lambda body: self.dp.inject(dhcp.build(body)),
             "router_advert": lambda body: self.dp.inject(ra.build(body)),
             "dhcp6_reply": lambda body: self.dp.inject(dhcp6.build(body)),
-            "rate": lambda body: self.dp.set_rate(body),
+            "rate": lambda body: set_rate(self.dp.ctx, body),
         }
         if test_hooks:
             rows["test_forbidden_call"] = sandbox.test_forbidden_call

@@ -48,7 +48,7 @@ class ParentLink:
                                                              dhcp6_reply=body),
             "router_advert": lambda body: session.workers.send(session.workers.workers[0],
                                                                router_advert=body),
-            "limits": session.workers.set_limits,
+            "limits": session.limits.set,
             "stats": lambda body: session.workers.counters(
                 lambda counters: self.send(stats=pb.Stats(counters=counters))),
         }

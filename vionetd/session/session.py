@@ -1,12 +1,13 @@
 """Run by a session: the Session, which composes the parts of one.
 
 One session serves one VM interface (the parent forks it, main.py confines
-it). It is four parts on one event loop, each in its own file:
+it). It is five parts on one event loop, each in its own file:
 - parent: the channel to the parent (parent_link.py);
 - vmm: the VMM's connection, accepted or dialed, paced (vmm_link.py);
 - device: the virtio-net device the VMM sets up, the Connection's Backend
   (device.py);
-- workers: the interface's rx and tx workers (workers.py).
+- workers: the interface's rx and tx workers (workers.py);
+- limits: the interface's rate limits, given to each worker (limits.py).
 
 What the parent sees of it is one SessionState message, sent whenever it
 changes.
@@ -14,6 +15,7 @@ changes.
 from vionetd import vionetd_pb2 as pb
 from vionetd.eventloop import Loop
 from vionetd.session.device import Device
+from vionetd.session.limits import Limits
 from vionetd.session.parent_link import ParentLink
 from vionetd.session.vmm_link import VmmLink
 from vionetd.session.workers import Supervisor
@@ -29,6 +31,7 @@ class Session:
         self.loop = Loop()
         self.running = True
         self.workers = Supervisor(self, queue_pairs)
+        self.limits = Limits(self.workers)
         self.device = Device(self, offered, queue_pairs)
         self.vmm = VmmLink(self, listener, vmm)
         self.parent = ParentLink(self, chan, test_hooks)

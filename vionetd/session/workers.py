@@ -67,11 +67,6 @@ class Worker:
         self.timer = None                     # RESTART_PENDING: the new ask
 
 
-def rate_of(limits, w):
-    """The pb.Rate of w's direction in an interface's pb.Limits."""
-    return limits.tx if w.role == pb.ROLE_TX else limits.rx
-
-
 class Supervisor:
     """Every worker of one session: asks for them, talks to them, replaces
     them. The session gives: its loop, its parent link (spawn requests,
@@ -82,7 +77,6 @@ class Supervisor:
         self.loop = session.loop
         self.workers = [Worker(i) for i in range(2 * queue_pairs)]
         self.restarts = 0
-        self.limits = pb.Limits()             # from the parent: each worker gets its direction's
         self.table = control.Table({           # FromWorker, with the worker first
             "ring_stopped": lambda w, body: self._answer(w, "ring_stopped", body),
             "ring_enabled": lambda w, body: self._answer(w, "ring_enabled", body),
@@ -125,15 +119,9 @@ class Supervisor:
         w.chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fds[0])
         w.pid, w.state = body.pid, State.RUNNING
         self.loop.watch(w.chan, lambda: self._from_worker(w))
-        self.send(w, rate=rate_of(self.limits, w))
+        self.session.limits.give(w)
         self.session.device.restore(w)
         self.session.report_state()
-
-    def set_limits(self, limits):
-        """ToSession.limits: each worker applies its direction's at once."""
-        self.limits = limits
-        for w in self.workers:
-            self.send(w, rate=rate_of(limits, w))
 
     # ---- talking to them --------------------------------------------------
 
