@@ -190,13 +190,11 @@ struct tx_ctx {
 	 * SLAAC and DHCPv6 addresses); unused entries are all zero, which
 	 * matches no source but :: (checked apart). */
 	uint8_t locked_ip6[4][16];
-	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
 	uint64_t cnt[DC_MAX];
 	uint32_t divert_len;
 	uint8_t divert[2048];
 	/* private below */
 	int waiting_out;
-	uint64_t rate_until;  /* dp_now_ns() the limit holds the ring until; 0: not held */
 	int armed;            /* kicks asked for (vq_enable_notify) since the last batch */
 	uint64_t linger_until;  /* dp_now_ns() until which we look without kicks */
 	uint64_t unsignalled_since; /* 0: every completion signalled */
@@ -211,6 +209,11 @@ struct tx_ctx {
 	size_t scratch_cap;
 	uint32_t *seg_lens;
 	struct tx_stage *stage;
+	/* The rate limit (the worker sets rate with rate_set(); rate_until is
+	 * the path's), last: the fields above keep the places and cache lines
+	 * they had before it. */
+	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
+	uint64_t rate_until;  /* dp_now_ns() the limit holds the ring until; 0: not held */
 };
 
 struct rx_buf {
@@ -234,11 +237,9 @@ struct rx_ctx {
 	 * batch). */
 	int linger_us;
 	uint32_t frame_max;   /* largest frame the tap may deliver; 0: FRAME_MAX */
-	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
 	uint64_t cnt[DC_MAX];
 	/* private below */
 	int waiting_bufs;
-	uint64_t rate_until;  /* dp_now_ns() the limit leaves the tap unread until; 0: not held */
 	uint64_t unsignalled_since; /* 0: every completion signalled */
 	uint64_t last_signal;   /* dp_now_ns() of the last call written */
 	unsigned nbufs, niov;
@@ -255,6 +256,9 @@ struct rx_ctx {
 	struct iovec iov[1024];
 	struct iovec riov[1024];
 	struct vq_chain tmp;
+	/* The rate limit, last, as in tx_ctx. */
+	struct dp_rate rate;  /* rate_set(); without a limit the path pays one test */
+	uint64_t rate_until;  /* dp_now_ns() the limit leaves the tap unread until; 0: not held */
 };
 
 /* Allocate the TX scratch (once; 0 or -1). */
