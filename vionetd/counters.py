@@ -24,6 +24,7 @@ DROPS = {
     "v6_router_drop": "ipv6_router_message", "locked_ip6_drop": "locked_ipv6",
     "rs_malformed": "router_solicit_malformed", "dhcp6_malformed": "dhcp6_malformed",
     "rs_limited": "router_solicit_limited", "dhcp6_limited": "dhcp6_limited",
+    "v6_unparsed_drop": "ipv6_unparsed", "csum_field_drop": "checksum_field",
 }
 
 # HELP of the families of single counters, by name without direction.
