@@ -83,8 +83,9 @@ Rows and their limits:
     frame size (2 Gbit/s for 64k, 500 Mbit/s for 1514, 50 Mbit/s for 64),
     below what the row moves without it. Only vionetd runs: limit_gbit_s is
     the configured rate and ratio_vs_limit how close the frontend's figure
-    came to it (1.0: the limit held exactly; the first round gains one
-    burst, 50 ms of the rate). TX: the frontend keeps the ring full and the
+    came to it (1.0: the limit held exactly; the bucket refills between
+    rounds, so each round may gain one burst, 50 ms of the rate: 3 % of a
+    round of 1.5 s). TX: the frontend keeps the ring full and the
     tx worker leaves chains in it while over the limit (counter
     tx_rate_held); RX: the source writes at full speed, the rx worker
     leaves the tap unread and the kernel drops the rest (tap.tx_dropped).
