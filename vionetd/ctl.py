@@ -228,9 +228,7 @@ class CtlServer:
         return None
 
     def describe(self, port, usage=False):
-        """One interface's InterfaceStatus; with usage, what its processes
-        cost (procstat.py) and its tap's kernel drops too (stats and show:
-        status stays cheap)."""
+        """An InterfaceStatus; usage adds processes and tap drops (not for status)."""
         vmm = port.session.vmm_features
         st = pb.InterfaceStatus(
             vm=port.iface.vm, name=port.key, state=port.state, socket=port.iface.socket,

@@ -91,18 +91,23 @@ def print_show(reply, out):
             print("  last drop: %s" % i.reason, file=out)
         print("  migration: dirty logging %s, pages marked %d, announced %d" %
               ("on" if i.logging else "off", pages_marked(i), i.announced), file=out)
-        print("  rate: tx %s, rx %s; tap dropped %d" % (
-            rate_text(i.limits.tx, counter(i, "tx_rate_held")),
-            rate_text(i.limits.rx, counter(i, "rx_rate_held")), i.tap_dropped), file=out)
-        if i.processes:
-            print("  processes: %s" % ", ".join(
-                "%s %d %.2fs %dK" % (p.role, p.pid, p.cpu_seconds, p.rss_bytes >> 10)
-                for p in i.processes), file=out)
+        print_usage(i, out)
         for q in i.queue_pairs or [pb.QueueCounters()]:
             print("  counters of queue pair %d (not zero):" % q.queue_pair, file=out)
             for c in q.counters:
                 if c.value:
                     print("    %-32s %d" % (c.name, c.value), file=out)
+
+
+def print_usage(i, out):
+    """show's lines of the rate limits, the tap's drops and the processes."""
+    print("  rate: tx %s, rx %s; tap dropped %d" % (
+        rate_text(i.limits.tx, counter(i, "tx_rate_held")),
+        rate_text(i.limits.rx, counter(i, "rx_rate_held")), i.tap_dropped), file=out)
+    if i.processes:
+        print("  processes: %s" % ", ".join(
+            "%s %d %.2fs %dK" % (p.role, p.pid, p.cpu_seconds, p.rss_bytes >> 10)
+            for p in i.processes), file=out)
 
 
 def rate_text(r, held):
