@@ -220,6 +220,7 @@ if ROOT not in sys.path:
 
 from tests import netns as N            # noqa: E402
 from tests.daemon import Daemon         # noqa: E402
+from tests.hostile import descendants   # noqa: E402
 
 BASE_KINDS = ("tx_64k", "tx_1514", "tx_64", "rx_64k", "rx_1514", "rx_64")
 LOG_KINDS = ("tx_64k_log", "rx_64k_log", "rx_1514_log", "rx_64_log")
@@ -319,26 +320,20 @@ def proc_cpu(pid):
 
 def workers(daemon_pid):
     """{"rx"|"tx"|"rx.N"|"tx.N": pid} of the daemon's worker processes (its
-    children, named "vionetd: rx VM/0" and "vionetd: tx VM/0" by
+    zygote's children, named "vionetd: rx VM/0" and "vionetd: tx VM/0" by
     setproctitle, "vionetd: rx VM/0.N" for queue pair N > 0)."""
     out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid in descendants(daemon_pid):
         try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != daemon_pid:
-                continue
-            with open("/proc/%s/cmdline" % d, "rb") as f:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
                 title = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
         for role in ("rx", "tx"):
             if title.startswith("vionetd: %s " % role):
                 name = title.split()[2] if len(title.split()) > 2 else ""
                 qp = name.rsplit("/", 1)[-1].partition(".")[2]
-                out[role + ("." + qp if qp else "")] = int(d)
+                out[role + ("." + qp if qp else "")] = pid
     return out
 
 

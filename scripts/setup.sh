@@ -2,8 +2,9 @@
 # setup.sh: install everything vionetd and its tests need, from nothing.
 #
 # Idempotent and non-interactive: Debian packages (liburing for the tx
-# worker's io_uring and the benchmark tool, QEMU, iproute2, tools for
-# the guest image, systemd-analyze for the unit's test, tmux for
+# worker's io_uring and the benchmark tool, nftables for a locked
+# interface's kernel filter (libnftables; nft for operators), QEMU, iproute2,
+# tools for the guest image, systemd-analyze for the unit's test, tmux for
 # vionetctl top's test, libvirt through
 # scripts/libvirt.sh, clang with libFuzzer and llvm-cov for fuzz/), QEMU 10
 # from bookworm-backports (it knows USO), and a Python virtual environment in
@@ -23,7 +24,7 @@ debian_packages() {
 	for p in gcc make libseccomp2 iproute2 iputils-ping ethtool \
 	    mandoc qemu-system-x86 qemu-utils busybox-static iperf3 cpio \
 	    kmod tcpdump procps psmisc systemd util-linux \
-	    clang llvm libclang-rt-14-dev liburing-dev tmux; do
+	    clang llvm libclang-rt-14-dev liburing-dev tmux nftables; do
 		dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 	done
 	if [ -n "$need" ]; then

@@ -64,6 +64,23 @@ def test_a_start_that_fails_says_why_and_a_stopped_wait_says_nothing(parent, mon
     assert q.started.done and q.started.value is None and not parent.exiting.waits
 
 
+def test_a_socket_directory_others_can_write_stops_the_start(parent, monkeypatch, tmp_path):
+    """vmmsocket refuses a world-writable directory: the interface does not
+    start, and says why."""
+    os.chmod(tmp_path, 0o777)
+    parent.ids = SimpleNamespace(of=lambda conf, vm: (70000, 70000))
+    conf = config.parse('vm "a" { interface "vt0" { socket "%s/a.sock" } }' % tmp_path)
+    p = iface.Interface(parent, conf.vms["a"].interfaces[0], conf)
+    for part in ("_open_tap", "_configure_link"):
+        monkeypatch.setattr(p, part, lambda: None)
+    monkeypatch.setattr(p.children, "spawn_session", lambda: pytest.fail("started"))
+    p.start()
+    assert p.started.value == ("a/0: cannot start: socket directory %s is writable by "
+                               "others without the sticky bit: not listening there"
+                               % tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
 def test_stop_closes_the_tap_before_the_kill_and_hands_over_the_killed(parent, monkeypatch):
     """The tap's fds are closed before the workers sharing them are killed
     (the last close, which deletes the tap, is then theirs), and the pids

@@ -1,14 +1,20 @@
 """locked lladdr through the real daemon: a guest cannot send as another MAC
-(Ethernet source or ARP sender), and frames for another MAC never reach it.
+(Ethernet source or ARP sender), and frames for another MAC never reach it;
+nor can a compromised tx worker writing to the tap itself (the kernel's
+nftables filter, removed when the interface stops).
 """
+import ctypes
+import os
 import struct
 import time
 
 import pytest
 
 from tests import frames as F
+from tests import netns as nsmod
 from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.test_daemon_rx import Peer
+from tests.test_sandbox import worker_pids
 from tests.testvm import TestVM
 
 pytestmark = pytest.mark.root
@@ -28,10 +34,14 @@ def udp_from(src, tag):
     return f.data[:6] + src + f.data[12:]
 
 
+LOCKED = "        locked lladdr 52:54:00:12:34:56"
+SYS_PIDFD_GETFD = 438
+
+
 @pytest.fixture(scope="module")
 def rig():
     with wire() as (dns, wns, bridge, veth_w):
-        with daemon(switched_conf(bridge, lines="        locked lladdr 52:54:00:12:34:56"), dns) as d:
+        with daemon(switched_conf(bridge, lines=LOCKED), dns) as d:
             d.wait_socket(d.dir + "/t1.sock")
             cap = capture_socket(wns, veth_w)
             peer = Peer(wns, veth_w)
@@ -89,3 +99,52 @@ def test_unicast_for_another_mac_never_reaches_the_guest(rig):
     assert not any(b"not yours" in fr for fr in frames)
     # and not in guest memory at all: the kernel filtered it before the read
     assert b"not yours" not in bytes(vm.mem.map)
+
+
+def tap_of(pid):
+    """A copy of the tap fd process pid holds (pidfd_getfd(2)): what that
+    process could write to if a guest compromised it."""
+    fd = [int(n) for n in os.listdir("/proc/%d/fd" % pid)
+          if os.readlink("/proc/%d/fd/%s" % (pid, n)) == "/dev/net/tun"][0]
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        got = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        assert got >= 0, os.strerror(ctypes.get_errno())
+        return got
+    finally:
+        os.close(pidfd)
+
+
+def test_a_tx_worker_writing_to_the_tap_cannot_spoof_either(rig):
+    """The tx worker's own check bypassed: a frame written to its tap fd
+    with another source MAC never reaches the far side of the bridge; one
+    with the locked MAC does."""
+    d, vm, cap, _ = rig
+    fd = tap_of(worker_pids(d)[1])
+    try:
+        os.write(fd, b"\0" * 12 + udp_from(OTHER, b"straight to the tap, spoofed"))
+        assert not seen(cap, b"straight to the tap, spoofed")
+        os.write(fd, b"\0" * 12 + udp_from(GUEST, b"straight to the tap, own"))
+        assert seen(cap, b"straight to the tap, own")
+    finally:
+        os.close(fd)
+
+
+def nft_tables(ns):
+    return nsmod.ns_run(ns, "nft", "list", "tables").stdout
+
+
+def test_the_filter_goes_with_the_interface():
+    with wire() as (dns, _wns, bridge, _veth):
+        t2 = switched_conf(bridge, vms=("t2",), lines=LOCKED.replace(":56", ":57"))
+        both = switched_conf(bridge, vms=("t1",), lines=LOCKED) + t2.split("}\n", 1)[1]
+        with daemon(both, dns) as d:
+            d.wait_socket(d.dir + "/t2.sock")
+            assert nft_tables(dns).count("table netdev vionetd-") == 2
+            with open(d.conf, "w") as f:         # t2 goes
+                f.write(switched_conf(bridge, vms=("t1",), lines=LOCKED)
+                        .replace("@CTL@", d.ctl_socket).replace("@DIR@", d.dir))
+            assert d.ctl("reload").stdout.strip() == "reloaded"
+            assert nft_tables(dns).count("table netdev vionetd-") == 1
+        assert "vionetd-" not in nft_tables(dns)           # and t1 with the daemon

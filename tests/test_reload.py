@@ -356,7 +356,12 @@ def test_reload_to_no_vm_and_back(rig):
     """Every VM removed: all taps, sockets and workers go, status and stats
     answer with nothing (an empty reply is a reply); then they come back."""
     d, ns, names = rig
-    pids = [p for v in stats(d).values() for p in v["worker_pids"]]
+
+    def worker_pids():
+        return [p for v in stats(d).values() for p in v["worker_pids"]]
+    # the zygote forks them after the sessions ask: the last may still be on its way
+    wait_for("every worker", lambda: len(worker_pids()) == 6)
+    pids = worker_pids()
     write_conf(d, 'socket "@CTL@"\n')
     assert d.ctl("reload").stdout.strip() == "reloaded"
     assert status_rows(d) == {}

@@ -11,8 +11,10 @@
 - A session, forked as the parent forks one, with the test hook on: it
   cannot open files, execute, signal another process, aim SIGIO at one or
   map executable memory; each attempt is reported and kills it by SIGSYS.
-- ps shows the parent, one session and two workers per interface, titled
-  for what they serve; only the parent runs as root.
+- ps shows the parent, its zygote, one session and two workers per
+  interface, titled for what they serve; only the parent and the zygote
+  run as root, the zygote with CAP_SETUID, CAP_SETGID, CAP_SYS_CHROOT and
+  CAP_KILL alone, under seccomp, in the namespaces its children share.
 """
 import os
 import pwd
@@ -24,6 +26,7 @@ import pytest
 from tests import frames as F
 from tests.daemon import capture_socket, daemon, switched_conf, wait_for_frame, wire
 from tests.hostile import proc_status
+from tests.test_zygote import libc_base
 from tests.testvm import TestVM
 import socket
 
@@ -52,6 +55,12 @@ def running():
                 cap.close()
 
 
+def own_namespaces(pid, parent):
+    """pid has network and IPC namespaces other than parent's."""
+    return all(os.readlink("/proc/%d/ns/%s" % (pid, ns)) !=
+               os.readlink("/proc/%d/ns/%s" % (parent, ns)) for ns in ("net", "ipc"))
+
+
 def sent_and_seen(vm, cap, payload):
     vm.send(F.build(version=4, proto=F.UDP, payload=payload, csum="full").data)
     return wait_for_frame(cap, payload) is not None
@@ -75,6 +84,7 @@ def test_workers_are_confined_and_still_move_frames(running):
             assert st["NoNewPrivs"] == ["1"]
             assert st["Seccomp"] == ["2"]
             assert os.readlink("/proc/%d/root" % pid) == config.DEFAULT_CHROOT
+            assert own_namespaces(pid, d.proc.pid)
             # channel, tap, and with a ring: kick, call, guest memory fds
             # closed; stdin, stdout, stderr are /dev/null; the tx worker
             # also has its io_uring (txuring.c)
@@ -107,9 +117,9 @@ def test_dead_worker_is_replaced_and_serving_resumes(running):
     assert "killed by SIGKILL" in d.log()
 
 
-def fork_worker(test_hooks=True):
-    """A tx worker exactly as the parent makes one (with the test hook on
-    unless told otherwise)."""
+def fork_worker(test_hooks=True, role=pb.ROLE_TX):
+    """A worker of role (tx unless told otherwise) exactly as the parent
+    makes one (with the test hook on unless told otherwise)."""
     parent_end, child_end = control.pair()
     conf = config.parse("", "test.conf")
     pid = os.fork()
@@ -117,24 +127,46 @@ def fork_worker(test_hooks=True):
         parent_end.close()
         code = 1
         try:
-            code = worker.main(child_end, "test", conf, test_hooks=test_hooks,
-                               role=pb.ROLE_TX)
+            code = worker.main(child_end, "test", sandbox.identity(conf.user), conf.chroot,
+                               test_hooks=test_hooks, role=role)
         finally:
             os._exit(code)
     child_end.close()
     parent_end.settimeout(10)
-    control.send(parent_end, pb.ToWorker(hello=pb.Hello(name="t", role=pb.ROLE_TX)))
+    control.send(parent_end, pb.ToWorker(hello=pb.Hello(name="t", role=role)))
     return pid, parent_end
+
+
+def answers_stats(chan):
+    control.send(chan, pb.ToWorker(stats=pb.StatsRequest()))
+    reply, _ = control.recv(chan, pb.FromWorker)
+    return reply is not None and reply.WhichOneof("msg") == "stats"
 
 
 @pytest.mark.parametrize("call", sandbox.FORBIDDEN_TESTS)
 def test_forbidden_call_kills_the_worker(call):
-    pid, chan = fork_worker()
+    forbidden_call_kills_a_worker(call, pb.ROLE_TX)
+
+
+def test_io_uring_enter_kills_an_rx_worker():
+    """io_uring_enter is on the tx worker's list only."""
+    forbidden_call_kills_a_worker("io_uring_enter", pb.ROLE_RX)
+
+
+def test_io_uring_enter_is_a_tx_workers_call():
+    pid, chan = fork_worker(role=pb.ROLE_TX)
     try:
-        # the worker is alive and answers before the forbidden call
-        control.send(chan, pb.ToWorker(stats=pb.StatsRequest()))
-        reply, _ = control.recv(chan, pb.FromWorker)
-        assert reply.WhichOneof("msg") == "stats"
+        assert answers_stats(chan)
+        control.send(chan, pb.ToWorker(test_forbidden_call="io_uring_enter"))
+        assert answers_stats(chan)      # EBADF, and alive
+    finally:
+        end(pid, chan)
+
+
+def forbidden_call_kills_a_worker(call, role):
+    pid, chan = fork_worker(role=role)
+    try:
+        assert answers_stats(chan)      # alive and answering before the call
         control.send(chan, pb.ToWorker(test_forbidden_call=call))
         report, _ = control.recv(chan, pb.FromWorker)
         assert report is not None and report.WhichOneof("msg") == "forbidden_syscall"
@@ -146,7 +178,7 @@ def test_forbidden_call_kills_the_worker(call):
 
 SYSCALL_OF = {"fork": ("fork", "clone", "clone3"), "open": ("open", "openat"),
               "io_uring_unrestricted": ("io_uring_setup",),
-              "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",)}
+              "fcntl_setown": ("fcntl",), "mmap_exec": ("mmap",), "ioctl_tcgets": ("ioctl",)}
 
 
 def died_of(pid, nr, call):
@@ -244,13 +276,22 @@ def test_process_tree_and_only_the_parent_is_root(running):
         ps = titles(d.proc.pid)      # `ip netns exec` became the daemon
         names = sorted(t for t, _ in ps.values())
         assert names == ["vionetd: parent", "vionetd: rx t1/0", "vionetd: tx t1/0",
-                         "vionetd: vhost t1/0"], names
+                         "vionetd: vhost t1/0", "vionetd: zygote"], names
         for title, uid in ps.values():
-            assert (uid == 0) == (title == "vionetd: parent"), (title, uid)
+            assert (uid == 0) == (title in ("vionetd: parent", "vionetd: zygote")), (title, uid)
+        zygote = [p for p, (t, _) in ps.items() if t == "vionetd: zygote"][0]
+        st = proc_status(zygote)
+        caps = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 18)   # KILL, SETGID, SETUID, SYS_CHROOT
+        assert [int(st[k][0], 16) for k in ("CapEff", "CapPrm", "CapBnd")] == [caps] * 3
+        assert int(st["CapInh"][0], 16) == 0 and st["Seccomp"] == ["2"]
+        assert own_namespaces(zygote, d.proc.pid)
         sess = [p for p, (t, _) in ps.items() if t.startswith("vionetd: vhost")][0]
         st = proc_status(sess)
         assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"]
         assert os.readlink("/proc/%d/root" % sess) == config.DEFAULT_CHROOT
+        assert own_namespaces(sess, d.proc.pid)
+        # exec'd by the zygote: a layout of its own, not the parent's
+        assert libc_base(sess) != libc_base(d.proc.pid)
 
 
 def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
@@ -266,7 +307,7 @@ def test_dead_session_is_replaced_and_a_vmm_reconnects(running):
     while time.monotonic() < deadline:
         ps = titles(d.proc.pid)
         new = [p for p, (t, _) in ps.items() if t == "vionetd: vhost t1/0"]
-        if new and new[0] != old and len(ps) == 4:
+        if new and new[0] != old and len(ps) == 5:
             break
         time.sleep(0.1)
     assert new and new[0] != old, ps
@@ -287,13 +328,45 @@ def test_per_vm_user_separates_two_vms():
     with wire() as (dns, _wns, _bridge, _veth):
         with daemon(conf, dns) as d:
             d.wait_socket(d.dir + "/b.sock")
+            want = {"vionetd: %s %s/0" % (r, vm) for r in ("vhost", "rx", "tx")
+                    for vm in "ab"}
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(titles(d.proc.pid)) < 7:
+            while time.monotonic() < deadline:
+                # (a child just forked still bears the zygote's title)
+                uids = {t: uid for t, uid in titles(d.proc.pid).values()}
+                if want <= set(uids):
+                    break
                 time.sleep(0.1)
-            uids = {t: uid for t, uid in titles(d.proc.pid).values()}
     default = uids["vionetd: vhost a/0"]
     assert config.DEFAULT_USER_RANGE[0] <= default <= config.DEFAULT_USER_RANGE[1]
     nobody = pwd.getpwnam("nobody").pw_uid
     for role in ("vhost", "rx", "tx"):
         assert uids["vionetd: %s a/0" % role] == default, uids
         assert uids["vionetd: %s b/0" % role] == nobody, uids
+
+
+def gone(pid):
+    """pid has exited (a zombie counts: it runs nothing and holds nothing)."""
+    try:
+        return proc_status(pid)["State"][0] == "Z"
+    except OSError:
+        return True
+
+
+def test_every_child_dies_with_the_parent(running):
+    """The zygote, the session and its workers stopped (SIGSTOP: none of
+    them reads anything), the parent SIGKILLed: all are gone within a
+    second (the zygote by PR_SET_PDEATHSIG, its children by theirs)."""
+    d, cap = running
+    with TestVM(d.dir + "/t1.sock") as vm:
+        assert sent_and_seen(vm, cap, b"before the parent dies")
+        ps = titles(d.proc.pid)
+        children = [p for p, (t, _) in ps.items() if t != "vionetd: parent"]
+        assert len(children) == 4          # zygote, session, rx, tx
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(d.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not all(gone(p) for p in children):
+            time.sleep(0.02)
+        assert [p for p in children if not gone(p)] == []

@@ -72,11 +72,12 @@ def test_stale_socket_replaced_other_files_kept(tmp_path):
         vmmsocket.listen("relative.sock")
 
 
-def test_long_path_binds_in_place(tmp_path):
-    # the temporary name does not fit in sun_path: bound at path directly
+def test_long_path_binds(tmp_path):
+    # no room in sun_path for a private directory's name under d: bound
+    # through /proc/self/fd, then renamed to path
     d = tmp_path / ("d" * (100 - len(str(tmp_path))))
     path = str(d / "s")
-    assert len(path) <= 107 and len(str(d / (".vionetd-%d.tmp" % os.getpid()))) > 107
+    assert len(path) <= 107 and len(str(d / ".vionetd-12345-abcdabcd" / "s")) > 107
     d.mkdir()
     old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old.bind(path)
@@ -139,6 +140,74 @@ def test_apply_ownership_refuses_non_socket(tmp_path):
     with pytest.raises(FileExistsError):
         vmmsocket.apply_ownership(str(f), mode=0o666)
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o644
+
+
+@as_root
+def test_chmod_never_follows_a_symlink_the_vmm_planted(open_dir, monkeypatch):
+    """A VMM that owns the socket directory (socket owner "nobody") swaps
+    every entry there for a symlink to a root-only file right after the
+    bind: the file keeps its mode and owner; the socket is still made."""
+    victim = open_dir.parent / ("victim-%d" % os.getpid())
+    victim.write_text("secret")
+    os.chmod(victim, 0o600)
+    os.chown(open_dir, pwd.getpwnam("nobody").pw_uid, -1)
+    swap = ("import os,sys; d,v=sys.argv[1:]\n"
+            "for n in os.listdir(d):\n"
+            "    os.rename(os.path.join(d,n), os.path.join(d,n+'.moved'))\n"
+            "    os.symlink(v, os.path.join(d,n))\n")
+    real = socket.socket
+
+    class Attacked(real):
+        def bind(self, addr):
+            super().bind(addr)
+            subprocess.run([PYTHON, "-c", swap, str(open_dir), str(victim)], check=True,
+                           timeout=30, user="nobody", group="nogroup", extra_groups=[])
+    monkeypatch.setattr(vmmsocket.socket, "socket", Attacked)
+    path = str(open_dir / "a.sock")
+    try:
+        s = vmmsocket.listen(path, owner="nobody", group="nogroup", mode=0o666)
+        s.close()
+        st = os.stat(victim)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
+        assert info(path)[0] and info(path)[3] == 0o666
+    finally:
+        victim.unlink()
+
+
+def test_apply_ownership_never_follows_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    os.chmod(victim, 0o600)
+    os.symlink(victim, tmp_path / "a.sock")         # the VMM swapped the socket
+    with pytest.raises(OSError):
+        vmmsocket.apply_ownership(str(tmp_path / "a.sock"), owner=65534, mode=0o666)
+    st = os.stat(victim)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid())
+
+
+@as_root
+@pytest.mark.parametrize("mode, owner, sock_owner, sock_group, refused", [
+    (0o777, 0, None, None, "writable by others without the sticky bit"),
+    (0o1777, 0, None, None, None),                    # /tmp: the sticky bit
+    (0o775, 0, None, None, "writable by group 1"),    # group daemon, not the socket's
+    (0o775, 0, None, "daemon", None),
+    (0o755, "nobody", None, None, "owned by uid 65534, neither root nor"),
+    (0o755, "nobody", "nobody", None, None),          # the socket's owner (the VMM's user)
+])
+def test_a_socket_directory_others_can_write_is_refused(open_dir, mode, owner, sock_owner,
+                                                         sock_group, refused):
+    d = open_dir / "run"
+    d.mkdir()
+    os.chown(d, pwd.getpwnam(owner).pw_uid if owner else 0, 1)
+    os.chmod(d, mode)
+    path = str(d / "a.sock")
+    if refused:
+        with pytest.raises(vmmsocket.UnsafeDirectory, match=refused):
+            vmmsocket.listen(path, owner=sock_owner, group=sock_group)
+        assert os.listdir(d) == []
+    else:
+        vmmsocket.listen(path, owner=sock_owner, group=sock_group).close()
+        assert os.listdir(d) == ["a.sock"]
 
 
 def test_same_but_ownership():

@@ -1,6 +1,8 @@
-"""Run by the parent (root): the processes of one VM interface, forked and reaped.
+"""Run by the parent (root): the processes of one VM interface, forked (by the zygote) and reaped.
 
-Only the parent may fork. Per interface it forks:
+Only the parent may ask for a process, and the zygote (zygote_link.py)
+forks it, so that no child shares the parent's memory layout. Per
+interface it has forked:
 - the session (session/), with the listening socket and a channel
   (session_channel.py); one that dies is replaced on a timer, after a delay
   (SESSION_DELAY, backoff.Backoff) that doubles while it keeps dying
@@ -15,10 +17,11 @@ Only the parent may fork. Per interface it forks:
   session's end forgets them and cancels the timer.
 
 Invariants: nothing here waits for a child. A process is killed with
-SIGKILL and reaped when SIGCHLD says it has exited (Parent.reap calls
-child_died); until then its pid is in `exiting`, since its fds, the tap's
-among them, live until it has exited. Workers are killed before their
-session (end_session says why).
+SIGKILL and forgotten when the zygote says it has exited (Parent.child_exited
+calls child_died; the zygote reaps the pid only after that, so the pid
+killed is never another process's); until then its pid is in `exiting`,
+since its fds, the tap's among them, live until it has exited. Workers are
+killed before their session (end_session says why).
 """
 import collections
 import os
@@ -50,46 +53,66 @@ class Children:
         self.asked = {}             # (role, queue pair) -> True: forks waiting, in order
         self.fork_timer = None      # forks the oldest of asked
         self.exiting = set()        # killed, not reaped yet
+        self.generation = 0         # of the session: forks asked under an older one are late
 
     # ---- the session ------------------------------------------------------
 
     def spawn_session(self):
-        """Fork the session and watch its channel (also the respawn timer)."""
-        from vionetd import session
+        """Ask the zygote for the session and watch its channel at once
+        (also the respawn timer). Its pid comes later (_session_forked);
+        meanwhile session_pid is 0. A fork that fails is a session that died."""
         self.respawn = None
         port = self.port
         if port.stopping:
             return
         mine, theirs = control.pair()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                mine.close()
-                code = session.main(theirs, port.listener, port.key, port.offered, port.ident,
-                                    port.conf.chroot or config.DEFAULT_CHROOT, port.queue_pairs,
-                                    vmm=port.vmm_ident)
-            finally:
-                os._exit(code)
-        theirs.close()
+        gen = self.generation
+        try:
+            port.parent.zygote.fork_session(
+                theirs, port.listener, port.key, port.offered, port.ident,
+                chroot_of(port), port.queue_pairs, port.vmm_ident,
+                lambda pid: self._session_forked(gen, pid))
+        except OSError as e:
+            mine.close()
+            self.session_died("could not be forked: %s" % e)
+            return
+        finally:
+            theirs.close()
         mine.setblocking(False)
         control.refuse_fds(mine)        # a session never sends one
-        self.session_pid = pid
+        self.session_pid = 0
         self.session_started = time.monotonic()
         port.channel = SessionChannel(port, mine)
         port.parent.watch(mine, port.channel.readable)
         port.channel.send(limits=port.limits)
 
+    def _session_forked(self, gen, pid):
+        if gen != self.generation:
+            self._late(pid)         # the session ended before its pid came
+        elif pid is None:
+            self.session_died("could not be forked")
+        else:
+            self.session_pid = pid
+
+    def _late(self, pid):
+        """A process forked for a session that has ended since: killed, and
+        held like the others until it has exited."""
+        if pid:
+            self._kill(pid)
+            if self.port.stopping and self.port.tap_name:
+                self.port.parent.exiting.killed(self.port.tap_name, [pid])
+
     def end_session(self):
-        """Kill the workers, then the session (SIGCHLD reaps them). In that
-        order: the VMM takes the session's end of its socket for the end of
-        the device and reads the used index to restart from; a worker still
+        """Kill the workers, then the session (the zygote reports their
+        exits). In that order: the VMM takes the session's end of its
+        socket for the end of the device and reads the used index to restart from; a worker still
         alive then could complete more chains behind its back, which the
         next device would complete a second time (a guest says "id N is not
         a head"). A worker sent SIGKILL runs no more of its own code."""
         for pid in [*self.workers.values(), self.session_pid]:
             if pid:
                 self._kill(pid)
+        self.generation += 1        # forks still on their way are killed as they come
         if self.port.channel is not None:
             self.port.channel.close()
         self.session_pid = None
@@ -124,7 +147,7 @@ class Children:
         self.end_session()
 
     def child_died(self, pid, status):
-        """SIGCHLD reaped pid: True if it was ours (the session, one of its
+        """pid has exited (the zygote said so): True if it was ours (the session, one of its
         workers, or one killed earlier)."""
         how = describe_exit(status)
         known = pid in self.exiting
@@ -159,8 +182,8 @@ class Children:
             self.fork_timer = self.port.parent.loop.call_later(0, self._fork_next)
 
     def _fork_next(self):
-        """Fork the oldest worker asked for, killing the one it replaces;
-        the next waits for the next loop turn, or for the budget."""
+        """Ask the zygote for the oldest worker asked for, killing the one it
+        replaces; the next waits for the next loop turn, or for the budget."""
         port = self.port
         self.fork_timer = None
         if not self.asked or port.channel is None or port.channel.sock is None:
@@ -172,38 +195,56 @@ class Children:
             old = self.workers.pop((role, qp), None)
             if old:
                 self._kill(old)
-            mine = self._fork_worker(role, qp)
-            port.channel.send([mine.fileno()], worker=pb.WorkerChannel(
-                role=role, pid=self.workers[role, qp], queue_pair=qp))
-            mine.close()
+            self._fork_worker(role, qp)
         if self.asked and self.port.channel is not None:
             self.fork_timer = port.parent.loop.call_later(wait, self._fork_next)
 
     def _fork_worker(self, role, qp):
-        """Fork the worker of (role, qp) and give it its name and tap;
-        returns the parent's end of its channel, for the session."""
-        from vionetd import worker
+        """Ask the zygote for the worker of (role, qp) and give it its name
+        and tap; its channel goes to the session when its pid comes
+        (_worker_forked)."""
         port = self.port
         mine, theirs = control.pair()
         name = "%s %s" % (ROLE_NAME[role], port.key) + (".%d" % qp if qp else "")
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                mine.close()
-                code = worker.main(theirs, name, port.conf, ident=port.ident, role=role)
-            finally:
-                os._exit(code)
-        theirs.close()
+        gen = self.generation
+        try:
+            port.parent.zygote.fork_worker(theirs, name, role, port.ident, chroot_of(port),
+                                           lambda pid: self._worker_forked(gen, role, qp, mine,
+                                                                           pid))
+        except OSError as e:
+            mine.close()
+            log.warning("%s: new %s worker: %s", port.key, ROLE_NAME[role], e)
+            return
+        finally:
+            theirs.close()
         control.refuse_fds(mine)        # the session's end: a worker never sends one
-        self.workers[role, qp] = pid
         try:
             control.send(mine, pb.ToWorker(hello=pb.Hello(name=port.key, role=role,
                                                           queue_pair=qp)))
             control.send(mine, pb.ToWorker(tap=pb.Tap()), [port.tap_fds[qp]])
         except OSError as e:
             log.warning("%s: new %s worker: %s", port.key, ROLE_NAME[role], e)
-        return mine
+
+    def _worker_forked(self, gen, role, qp, mine, pid):
+        """The zygote forked the worker (pid None: it could not): its
+        channel goes to the session, unless the session has gone since."""
+        port = self.port
+        if gen != self.generation or port.channel is None or pid is None:
+            mine.close()
+            self._late(pid)
+            return
+        old = self.workers.pop((role, qp), None)
+        if old:
+            self._kill(old)     # two asks of one ring in a row: the newer one stays
+        self.workers[role, qp] = pid
+        port.channel.send([mine.fileno()], worker=pb.WorkerChannel(role=role, pid=pid,
+                                                                   queue_pair=qp))
+        mine.close()
+
+
+def chroot_of(port):
+    """The empty directory port's sessions and workers chroot to."""
+    return port.conf.chroot or config.DEFAULT_CHROOT
 
 
 def describe_exit(status):

@@ -5,11 +5,11 @@ of a stopped interface hold theirs until they have exited. No new tap of
 that name can be made before: TUNSETIFF says EBUSY, or, with
 IFF_MULTI_QUEUE, attaches a queue to the old device. So an interface that
 starts under a tap name such processes hold (a changed interface, restarted
-by a reload) starts when SIGCHLD has reported the last of them (Parent.reap
-calls reaped()), or after EXIT_WAIT if one has not exited by then, with a
-log line. The parent waits for none of them: other interfaces, vionetctl
+by a reload) starts when the zygote has reported the exit of the last of
+them (Parent.child_exited calls reaped()), or after EXIT_WAIT if one has
+not exited by then, with a log line. The parent waits for none of them: other interfaces, vionetctl
 and signals are served meanwhile. (Only when vionetd stops, with nothing
-left to serve, does its loop run on until they are reaped, for EXIT_WAIT at
+left to serve, does its loop run on until they have exited, for EXIT_WAIT at
 most: Parent.shutdown.)
 
 Invariants: a Wait ends once, by its start or by cancel(); a start whose
@@ -36,7 +36,7 @@ class Exiting:
         return sum(1 for name in self.holders.values() if name == tap_name)
 
     def reaped(self, pid):
-        """SIGCHLD reaped pid: True if it was one of these. The starts that
+        """pid has exited: True if it was one of these. The starts that
         wait for its tap name go on once no holder of it is left."""
         name = self.holders.pop(pid, None)
         if name is None:

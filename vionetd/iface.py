@@ -5,7 +5,8 @@ The parent owns, per VM interface:
   are several) and configured with pyroute2 (links.py): MTU (the configured
   one, or its bridge's; never the guest's), bridge, up,
   and for a local interface its address and DHCP lease (dhcp.restore),
-  and its IPv6 (iface6.py) unless inet6 is off;
+  and its IPv6 (iface6.py) unless inet6 is off; a locked one also gets
+  its kernel filter (nftfilter.py), removed at stop;
 - the listening vhost-user socket, created here and handed to the session;
   in client mode (the VMM listens) the session's channel connects to the
   VMM's socket when the session asks and hands over the connection;
@@ -26,7 +27,7 @@ worker, not by the parent, whenever a worker is there.
 """
 import os
 
-from vionetd import dhcp, features, links, tap, vmmsocket
+from vionetd import dhcp, features, links, nftfilter, tap, vmmsocket
 from vionetd.iface6 import Inet6
 from vionetd import vionetd_pb2 as pb
 from vionetd.children import Children
@@ -56,6 +57,7 @@ class Interface:
         self.address6 = None        # local interfaces with IPv6: local6.Addresses6
         self.lease6 = None
         self.inet6 = Inet6(self)
+        self.filtered = None        # the tap whose nftables filter is ours (nftfilter.py)
         self.reason = ""
         self.ident = None           # (uid, gid) of its processes (uids.py), once opened
         self.started = Reply()      # set once: None, or why it could not start
@@ -102,8 +104,10 @@ class Interface:
             self.tap_fds.append(tap.open_tap(self.tap_name, multi_queue=True)[0])
         self.tap_caps = tap.probe_offloads(self.tap_fd)
         tap.set_offload(self.tap_fd, 0)
-        if self.iface.locked and self.iface.lladdr:
+        if self.locked_mac:
             tap.set_rx_filter(self.tap_fd, self.locked_mac)
+            nftfilter.lock(self.tap_name, self.locked_mac)
+            self.filtered = self.tap_name
 
     def _configure_link(self):
         """The tap's MTU is the configured one or, on a switch without one,
@@ -145,6 +149,7 @@ class Interface:
         for fd in self.tap_fds:
             os.close(fd)            # the tap is not persistent: its last fd deletes it
         self.tap_fds = []
+        nftfilter.release(self)
         self.children.stop()
         if self.parent is not None and self.tap_name:
             self.parent.exiting.killed(self.tap_name, self.children.exiting)

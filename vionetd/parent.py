@@ -2,22 +2,24 @@
 
 The parent runs as root and keeps only what needs privilege or the whole
 picture: the configuration and its reloads, each VM interface's tap, links,
-bridge, address and listening socket (iface.py), forking sessions and
-workers (children.py), vionetctl (ctl.py) and DHCP leases. It never reads a
+bridge, address and listening socket (iface.py), which sessions and
+workers to fork (children.py; its zygote forks them, zygote_link.py),
+vionetctl (ctl.py) and DHCP leases. It never reads a
 byte a VMM or a guest wrote: the vhost-user protocol is spoken by each
 interface's unprivileged session (session/), which sends the parent small
 protobuf (session_channel.py).
 
     parent (root)
-      vhost VM/N      one session per VM interface (unprivileged, seccomp)
-        rx VM/N       its workers, forked by the parent on the session's
-        tx VM/N       request, their channels handed to the session
+      zygote          exec'd at start (root, four capabilities, seccomp)
+        vhost VM/N    one session per VM interface (unprivileged, seccomp)
+        rx VM/N       its workers, forked on the session's request, their
+        tx VM/N       channels handed to the session
 
 One thread, one event loop (eventloop.py), nothing in it that waits for a
 child or a peer: messages from sessions are read non-blocking; a vionetctl
 answer that needs counters, or a reload's restarts, comes when they are
-there (ctl.py); a killed process is reaped when SIGCHLD says it has exited,
-and an interface restarted under the tap name it held starts then
+there (ctl.py); a killed process is forgotten when the zygote says it has
+exited, and an interface restarted under the tap name it held starts then
 (exiting.py). With no timer due, the loop sleeps until an fd or a signal
 wakes it. Stopping, with every interface stopped, the loop runs on until
 the killed processes are reaped (EXIT_WAIT at most), so that no tap
@@ -25,7 +27,7 @@ outlives vionetd.
 
 Signals arrive through a self-pipe (signal.set_wakeup_fd) and are handled in
 the loop, never inside a signal handler: SIGHUP reloads, SIGTERM/SIGINT stop,
-SIGCHLD reaps (a session that died is replaced on a timer).
+SIGCHLD reaps the zygote if it died (zygote_link.py starts a new one).
 """
 import dataclasses
 import errno
@@ -42,6 +44,7 @@ from vionetd.exiting import EXIT_WAIT, Exiting
 from vionetd.iface import Interface
 from vionetd.log import log
 from vionetd.uids import Identities
+from vionetd.zygote_link import Zygote
 
 REAP_PER_TURN = 256       # children reaped per SIGCHLD turn: signals stay served
 
@@ -57,6 +60,8 @@ class Parent:
         self.ids = Identities()  # the uid and gid of each VM's processes
         self.running = True
         self.ctl = None
+        self.watch, self.unwatch = self.loop.watch, self.loop.unwatch
+        self.zygote = Zygote(self)          # forks sessions and workers (zygote.py)
         self.metrics = None      # metrics_link.MetricsLink with "metrics listen"
 
     # ---- the loop -------------------------------------------------------
@@ -65,6 +70,7 @@ class Parent:
         setproctitle.setproctitle("vionetd: parent")
         try:
             self._signals()
+            self.zygote.start()
             if self.pidfile:
                 with open(self.pidfile, "w") as f:
                     f.write("%d\n" % os.getpid())
@@ -86,12 +92,6 @@ class Parent:
         finally:
             self.shutdown()
         return 0
-
-    def watch(self, fileobj, callback):
-        self.loop.watch(fileobj, callback)
-
-    def unwatch(self, fileobj):
-        self.loop.unwatch(fileobj)
 
     def _signals(self):
         self._sig_r, self._sig_w = socket.socketpair()
@@ -118,10 +118,8 @@ class Parent:
                 self.reap()
 
     def reap(self):
-        """Reap what has exited, at most REAP_PER_TURN (the rest wait for the
-        next turn: SIGTERM is never starved); a session that died is replaced
-        on a timer, never here; a start that waited for the tap name of the
-        reaped goes on (exiting.py)."""
+        """Reap the parent's children (the zygote: zygote_link.py; the metrics
+        process), at most REAP_PER_TURN a turn: SIGTERM is never starved."""
         for _ in range(REAP_PER_TURN):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -129,13 +127,16 @@ class Parent:
                 return
             if pid == 0:
                 return
-            self._reaped(pid, status)
+            if pid == self.zygote.pid:
+                self.zygote.died(status)
+            else:
+                self.child_exited(pid, status)
         os.write(self._sig_w.fileno(), bytes([signal.SIGCHLD]))   # more next turn
 
-    def _reaped(self, pid, status):
-        if self.exiting.reaped(pid):
-            return
-        if self.metrics is not None and self.metrics.child_died(pid):
+    def child_exited(self, pid, status):
+        """pid exited (a session or worker: the zygote says so; metrics: reap):
+        a session is replaced on a timer, a start for its tap name goes on."""
+        if self.exiting.reaped(pid) or (self.metrics and self.metrics.child_died(pid)):
             return
         for port in list(self.ports.values()):
             if port.children.child_died(pid, status):
@@ -239,6 +240,7 @@ class Parent:
         deadline = time.monotonic() + EXIT_WAIT
         while self.exiting.holders and time.monotonic() < deadline:
             self.loop.run_once(deadline - time.monotonic())
+        self.zygote.close()
         if self.pidfile:
             try:
                 os.unlink(self.pidfile)

@@ -1,24 +1,27 @@
 """Run by every session, worker and the metrics process: what it gives up before it meets a peer.
 
-Applied by every session and worker right after the fork, before it reads a
-byte from a VMM or maps a guest (and by the metrics process before it
-accepts an HTTP client), in this order (each step needs the
-privileges the next one drops):
+Sessions and workers are forked by the zygote (zygote.py), in the
+network and IPC namespaces it made (unshare_namespaces), and apply this
+right after the fork, before they read a byte from a VMM or map a guest
+(and the metrics process, forked by the parent, before it accepts an HTTP
+client), in this order (each step needs the privileges the next one drops):
 
 1. close every fd but those it keeps (its channels, a session's listening
    socket); stdin, stdout and stderr become /dev/null, so that nothing it
    writes reaches the parent's terminal or journal (its diagnostics go over
    its channel) and no fd it receives later takes their numbers;
-2. chroot to an empty directory, so a path means nothing;
-3. drop to the VM's unprivileged uid and gid (numbers: the parent resolved
+2. (the zygote's namespaces: no interface but a down loopback, no abstract
+   socket, no System V object within reach);
+3. chroot to an empty directory, so a path means nothing;
+4. drop to the VM's unprivileged uid and gid (numbers: the parent resolved
    a configured name, or took them from the range, uids.py; they need no
    passwd entry), with no supplementary groups;
-4. die with the parent (PR_SET_PDEATHSIG; after step 3, since changing
+5. die with the parent (PR_SET_PDEATHSIG; after step 4, since changing
    credentials clears it), and make sure the parent is still the one that
    forked us (it may have died before the call);
-5. rlimits: no new processes, no core dumps, no files, and descriptors
+6. rlimits: no new processes, no core dumps, no files, and descriptors
    as many as the process needs (nofile() below);
-6. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
+7. PR_SET_NO_NEW_PRIVS, then a seccomp allow-list in the spirit of
    pledge("stdio recvfd"): nothing that opens, creates sockets, connects,
    executes, forks, traces or signals another process; fcntl only with the
    commands that read or set fd flags (F_SETOWN and F_SETSIG would let it
@@ -26,8 +29,10 @@ privileges the next one drops):
 
 The list is COMMON below (what the interpreter and the channels need) plus
 the calls of the process's own code, declared next to that code:
-session/main.py's SYSCALLS, worker.SYSCALLS and metrics.SYSCALLS, each
-call with its reason.
+session/main.py's SYSCALLS, worker.syscalls(role) (an rx worker's list
+lacks the tx worker's io_uring_enter) and metrics.SYSCALLS, each call with
+its reason. ioctl is allowed only as TCGETS on fd 2 (isatty), and, in a
+session, FIONBIO.
 
 A call outside the list traps: csrc/sigsys.c reports its number over the
 process's channel, then the process dies by SIGSYS; the receiver logs both
@@ -78,7 +83,8 @@ COMMON = {
     "fstat": "Python checks fds it wraps",
     "newfstatat": "Python checks fds it wraps (fstat through fstatat)",
     "lseek": "Python's buffered stderr",
-    "ioctl": "Python's isatty() on stderr (TCGETS; FIONBIO where a process allows it)",
+    "ioctl": "Python's isatty() on stderr: TCGETS on fd 2 only (tun takes the host-wide "
+             "RTNL lock for any ioctl on a tap); FIONBIO where a process allows it",
     "write": "Python's stderr (/dev/null: sandbox.close_fds)",
     "exit": "thread exit",
     "exit_group": "the end",
@@ -91,8 +97,11 @@ FIONBIO = 0x5421
 FCNTL_ALLOWED = (1, 2, 3, 4)      # F_GETFD, F_SETFD, F_GETFL, F_SETFL
 PROT_EXEC = 0x4
 
+STDERR = 2
+_report_fd = -1           # the confined process's channel (enter's keep[0])
 FORBIDDEN_TESTS = ("open", "socket", "connect", "execve", "fork", "ptrace", "kill",
-                   "fcntl_setown", "mmap_exec", "io_uring_unrestricted", "io_uring_register")
+                   "fcntl_setown", "mmap_exec", "io_uring_unrestricted", "io_uring_register",
+                   "ioctl_tcgets")
 
 
 def syscall_name(nr):
@@ -165,6 +174,25 @@ def drop_privileges(ident, root):
     os.setresuid(uid, uid, uid)
 
 
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+
+
+def unshare_namespaces():
+    """New network and IPC namespaces, made by the zygote for all its
+    children (bench/memory.py measures the cost; VIONETD_TEST_NO_NAMESPACES=1
+    leaves them out, for that comparison). False if they were not made: the
+    process may not (no CAP_SYS_ADMIN, as under rc.d/vionetd.service)."""
+    if os.environ.get("VIONETD_TEST_NO_NAMESPACES") == "1":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWIPC) == 0:
+        return True
+    if ctypes.get_errno() == errno.EPERM:
+        return False            # no CAP_SYS_ADMIN (rc.d/vionetd.service)
+    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET|CLONE_NEWIPC)")
+
+
 def limit_resources(files=WORKER_NOFILE):
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -194,15 +222,18 @@ def die_with_parent(parent):
         raise OSError(errno.ESRCH, "the parent (pid %d) has gone" % parent)
 
 
-def seccomp_filter(calls, nonblocking_ioctl=False):
-    """COMMON and calls allowed, with the argument rules above; the rest traps."""
+def seccomp_filter(calls, nonblocking_ioctl=False, any_tgkill=False):
+    """COMMON and calls allowed, with the argument rules above; the rest
+    traps. any_tgkill: the zygote's, under which each child's own filter
+    points tgkill at the child itself."""
     f = seccomp.SyscallFilter(defaction=seccomp.TRAP)
     # A binary tree of syscall numbers rather than a list: every call of the
     # data path (write, writev, readv, ppoll) pays for the filter.
     f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
     for name in {**COMMON, **calls}:
         if name == "ioctl":
-            f.add_rule(seccomp.ALLOW, name, seccomp.Arg(1, seccomp.EQ, TCGETS))
+            f.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, STDERR),
+                       seccomp.Arg(1, seccomp.EQ, TCGETS))
             if nonblocking_ioctl:
                 f.add_rule(seccomp.ALLOW, name, seccomp.Arg(1, seccomp.EQ, FIONBIO))
         elif name == "fcntl":
@@ -215,7 +246,10 @@ def seccomp_filter(calls, nonblocking_ioctl=False):
                 f.add_rule(seccomp.ALLOW, name)
             except (RuntimeError, ValueError, OSError):
                 pass    # a call this architecture does not have
-    f.add_rule(seccomp.ALLOW, TGKILL, seccomp.Arg(0, seccomp.EQ, os.getpid()))
+    if any_tgkill:
+        f.add_rule(seccomp.ALLOW, TGKILL)
+    else:
+        f.add_rule(seccomp.ALLOW, TGKILL, seccomp.Arg(0, seccomp.EQ, os.getpid()))
     return f
 
 
@@ -231,6 +265,8 @@ def enter(calls, keep, ident, root, nonblocking_ioctl=False, files=WORKER_NOFILE
     die_with_parent(parent)
     limit_resources(files)
     no_new_privs()
+    global _report_fd
+    _report_fd = keep[0]
     if lib.sigsys_install(keep[0]) != 0:
         raise OSError(ctypes.get_errno(), "sigaction(SIGSYS)")
     f.load()
@@ -270,5 +306,10 @@ def test_forbidden_call(name):
         libc.syscall(_nr("io_uring_setup"), 8, params)
     elif name == "io_uring_register":
         libc.syscall(_nr("io_uring_register"), 0, 0, None, 0)   # e.g. lifting restrictions
+    elif name == "ioctl_tcgets":
+        termios = ctypes.create_string_buffer(64)
+        libc.ioctl(_report_fd, TCGETS, termios)   # on its channel, not on stderr
+    elif name == "io_uring_enter":
+        libc.syscall(_nr("io_uring_enter"), -1, 0, 0, 0, None, 0)   # allowed in tx only
     else:
         raise ValueError("unknown forbidden call %r" % name)

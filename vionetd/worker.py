@@ -1,7 +1,8 @@
 """Run by a worker: one direction of one queue pair, moved by the C core.
 
-The parent forks one worker per ring when the session asks (rx: tap to
-guest, tx: guest to tap) and hands its channel to the session, which
+The parent has the zygote (zygote.py) fork one worker per ring when the
+session asks (rx: tap to guest, tx: guest to tap) and hands its channel to
+the session, which
 handles what it says from then on. The worker confines itself (sandbox.py) before it holds anything of a guest, then
 only ever receives: its tap, the guest's memory regions and the ring's
 eventfds arrive as fds on its channel (control.py), each message through
@@ -32,18 +33,26 @@ from vionetd.datapath import Datapath, RingFailed, set_rate
 DEFAULT_ROOT = "/var/empty"
 LOG_TEXT_MAX = 300            # characters of a diagnostic (FromWorker.error)
 
-# What the data path needs beyond sandbox.COMMON (and nothing of a session's:
-# no accept, no sendmsg, so a worker cannot pass an fd anywhere).
+# What the data path of either role needs beyond sandbox.COMMON (and nothing
+# of a session's: no accept, no sendmsg, so a worker cannot pass an fd anywhere).
 SYSCALLS = {
     "read": "eventfd kicks; tap reads (rxpath.c)",
     "readv": "tap frames straight into guest buffers (rxpath.c)",
     "write": "eventfd calls to the guest (virtq.c vq_notify)",
     "writev": "frames into the tap: header + guest buffers, one call (txpath.c)",
     "ppoll": "glibc may implement the data path's poll() with it",
-    # io_uring_setup and io_uring_register stay forbidden: the ring is made
-    # and restricted to WRITEV before the filter is loaded (txuring.c).
+}
+# A tx worker's only, on top of SYSCALLS. io_uring_setup and io_uring_register
+# stay forbidden: the ring is made and restricted to WRITEV before the filter
+# is loaded (txuring.c). An rx worker has no ring, so no io_uring call at all.
+TX_SYSCALLS = {
     "io_uring_enter": "a batch's frames into the tap in one call (txpath.c stage_flush)",
 }
+
+
+def syscalls(role):
+    """The allow-list of a worker of role, beyond sandbox.COMMON."""
+    return {**SYSCALLS, **TX_SYSCALLS} if role == pb.ROLE_TX else dict(SYSCALLS)
 
 
 class Worker:
@@ -167,9 +176,9 @@ def tell(chan, text):
         pass
 
 
-def main(chan, name, conf, test_hooks=False, ident=None, role=None):
-    """Entry point in the forked child: ident is the (uid, gid) it runs as
-    (None: conf's user's). Returns the exit status."""
+def main(chan, name, ident, root, test_hooks=False, role=None):
+    """Entry point in the forked child (zygote.py): ident is the (uid, gid)
+    it runs as, root the empty directory. Returns the exit status."""
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
     signal.set_wakeup_fd(-1)
@@ -177,8 +186,7 @@ def main(chan, name, conf, test_hooks=False, ident=None, role=None):
     uring = open_uring(chan) if role == pb.ROLE_TX else None
     keep = [chan.fileno()] + ([lib.txu_fd(uring)] if uring else [])
     try:
-        sandbox.enter(SYSCALLS, keep, ident or sandbox.identity(conf.user),
-                      conf.chroot or DEFAULT_ROOT)
+        sandbox.enter(syscalls(role), keep, ident, root or DEFAULT_ROOT)
     except OSError as e:
         tell(chan, "cannot confine worker: %s" % e)
         return 1

@@ -1,10 +1,11 @@
 """Run by a session: the process's entry, and its confinement.
 
-The parent forks one session per VM interface and calls main() in the
-child, which confines itself at once (sandbox.enter: the VM's unprivileged
-uid and gid, an empty root directory, RLIMIT_NOFILE sized for its queue
-pairs (sandbox.nofile), no_new_privs, then the seccomp allow-list below)
-and then runs the Session until the parent goes.
+The zygote (zygote.py) forks one session per VM interface on the parent's
+request and calls main() in the child, which confines itself at once
+(sandbox.enter: the VM's unprivileged uid and gid, an empty root directory,
+RLIMIT_NOFILE sized for its queue pairs (sandbox.nofile), no_new_privs,
+then the seccomp allow-list below) and then runs the Session until the
+parent goes.
 
 A session reads every byte its VMM writes, so it holds nothing it does not
 need: no way to open a path, make a socket, fork or exec. The fds it keeps
