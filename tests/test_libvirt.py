@@ -151,6 +151,15 @@ def libvirt():
         d.stop()
 
 
+def qemu_group():
+    """The group libvirt's QEMU runs as, which owns the sockets it makes:
+    the libvirt-qemu user's own group where it has one (Debian), else kvm."""
+    try:
+        return grp.getgrnam("libvirt-qemu").gr_name
+    except KeyError:
+        return "kvm"
+
+
 def qemu_uid_gid():
     pw = pwd.getpwnam("libvirt-qemu")
     return pw.pw_uid, grp.getgrnam("kvm").gr_gid
@@ -412,7 +421,13 @@ def test_libvirt_server_mode(libvirt):
             os.chmod(tmp, 0o755)
             os.chown(tmp, uid, gid)             # QEMU creates its socket here
             sock = os.path.join(tmp, "qemu.sock")
-            conf = CONF.replace("socket group kvm mode 0660\n", "")
+            # vionetd connects as the VM's uid with the VMM's group as its
+            # only supplementary group: QEMU's socket (srwxrwxr-x, its own
+            # user and group) lets it in, and the session checks QEMU's
+            # credentials against the same names (vionetd(8), LIBVIRT)
+            conf = CONF.replace("socket group kvm mode 0660\n", "").replace(
+                'vm "lv1" {\n', 'vm "lv1" {\n    vmm user "libvirt-qemu"\n'
+                '    vmm group "%s"\n' % qemu_group())
             with daemon(conf % (sock, " connect"), ns) as d:
                 N.ns_run(ns, "ip", "addr", "add", HOST_IP + "/24", "dev", "vlv0")
                 out = run_domain(d, ns, sock, "server")
