@@ -302,7 +302,21 @@ class Guest:
             self.proc = subprocess.Popen(
                 self.argv_used, stdin=subprocess.DEVNULL,
                 stdout=err, stderr=err, start_new_session=True)
+        if isinstance(self.netdev, VhostUser) and self.netdev.server:
+            self._open_listening_socket(self.netdev.path)
         return self
+
+    def _open_listening_socket(self, path, timeout=30.0):
+        """QEMU listens (vionetd's client mode), as root here, so its socket
+        is root's, mode 0755. vionetd connects as the VM's uid (vionetd(8),
+        LIBVIRT), which that mode shuts out: the test opens it to everyone,
+        as a VMM running as the VM's VMM user would not need to."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return              # the test's own wait reports what went wrong
+            time.sleep(0.02)
+        os.chmod(path, 0o666)
 
     def _poll_serial(self):
         try:
