@@ -91,6 +91,7 @@ struct frame_info {
 	uint8_t  l4_proto;   /* 6 TCP, 17 UDP, or whatever the IP header names */
 	uint8_t  fragment;   /* IPv4 MF or offset set, or an IPv6 fragment header */
 	uint32_t ip_end;     /* frame offset where the IP packet ends per its length field */
+	uint8_t  parse;      /* frame_parse()'s result (enum parse_result) */
 };
 
 enum parse_result {

@@ -110,7 +110,8 @@ static int parse_l4(const uint8_t *h, size_t head_len, size_t l4, struct frame_i
 	return PARSE_OK;
 }
 
-int frame_parse(const uint8_t *head, size_t head_len, size_t frame_len, struct frame_info *fi)
+static int parse_headers(const uint8_t *head, size_t head_len, size_t frame_len,
+			 struct frame_info *fi)
 {
 	size_t off = ETH_HLEN_, l4 = 0;
 	uint16_t et;
@@ -150,4 +151,14 @@ int frame_parse(const uint8_t *head, size_t head_len, size_t frame_len, struct f
 	if (fi->hdrs_len > fi->ip_end)
 		return PARSE_BAD_IP;
 	return PARSE_OK;
+}
+
+/* The parse, and its result kept in fi->parse for the filters that read
+ * the same headers later (txpath.c): one parse per frame. */
+int frame_parse(const uint8_t *head, size_t head_len, size_t frame_len, struct frame_info *fi)
+{
+	int r = parse_headers(head, head_len, frame_len, fi);
+
+	fi->parse = (uint8_t)r;
+	return r;
 }

@@ -470,17 +470,15 @@ static enum tx_res tx_sw_gso(struct tx_ctx *c, const struct frame_info *fi,
 }
 
 /* IPv4 UDP 68 -> 67, not a fragment (RFC 2131). */
-static int is_dhcp_request(const uint8_t *head, size_t hlen, size_t frame_len)
+static int is_dhcp_request(const uint8_t *head, size_t hlen, const struct frame_info *fi)
 {
-	struct frame_info fi;
-
-	if (frame_parse(head, hlen, frame_len, &fi) != PARSE_OK)
+	if (fi->parse != PARSE_OK)
 		return 0;
-	if (fi.ip_version != 4 || fi.l4_proto != 17 || fi.fragment ||
-	    (size_t)fi.l4_off + 4 > hlen)
+	if (fi->ip_version != 4 || fi->l4_proto != 17 || fi->fragment ||
+	    (size_t)fi->l4_off + 4 > hlen)
 		return 0;
-	return head[fi.l4_off] == 0 && head[fi.l4_off + 1] == 68 &&
-	       head[fi.l4_off + 2] == 0 && head[fi.l4_off + 3] == 67;
+	return head[fi->l4_off] == 0 && head[fi->l4_off + 1] == 68 &&
+	       head[fi->l4_off + 2] == 0 && head[fi->l4_off + 3] == 67;
 }
 
 /*
@@ -521,30 +519,28 @@ static int ip6_source_refused(const struct tx_ctx *c, const struct frame_info *f
  * Frames the filters do not read (not IP, or the other family) pass.
  * 0, or the counter of the refusal.
  */
-static int filter_unreadable(const struct tx_ctx *c, size_t hlen, size_t frame_len)
+static int filter_unreadable(const struct tx_ctx *c, const struct frame_info *fi)
 {
 	const struct vnet_hdr *h = &c->cp->hdr;
-	struct frame_info fi;
-	int parsed = frame_parse(c->cp->head, hlen < HEAD_MAX ? hlen : HEAD_MAX, frame_len, &fi);
-	int v6 = fi.ethertype == 0x86DD;
+	int v6 = fi->ethertype == 0x86DD;
 	uint16_t want;
 
 	if (v6 ? !(c->flags & (TXF_INET6 | TXF_LOCKED_IP6)) :
-	    !(c->flags & TXF_DHCP_DIVERT) || fi.ethertype != 0x0800)
+	    !(c->flags & TXF_DHCP_DIVERT) || fi->ethertype != 0x0800)
 		return 0;
-	if (v6 && parsed != PARSE_OK)
+	if (v6 && fi->parse != PARSE_OK)
 		return DC_V6_UNPARSED_DROP;
 	if (!(h->flags & VNET_F_NEEDS_CSUM))
 		return 0;
-	if (parsed != PARSE_OK || fi.fragment)
+	if (fi->parse != PARSE_OK || fi->fragment)
 		return DC_CSUM_FIELD_DROP;
-	if (fi.l4_proto == 6 || fi.l4_proto == 17)
-		want = fi.l4_proto == 6 ? TCP_CSUM_OFF : UDP_CSUM_OFF;
-	else if (v6 && fi.l4_proto == 58)
+	if (fi->l4_proto == 6 || fi->l4_proto == 17)
+		want = fi->l4_proto == 6 ? TCP_CSUM_OFF : UDP_CSUM_OFF;
+	else if (v6 && fi->l4_proto == 58)
 		want = 2;                       /* RFC 4443 2.1 */
 	else
 		return DC_CSUM_FIELD_DROP;
-	return h->csum_start == fi.hdrs_len - fi.l4_len && h->csum_offset == want ?
+	return h->csum_start == fi->hdrs_len - fi->l4_len && h->csum_offset == want ?
 	       0 : DC_CSUM_FIELD_DROP;
 }
 
@@ -656,7 +652,7 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		return TX_DONE;
 	}
 	if (c->flags & (TXF_INET6 | TXF_LOCKED_IP6 | TXF_DHCP_DIVERT) &&
-	    (r = filter_unreadable(c, hlen, frame_len)) != 0) {
+	    (r = filter_unreadable(c, &fi)) != 0) {
 		c->cnt[r]++;
 		return TX_DONE;
 	}
@@ -664,7 +660,7 @@ static enum tx_res tx_frame(struct tx_ctx *c)
 		c->cnt[DC_LOCKED_IP6_DROP]++;
 		return TX_DONE;
 	}
-	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, frame_len))
+	if (c->flags & TXF_DHCP_DIVERT && is_dhcp_request(c->cp->head, hlen, &fi))
 		return tx_divert(c, hlen, frame_len, DC_DHCP_DIVERTED);
 	if (c->flags & TXF_INET6) {
 		enum v6_verdict v = local_v6(c->cp->head, hlen, &fi);
