@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import netns as N
 from tests.daemon import daemon
 from tests.test_reload import RoundTrips, forked_loop
+from tests.test_zygote import libc_base
 from tests.test_vionetctl import wait_for
 from tests.testvm import TestVM
 from vionetd import counters, prometheus, vionetctl
@@ -153,7 +154,9 @@ def test_http_refuses_the_rest(rig, request_bytes, status):
     assert http(ns, request_bytes).startswith(b"HTTP/1.1 %d " % status)
 
 
-def test_metrics_process_is_confined(rig):
+def test_metrics_process_is_confined_and_exec_d(rig):
+    """Unprivileged, seccomp'd, the parent's child, and exec'd: its libc
+    is not where the root parent's is (a fork would share the address)."""
     d, _, _ = rig
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
     for p in pids:
@@ -167,6 +170,7 @@ def test_metrics_process_is_confined(rig):
             continue
         assert status["Uid"].split()[0] != "0" and status["Seccomp"].strip() == "2"
         assert int(status["PPid"]) == d.proc.pid
+        assert libc_base(int(p)) != libc_base(d.proc.pid)
         return
     pytest.fail("no metrics process")
 

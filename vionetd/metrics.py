@@ -1,7 +1,7 @@
 """Run by the metrics process: GET /metrics over HTTP, unprivileged and confined.
 
 With `metrics listen ADDR:PORT` in vionetd.conf the parent binds that TCP
-socket and forks this process (metrics_link.py), which confines itself
+socket and execs this process (metrics_link.py), which confines itself
 (sandbox.enter: the global user of vionetd.conf, an empty root, the allow-list SYSCALLS
 below) and then serves, from one poll() loop:
 
@@ -249,17 +249,23 @@ class Server:
             self._send(c, data)
 
 
-def main(chan, listener, user, root):
-    """Entry point in the forked child. Returns the exit status."""
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)     # the parent's handlers are not ours
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.set_wakeup_fd(-1)
+CHANNEL_FD, LISTENER_FD = 3, 4     # where spawn.exec_module puts them
+
+
+def main(argv):
+    """`python -m vionetd.metrics PARENT_PID USER ROOT`, the channel at fd 3
+    and the listening socket at fd 4. Returns the exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setproctitle.setproctitle("vionetd: metrics")
     try:
-        sandbox.enter(SYSCALLS, [chan.fileno(), listener.fileno()], sandbox.identity(user),
-                      root, nonblocking_ioctl=True)
-    except OSError as e:
+        parent, user, root = int(argv[1]), argv[2], argv[3]
+        sandbox.die_with_parent(parent)
+        chan = socket.socket(fileno=CHANNEL_FD)
+        listener = socket.socket(fileno=LISTENER_FD)
+        sandbox.enter(SYSCALLS, [CHANNEL_FD, LISTENER_FD], sandbox.identity(user), root,
+                      nonblocking_ioctl=True)
+    except (OSError, ValueError, IndexError) as e:
         print("vionetd: metrics: cannot confine: %s" % e, file=sys.stderr)
         return 1
     chan.setblocking(False)
@@ -268,3 +274,7 @@ def main(chan, listener, user, root):
     except OSError as e:
         print("vionetd: metrics: %s" % e, file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,8 +1,9 @@
 """Run by the parent (root): the metrics process, forked, answered and replaced.
 
 With `metrics listen ADDR:PORT` the parent binds the TCP socket (so a port
-below 1024 works) and forks the metrics process (metrics.py) with it and a
-channel. The parent never reads an HTTP byte: from the channel it takes one
+below 1024 works) and starts the metrics process (metrics.py, exec'd by
+spawn.exec_module: it reads HTTP from the network and must not share the
+root parent's memory layout) with it and a channel. The parent never reads an HTTP byte: from the channel it takes one
 FromMetrics message at a time, answers a stats request with the CtlReply
 vionetctl stats would get (CtlServer.stats), at most once per
 MIN_INTERVAL (a request sooner waits on a timer), and logs a forbidden
@@ -20,7 +21,7 @@ import signal
 import socket
 import time
 
-from vionetd import config, control
+from vionetd import config, control, spawn
 from vionetd import vionetd_pb2 as pb
 from vionetd.backoff import Backoff
 from vionetd.ctl import SNDBUF, SO_SNDBUFFORCE
@@ -71,16 +72,8 @@ class MetricsLink:
         self.timer = None
         mine, theirs = control.pair()
         _, user, chroot = self.key
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                mine.close()
-                from vionetd import metrics
-                code = metrics.main(theirs, self.listener, user,
-                                    chroot or config.DEFAULT_CHROOT)
-            finally:
-                os._exit(code)
+        pid = spawn.exec_module("metrics", [theirs.fileno(), self.listener.fileno()],
+                                [user, chroot or config.DEFAULT_CHROOT])
         theirs.close()
         mine.setblocking(False)
         self.pid, self.chan, self.busy = pid, mine, False

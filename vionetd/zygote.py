@@ -206,9 +206,7 @@ def preload():
 
 def start(parent):
     """Steps 1-6 of the module's doc; returns the channel."""
-    sandbox.prctl(1, signal.SIGKILL, "PR_SET_PDEATHSIG")
-    if os.getppid() != parent:
-        raise OSError("the parent (pid %d) has gone" % parent)
+    sandbox.die_with_parent(parent)
     preload()
     if not sandbox.unshare_namespaces():
         print("vionetd: zygote: sessions and workers share the parent's network and IPC "

@@ -1,7 +1,7 @@
 """Run by the parent (root): its zygote, which forks sessions and workers, and their exits.
 
-The parent starts the zygote once (start(): fork, then exec `python -m
-vionetd.zygote PARENT_PID` with the channel's end as fd 3), so that no
+The parent starts the zygote once (start(): spawn.exec_module, the
+channel's end as fd 3), so that no
 session or worker shares the parent's memory layout or stack canary
 (zygote.py says why and how the zygote is confined).
 
@@ -20,16 +20,13 @@ has died or is dying with it (PR_SET_PDEATHSIG): each is reported as
 killed by SIGKILL, and a new zygote is started.
 """
 import collections
-import os
 import signal
-import sys
 
-from vionetd import control
+from vionetd import control, spawn
 from vionetd import vionetd_pb2 as pb
 from vionetd.log import log
 
 PER_TURN = 64             # exits handled per loop turn
-CHANNEL_FD = 3
 
 
 class ZygoteError(OSError):
@@ -54,16 +51,7 @@ class Zygote:
     def start(self):
         """Fork and exec a new zygote, and watch its channel."""
         mine, theirs = control.pair()
-        parent_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.dup2(theirs.fileno(), CHANNEL_FD)
-                os.set_inheritable(CHANNEL_FD, True)    # (dup2 onto itself keeps CLOEXEC)
-                os.execv(sys.executable, [sys.executable, "-m", "vionetd.zygote",
-                                          str(parent_pid)])
-            finally:
-                os._exit(127)
+        pid = spawn.exec_module("zygote", [theirs.fileno()])
         theirs.close()
         mine.setblocking(False)
         self.pid, self.sock = pid, mine
