@@ -1,15 +1,15 @@
-"""Run by the parent (root): the metrics process, forked, answered and replaced.
+"""Run by the parent (root): the metrics process, exec'd, answered and replaced.
 
 With `metrics listen ADDR:PORT` the parent binds the TCP socket (so a port
 below 1024 works) and starts the metrics process (metrics.py, exec'd by
 spawn.exec_module: it reads HTTP from the network and must not share the
-root parent's memory layout) with it and a channel. The parent never reads an HTTP byte: from the channel it takes one
-FromMetrics message at a time, answers a stats request with the CtlReply
-vionetctl stats would get (CtlServer.stats), at most once per
-MIN_INTERVAL (a request sooner waits on a timer), and logs a forbidden
-system call. Anything else, or a message that does not parse, kills the
-process; one that dies is forked again after a delay that doubles while it
-keeps dying (backoff.Backoff).
+root parent's memory layout) with it and a channel. The parent never reads
+an HTTP byte: from the channel it takes one FromMetrics message at a time,
+answers a stats request with the CtlReply vionetctl stats would get
+(CtlServer.stats), at most once per MIN_INTERVAL (a request sooner waits on
+a timer), and logs a forbidden system call. Anything else, or a message
+that does not parse, kills the process; one that dies is started again
+after a delay that doubles while it keeps dying (backoff.Backoff).
 
 Invariants: at most one request is being answered; the reply is sent
 non-blocking with a send buffer large enough for it, and dropped if it does

@@ -7,8 +7,9 @@ read untrusted bytes are therefore exec'd: the zygote (which forks
 sessions and workers) and the metrics process.
 
 exec_module(module, fds, args) runs `python -m vionetd.MODULE PARENT_PID
-ARGS...` with fds[0] as fd 3, fds[1] as fd 4 and so on; every other fd
-is closed by exec (Python makes its fds close-on-exec). The child checks
+ARGS...` with fds[0] as fd 3, fds[1] as fd 4 and so on; besides those and
+stdin, stdout and stderr, every fd is closed by exec (Python opens its fds
+close-on-exec, and so are the scratch copies made here). The child checks
 PARENT_PID against getppid() once it has asked to die with the parent
 (sandbox.die_with_parent), so a parent that died in between is noticed.
 """
@@ -27,7 +28,7 @@ def exec_module(module, fds, args=()):
     pid = os.fork()
     if pid == 0:
         try:
-            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, SCRATCH_FD) for fd in fds]
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SCRATCH_FD) for fd in fds]
             for i, fd in enumerate(moved):
                 os.dup2(fd, FIRST_FD + i)     # dup2 makes the copy inheritable
             os.execv(sys.executable, argv)

@@ -1,9 +1,9 @@
 """Run by the parent (root): its zygote, which forks sessions and workers, and their exits.
 
 The parent starts the zygote once (start(): spawn.exec_module, the
-channel's end as fd 3), so that no
-session or worker shares the parent's memory layout or stack canary
-(zygote.py says why and how the zygote is confined).
+channel's end as fd 3), so that no session or worker shares the parent's
+memory layout or stack canary (zygote.py says why and how the zygote is
+confined).
 
 fork_session() and fork_worker() send the request and the fds the child
 needs (its channel's end; a session's listening socket) and return: the
