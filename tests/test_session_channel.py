@@ -99,13 +99,12 @@ def test_text_from_the_session_is_made_printable(channel, caplog):
     assert channel.port.reason == "gone?"
 
 
-def test_a_sessions_log_lines_are_bounded_by_its_bucket(channel, caplog, monkeypatch):
+def test_a_sessions_log_lines_are_bounded_by_its_bucket(channel, caplog):
     """A burst of LOG_BUDGET lines, then one per refill; what is dropped is
     counted and said in the next line written."""
     from vionetd import backoff
     now = [1000.0]
-    monkeypatch.setattr(backoff.time, "monotonic", lambda: now[0])
-    channel.log_budget = backoff.Bucket(*session_channel.LOG_BUDGET)
+    channel.log_budget = backoff.Bucket(*session_channel.LOG_BUDGET, clock=lambda: now[0])
     burst, rate = session_channel.LOG_BUDGET
     with caplog.at_level("INFO", logger="vionetd"):
         for i in range(1000):

@@ -1,4 +1,4 @@
-"""Run by the parent and by every session: the backoff and rate limit they share.
+"""Run by the parent, every session and every tx worker: the backoff and rate limits they share.
 
 Two small policies that were written out again wherever they were needed:
 
@@ -9,7 +9,9 @@ Two small policies that were written out again wherever they were needed:
 - take_slot: a sliding-window budget ("at most N events in S seconds"), for
   worker forks and RARP announcements.
 - Bucket: a token bucket (a burst, then a steady rate) that counts what it
-  refuses, for a session's log lines and forbidden-call reports.
+  refuses, for a session's log lines and forbidden-call reports, and for
+  the router solicitations and DHCPv6 messages a tx worker passes on
+  (divert.py).
 
 None sleeps: each returns a delay or a refusal, and the caller arms a timer
 with it or drops what it refused.
@@ -60,14 +62,14 @@ class Bucket:
     is True while a token is left; what it refuses is counted in dropped
     until the caller takes the count (refused())."""
 
-    def __init__(self, burst, rate):
-        self.burst, self.rate = burst, rate
+    def __init__(self, burst, rate, clock=time.monotonic):
+        self.burst, self.rate, self.clock = burst, rate, clock
         self.tokens = float(burst)
-        self.last = time.monotonic()
+        self.last = clock()
         self.dropped = 0
 
     def take(self):
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1:

@@ -6,38 +6,21 @@ The C core diverts, from the guest of a local interface, DHCP (IPv4 UDP 68
 returns the FromWorker field and its fields, never the frame; a malformed
 one is counted (dhcp_malformed, rs_malformed, dhcp6_malformed) and nothing
 is sent. Solicitations and DHCPv6 messages are also limited per worker
-(RATES: a token bucket each, so many a second after a burst of so many);
-the rest are counted (rs_limited, dhcp6_limited) and dropped, so however
-fast a guest sends them, they reach the session and the parent at that
-rate at most.
+(RATES: a backoff.Bucket each); the rest are counted (rs_limited,
+dhcp6_limited) and dropped, so however fast a guest sends them, they reach
+the session and the parent at that rate at most.
 """
 import time
 
 from vionetd import dhcp, dhcp6, frame6, ra
+from vionetd.backoff import Bucket
 
-# field -> (messages a second, burst)
-RATES = {"router_solicit": (1.0, 3), "dhcp6": (5.0, 10)}
+# field -> (burst, messages a second after it)
+RATES = {"router_solicit": (3, 1.0), "dhcp6": (10, 5.0)}
 _PARSE = {"dhcp": (dhcp.fields, "dhcp_malformed"),
           "router_solicit": (ra.fields, "rs_malformed"),
           "dhcp6": (dhcp6.fields, "dhcp6_malformed")}
 _LIMITED = {"router_solicit": "rs_limited", "dhcp6": "dhcp6_limited"}
-
-
-class Bucket:
-    """A token bucket: take() is True at most rate a second after burst."""
-
-    def __init__(self, rate, burst, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens, self.when = float(burst), clock()
-
-    def take(self):
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
-        self.when = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class Diverter:
@@ -46,7 +29,7 @@ class Diverter:
 
     def __init__(self, count, clock=time.monotonic):
         self.count = count
-        self.buckets = {f: Bucket(r, b, clock) for f, (r, b) in RATES.items()}
+        self.buckets = {f: Bucket(*burst_rate, clock) for f, burst_rate in RATES.items()}
 
     def message(self, frame):
         """(FromWorker field, message) for frame, or None (counted)."""
