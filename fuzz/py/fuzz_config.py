@@ -5,10 +5,9 @@ Input: the bytes of a vionetd.conf. As config.load() does, bytes that are
 not UTF-8 are refused before parsing; the text goes to config.parse().
 Contract: a Config, or ConfigError; any other exception is a finding.
 """
-import logging
-import sys
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import config
@@ -29,11 +28,5 @@ def test_one_input(data: bytes) -> None:
         assert iface.vm and iface.index >= 0, iface
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

@@ -11,14 +11,13 @@ port and the reply built, stats counter names made readable (ctl.counter_names).
 Contract: no exception but ChannelError; no fd leak.
 """
 import ipaddress
-import logging
 import os
 import socket
-import sys
 import tempfile
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import control, ctl, dhcp, dhcp6, leases, local, local6
@@ -77,11 +76,5 @@ def test_one_input(data: bytes) -> None:
         ctl.counter_names({"tx_" + c.name: c.value for c in msg.stats.counters})
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

@@ -12,10 +12,10 @@ raises.
 """
 import ipaddress
 import logging
-import sys
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import config, ctl, local, local6
@@ -99,11 +99,5 @@ def test_one_input(data: bytes) -> None:
     logmod.log.setLevel(logging.INFO)
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

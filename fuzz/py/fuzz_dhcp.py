@@ -12,11 +12,10 @@ core's rx_csum_verify); no exception other than a protobuf DecodeError on
 a mode-odd input that does not parse.
 """
 import ipaddress
-import logging
-import sys
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from google.protobuf.message import DecodeError
@@ -58,11 +57,5 @@ def test_one_input(data: bytes) -> None:
     assert lib.rx_csum_verify(ffi.from_buffer(frame), len(frame)) == 1, frame.hex()
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

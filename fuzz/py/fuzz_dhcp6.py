@@ -14,12 +14,11 @@ no exception other than a protobuf DecodeError on a mode-odd input that
 does not parse.
 """
 import ipaddress
-import logging
-import sys
 import tempfile
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from google.protobuf.message import DecodeError
@@ -68,11 +67,5 @@ def test_one_input(data: bytes) -> None:
     assert frame6.verify(frame6.packet(frame)), frame.hex()
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

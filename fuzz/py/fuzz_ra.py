@@ -11,11 +11,10 @@ and its ICMPv6 checksum verifies. Mode odd: divert.Diverter.message()
 field and message, never an exception.
 """
 import ipaddress
-import logging
-import sys
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import divert, frame6, local6, ra
@@ -47,11 +46,5 @@ def test_one_input(data: bytes) -> None:
     assert frame6.verify(frame6.packet(frame)), frame.hex()
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

@@ -14,12 +14,11 @@ offer, PROTOCOL_FEATURES and LOG_ALL) and unknown roles or queue pairs are
 refused; nothing is done for a refused message; a state accepted is one of
 session_channel.STATES.
 """
-import logging
 import socket
-import sys
 from types import SimpleNamespace
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import config, control, features, iface, links, session_channel, tap
@@ -76,11 +75,5 @@ def test_one_input(data: bytes) -> None:
         assert not p.session.vmm_features & ~allowed
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)

@@ -24,14 +24,13 @@ then EOF); never waiting without a Reply outstanding, never waiting after
 resumed(); every fd received is closed or handed to the Backend (the fd
 count of the process is the same after the Backend closed what it got).
 """
-import logging
 import os
 import select
 import socket
 import struct
-import sys
 
 import atheris
+import harness
 
 with atheris.instrument_imports():
     from vionetd import features as F
@@ -232,11 +231,5 @@ def test_one_input(data: bytes) -> None:
     assert after == before, "fd leak: %d open before, %d after" % (before, after)
 
 
-def main() -> None:
-    logging.disable(logging.CRITICAL)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    harness.run(test_one_input)
